@@ -1,0 +1,185 @@
+"""TFDS builders (array_record, feature {'text': Text}) for every dataset mdm-jax trains on.
+
+Preparing and reading needs no TensorFlow: `download_and_prepare(file_format='array_record')`
+writes with `array_record`, and the pipeline reads with `builder.as_data_source()` (text comes
+back as UTF-8 bytes). `disable_shuffling=True` everywhere, so records keep the source order:
+packing is then a deterministic function of the source, and "the last N documents" is
+well defined.
+
+Downloads go through the TFDS download manager. A file already present in the manual
+directory (`<data_dir>/downloads/manual/` by default) is used instead of downloading it, which
+is how the tests feed tiny fake archives and how offline users provide the real ones.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+import tarfile
+import zipfile
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from mdm_jax.data import corpus
+
+_FEATURES = lambda: tfds.features.FeaturesDict({"text": tfds.features.Text()})  # noqa: E731
+
+
+def _local_or_download(dl_manager, filename: str, url: str) -> epath.Path:
+    """`manual_dir/filename` if the user (or a test) put it there, else download `url`."""
+    try:
+        path = dl_manager.manual_dir / filename
+        if path.exists():
+            return path
+    except (AssertionError, ValueError):  # no manual dir, or it is empty
+        pass
+    return epath.Path(dl_manager.download(url))
+
+
+class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
+    """English prose shipped with Python (see `mdm_jax.data.corpus`); no network needed.
+
+    One builder config per Python minor version, since the text comes from the interpreter.
+    Split: ~95% train / ~5% validation by a stable hash of the document name.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "pydoc topics + docstrings of a fixed list of stdlib modules."}
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=corpus.python_tag())]
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True
+        )
+
+    def _split_generators(self, dl_manager):
+        return {s: self._generate_examples(s) for s in ("train", "validation")}
+
+    def _generate_examples(self, split):
+        for name, text in corpus.documents():
+            if corpus.split_of(name) == split:
+                yield name, {"text": text}
+
+
+class Text8(tfds.core.GeneratorBasedBuilder):
+    """text8 (first 1e8 characters of a cleaned 2006 Wikipedia dump, 27 symbols).
+
+    Standard split: characters [0, 90M) train, [90M, 95M) validation, [95M, 100M) test. text8
+    is one continuous stream, so it is stored as consecutive chunks of `CHUNK` characters that
+    the pipeline concatenates *without* separators.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    URL = "http://mattmahoney.net/dc/text8.zip"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Optionally place text8.zip (from http://mattmahoney.net/dc/text8.zip) here."
+    CHUNK = 1 << 20
+    SPLIT_FRACTIONS = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1.0)}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            homepage="http://mattmahoney.net/dc/textdata.html",
+        )
+
+    def _split_generators(self, dl_manager):
+        path = _local_or_download(dl_manager, "text8.zip", self.URL)
+        with zipfile.ZipFile(path.open("rb")) as zf:
+            text = zf.read("text8").decode("ascii")
+        n = len(text)
+        return {
+            split: self._generate_examples(text[int(a * n): int(b * n)])
+            for split, (a, b) in self.SPLIT_FRACTIONS.items()
+        }
+
+    def _generate_examples(self, text):
+        for i in range(0, len(text), self.CHUNK):
+            yield i, {"text": text[i: i + self.CHUNK]}
+
+
+class Lm1bText(tfds.core.GeneratorBasedBuilder):
+    """One Billion Word benchmark: one sentence per record.
+
+    TFDS's own `lm1b` builder globs files with `tf.io.gfile`, i.e. needs TensorFlow; this one
+    reads the same archive with the standard library. train = the 100 training shards,
+    validation = the 50 held-out shards (TFDS's `lm1b` "test" split, as used by MDLM).
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    URL = "http://www.statmt.org/lm-benchmark/1-billion-word-language-modeling-benchmark-r13output.tar.gz"
+    ARCHIVE = "1-billion-word-language-modeling-benchmark-r13output.tar.gz"
+    TOP = "1-billion-word-language-modeling-benchmark-r13output"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Optionally place {ARCHIVE} (from {URL}) here."
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            homepage="http://www.statmt.org/lm-benchmark/",
+        )
+
+    def _split_generators(self, dl_manager):
+        root = os.fspath(dl_manager.extract(_local_or_download(dl_manager, self.ARCHIVE, self.URL)))
+        train = sorted(glob.glob(os.path.join(
+            root, self.TOP, "training-monolingual.tokenized.shuffled", "news.en-*")))
+        held = sorted(glob.glob(os.path.join(
+            root, self.TOP, "heldout-monolingual.tokenized.shuffled", "news.en.heldout-*")))
+        return {"train": self._generate_examples(train), "validation": self._generate_examples(held)}
+
+    def _generate_examples(self, files):
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if line := line.strip():
+                        yield f"{os.path.basename(path)}_{i}", {"text": line}
+
+
+class OpenWebText(tfds.core.GeneratorBasedBuilder):
+    """OpenWebText (Gokaslan & Cohen 2019), ~8M documents, as one split `train` in source order.
+
+    Source: the 21 archives `subsets/urlsf_subsetNN.tar` of the Hugging Face dataset
+    `Skylion007/openwebtext` (the files its own loader reads). Each holds xz-compressed tars
+    of .txt documents; documents are read in archive order and cleaned like the Hugging Face
+    loader (3+ newlines -> 2, stripped). The validation split (last 100k documents) is cut by
+    the pipeline, which reads records by index.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    URL = "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/subsets/urlsf_subset{:02d}.tar"
+    NUM_SUBSETS = 21
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Optionally place urlsf_subset00.tar ... urlsf_subset20.tar (from "
+        "https://huggingface.co/datasets/Skylion007/openwebtext/tree/main/subsets) here."
+    )
+    _MANY_NEWLINES = re.compile(r"\n{3,}")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            homepage="https://skylion007.github.io/OpenWebTextCorpus/",
+        )
+
+    def _split_generators(self, dl_manager):
+        archives = [
+            _local_or_download(dl_manager, f"urlsf_subset{i:02d}.tar", self.URL.format(i))
+            for i in range(self.NUM_SUBSETS)
+        ]
+        return {"train": self._generate_examples(archives)}
+
+    def _generate_examples(self, archives):
+        for archive in archives:
+            with tarfile.open(fileobj=archive.open("rb"), mode="r|*") as outer:
+                for member in outer:
+                    if not (member.isfile() and member.name.endswith(".xz")):
+                        continue
+                    inner_bytes = outer.extractfile(member).read()
+                    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:xz") as inner:
+                        for doc in inner:
+                            if not (doc.isfile() and doc.name.endswith(".txt")):
+                                continue
+                            raw = inner.extractfile(doc).read().decode("utf-8", errors="replace")
+                            text = self._MANY_NEWLINES.sub("\n\n", raw).strip()
+                            if text:
+                                key = f"{os.path.basename(member.name)}/{os.path.basename(doc.name)}"
+                                yield key, {"text": text}

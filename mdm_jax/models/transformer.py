@@ -1,0 +1,239 @@
+"""The backbone shared by masked diffusion models and the autoregressive baseline.
+
+A pre-norm transformer with rotary position embeddings (RoPE), SwiGLU or GELU MLP and optional
+adaLN-Zero time conditioning (DiT-style, as in MDLM). The MDM and the ARM differ only in `causal`
+(and the objective), so comparisons between them isolate the objective.
+
+Token ids are in [0, V]; id V is the mask token (input embedding has V + 1 rows; the output
+head has V logits, so the network never predicts the mask: the "SUBS" parameterisation).
+
+Every parameter and activation carries *logical* axis names; `mdm_jax.sharding` maps them to
+mesh axes (data / fsdp / tensor), so the same module runs on 1 CPU or a pod.
+
+The module is x64-safe: all constants have explicit dtypes, so tracing it under
+`jax.enable_x64(True)` (the float64 sampling policy) keeps its compute in `dtype`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Logical axis names of parameters.
+VOCAB, EMBED, MLP, HEADS, KV, TIME = "vocab", "embed", "mlp", "heads", "kv", "time"
+# Logical axis names of activations.
+A_BATCH, A_LEN, A_EMBED, A_HEADS, A_MLP, A_VOCAB = (
+    "act_batch", "act_length", "act_embed", "act_heads", "act_mlp", "act_vocab")
+
+
+def _init(init_fn, *axes):
+    return nn.with_logical_partitioning(init_fn, axes)
+
+
+def _constrain(x, *axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary embedding on the last axis of x[B, T, N, H]; positions int32[B, T] or [T]."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # [.., T, half]
+    if angles.ndim == 2:
+        angles = angles[None]
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as in DiT/MDLM)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class Attention(nn.Module):
+    num_heads: int
+    causal: bool
+    rope_base: float
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x, *, decode: bool = False):
+        b, t, d = x.shape
+        head_dim = d // self.num_heads
+        qkv = nn.DenseGeneral(
+            (3, self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="qkv",
+            kernel_init=_init(nn.initializers.lecun_normal(), EMBED, None, HEADS, KV))(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = _constrain(q, A_BATCH, A_LEN, A_HEADS, None)
+
+        if decode:
+            # KV cache: x is one position [B, 1, D]; the cache holds max_len keys/values.
+            is_init = not self.has_variable("cache", "key")
+            max_len = self.max_len_for_cache
+            ck = self.variable("cache", "key", jnp.zeros, (b, max_len, self.num_heads, head_dim), k.dtype)
+            cv = self.variable("cache", "value", jnp.zeros, (b, max_len, self.num_heads, head_dim), v.dtype)
+            ci = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            if is_init:
+                # Initialisation pass: only the cache shapes matter.
+                return self._out(jnp.zeros_like(q), d)
+            pos = ci.value
+            positions = jnp.full((b, 1), pos, jnp.int32)
+            q = rope(q, positions, self.rope_base)
+            k = rope(k, positions, self.rope_base)
+            ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, pos, 0, 0))
+            cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, pos, 0, 0))
+            ci.value = pos + 1
+            valid = (jnp.arange(max_len, dtype=jnp.int32) <= pos)[None, None, None, :]
+            out = jax.nn.dot_product_attention(q, ck.value, cv.value, mask=valid)
+        else:
+            positions = jnp.arange(t, dtype=jnp.int32)
+            q = rope(q, positions, self.rope_base)
+            k = rope(k, positions, self.rope_base)
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        return self._out(out, d)
+
+    max_len_for_cache: int = 0
+
+    def _out(self, out, d):
+        out = _constrain(out, A_BATCH, A_LEN, A_HEADS, None)
+        return nn.DenseGeneral(
+            d, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+            name="out", kernel_init=_init(nn.initializers.lecun_normal(), HEADS, KV, EMBED))(out)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    kind: str  # "glu" | "gelu"
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+            n, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            kernel_init=_init(nn.initializers.lecun_normal(), *axes))
+        if self.kind == "glu":
+            gate_up = nn.DenseGeneral(
+                (2, self.hidden), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="wi", kernel_init=_init(nn.initializers.lecun_normal(), EMBED, None, MLP))(x)
+            h = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
+        elif self.kind == "gelu":
+            h = nn.gelu(dense(self.hidden, (EMBED, MLP), "wi")(x))
+        else:
+            raise ValueError(f"unknown model.mlp_type {self.kind!r}: use 'glu' or 'gelu'")
+        h = _constrain(h, A_BATCH, A_LEN, A_MLP)
+        return dense(d, (MLP, EMBED), "wo")(h)
+
+
+class Block(nn.Module):
+    num_heads: int
+    mlp_dim: int
+    mlp_type: str
+    dropout: float
+    causal: bool
+    rope_base: float
+    time_conditioning: bool
+    max_len: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x, cond, *, deterministic: bool, decode: bool = False):
+        d = x.shape[-1]
+        norm = lambda name: nn.RMSNorm(  # noqa: E731
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            use_scale=not self.time_conditioning,
+            scale_init=_init(nn.initializers.ones, EMBED))
+        if self.time_conditioning:
+            # adaLN-Zero: shift/scale/gate per sub-layer from the time embedding, gates start at 0.
+            mod = nn.Dense(6 * d, dtype=self.dtype, param_dtype=self.param_dtype, name="adaln",
+                           kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
+                           bias_init=_init(nn.initializers.zeros, EMBED))(cond)
+            sh1, sc1, g1, sh2, sc2, g2 = jnp.split(mod[:, None, :], 6, axis=-1)
+            modulate = lambda h, sh, sc: h * (1 + sc) + sh  # noqa: E731
+        else:
+            sh1 = sc1 = sh2 = sc2 = None
+            g1 = g2 = 1.0
+            modulate = lambda h, sh, sc: h  # noqa: E731
+
+        h = modulate(norm("attn_norm")(x), sh1, sc1)
+        h = Attention(self.num_heads, self.causal, self.rope_base, self.dtype, self.param_dtype,
+                      max_len_for_cache=self.max_len, name="attn")(h, decode=decode)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        x = _constrain(x + g1 * h, A_BATCH, A_LEN, A_EMBED)
+
+        h = modulate(norm("mlp_norm")(x), sh2, sc2)
+        h = Mlp(self.mlp_dim, self.mlp_type, self.dtype, self.param_dtype, name="mlp")(h)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return _constrain(x + g2 * h, A_BATCH, A_LEN, A_EMBED)
+
+
+class Transformer(nn.Module):
+    """tokens int32[B, T] (ids in [0, V]), t float[B] or None -> logits float32[B, T, V]."""
+
+    vocab_size: int
+    max_len: int
+    num_layers: int
+    num_heads: int
+    emb_dim: int
+    mlp_dim: int
+    mlp_type: str = "glu"
+    dropout: float = 0.0
+    causal: bool = False
+    time_conditioning: bool = False
+    time_emb_dim: int = 128
+    rope_base: float = 10000.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
+        b, length = tokens.shape
+        tokens = _constrain(tokens, A_BATCH, A_LEN)
+        x = nn.Embed(self.vocab_size + 1, self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="embed", embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED))(tokens)
+        x = _constrain(x, A_BATCH, A_LEN, A_EMBED)
+
+        cond = None
+        if self.time_conditioning:
+            if t is None:
+                raise ValueError("a time-conditioned model (model.time_conditioning=True) needs t")
+            dense = lambda n, name, ax: nn.Dense(  # noqa: E731
+                n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                kernel_init=_init(nn.initializers.normal(0.02), *ax), bias_init=_init(nn.initializers.zeros, ax[-1]))
+            cond = timestep_embedding(jnp.broadcast_to(t, (b,)), self.time_emb_dim).astype(self.dtype)
+            cond = nn.silu(dense(self.time_emb_dim, "time_mlp_in", (None, TIME))(cond))
+            cond = nn.silu(dense(self.time_emb_dim, "time_mlp_out", (TIME, TIME))(cond))
+
+        for i in range(self.num_layers):
+            x = Block(self.num_heads, self.mlp_dim, self.mlp_type, self.dropout, self.causal, self.rope_base,
+                      self.time_conditioning, self.max_len, self.dtype, self.param_dtype,
+                      name=f"block_{i}")(x, cond, deterministic=deterministic, decode=decode)
+
+        x = nn.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm",
+                       use_scale=not self.time_conditioning,
+                       scale_init=_init(nn.initializers.ones, EMBED))(x)
+        if self.time_conditioning:
+            mod = nn.Dense(2 * self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="final_adaln",
+                           kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
+                           bias_init=_init(nn.initializers.zeros, EMBED))(cond)
+            shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
+            x = x * (1 + scale) + shift
+        logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name="head", kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB))(x)
+        # Logits leave the network in float32: the loss and the sampling policy cast from there.
+        return _constrain(logits.astype(jnp.float32), A_BATCH, A_LEN, A_VOCAB)
