@@ -49,7 +49,9 @@ def base() -> ml_collections.ConfigDict:
     c.data.dataset = "embedded"          # embedded | text8 | lm1b | openwebtext
     c.data.tokenizer = "byte"            # byte | char | gpt2
     c.data.gpt2_vocab_dir = ""           # local dir with GPT-2 vocab.json + merges.txt
-    c.data.data_dir = ""                 # TFDS data_dir ("" -> ~/tensorflow_datasets)
+    c.data.data_dir = ""                 # TFDS data_dir ("" -> ~/tensorflow_datasets); gs:// needs gcsfs
+    c.data.packed_dir = ""               # local dir for the packed token files ("" -> inside
+                                         # data_dir; required when data_dir is remote, e.g. gs://)
     c.data.seq_len = 256
     c.data.shuffle = True
 

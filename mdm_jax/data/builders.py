@@ -13,7 +13,7 @@ is how the tests feed tiny fake archives and how offline users provide the real 
 
 from __future__ import annotations
 
-import glob
+import inspect
 import io
 import os
 import re
@@ -28,22 +28,36 @@ from mdm_jax.data import corpus
 _FEATURES = lambda: tfds.features.FeaturesDict({"text": tfds.features.Text()})  # noqa: E731
 
 
-def _local_or_download(dl_manager, filename: str, url: str) -> epath.Path:
-    """`manual_dir/filename` if the user (or a test) put it there, else download `url`."""
+def _local_or_download(dl_manager, files: dict[str, str]) -> dict[str, epath.Path]:
+    """{filename: url} -> {filename: path}: `manual_dir/filename` where the user (or a test) put
+    it, the rest downloaded (in parallel)."""
     try:
-        path = dl_manager.manual_dir / filename
-        if path.exists():
-            return path
+        manual = dl_manager.manual_dir
     except (AssertionError, ValueError):  # no manual dir, or it is empty
-        pass
-    return epath.Path(dl_manager.download(url))
+        manual = None
+    local = {f: manual / f for f in files if manual is not None and (manual / f).exists()}
+    remote = {f: url for f, url in files.items() if f not in local}
+    fetched = dl_manager.download(remote) if remote else {}
+    return {f: epath.Path(local[f] if f in local else fetched[f]) for f in files}
 
 
-class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
+class _Builder(tfds.core.GeneratorBasedBuilder):
+    """Shared base (abstract, so not registered with TFDS)."""
+
+    # TFDS's default `code_path` needs the `importlib_resources` backport for builders that
+    # live in a package (an undeclared dependency of tensorflow-datasets 4.9.x); the file of
+    # the class is all it is used for (to look for a checksums file next to it).
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(inspect.getfile(cls))
+
+
+class EmbeddedCorpus(_Builder):
     """English prose shipped with Python (see `mdm_jax.data.corpus`); no network needed.
 
     One builder config per Python minor version, since the text comes from the interpreter.
-    Split: ~95% train / ~5% validation by a stable hash of the document name.
+    Split: ~95% train / ~5% validation (by bytes), documents chosen by a stable hash of their name.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -59,12 +73,14 @@ class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(s) for s in ("train", "validation")}
 
     def _generate_examples(self, split):
-        for name, text in corpus.documents():
-            if corpus.split_of(name) == split:
+        docs = list(corpus.documents())
+        validation = corpus.validation_names(docs)
+        for name, text in docs:
+            if (name in validation) == (split == "validation"):
                 yield name, {"text": text}
 
 
-class Text8(tfds.core.GeneratorBasedBuilder):
+class Text8(_Builder):
     """text8 (first 1e8 characters of a cleaned 2006 Wikipedia dump, 27 symbols).
 
     Standard split: characters [0, 90M) train, [90M, 95M) validation, [95M, 100M) test. text8
@@ -85,7 +101,7 @@ class Text8(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        path = _local_or_download(dl_manager, "text8.zip", self.URL)
+        path = _local_or_download(dl_manager, {"text8.zip": self.URL})["text8.zip"]
         with zipfile.ZipFile(path.open("rb")) as zf:
             text = zf.read("text8").decode("ascii")
         n = len(text)
@@ -99,7 +115,7 @@ class Text8(tfds.core.GeneratorBasedBuilder):
             yield i, {"text": text[i: i + self.CHUNK]}
 
 
-class Lm1bText(tfds.core.GeneratorBasedBuilder):
+class Lm1bText(_Builder):
     """One Billion Word benchmark: one sentence per record.
 
     TFDS's own `lm1b` builder globs files with `tf.io.gfile`, i.e. needs TensorFlow; this one
@@ -120,22 +136,27 @@ class Lm1bText(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        root = os.fspath(dl_manager.extract(_local_or_download(dl_manager, self.ARCHIVE, self.URL)))
-        train = sorted(glob.glob(os.path.join(
-            root, self.TOP, "training-monolingual.tokenized.shuffled", "news.en-*")))
-        held = sorted(glob.glob(os.path.join(
-            root, self.TOP, "heldout-monolingual.tokenized.shuffled", "news.en.heldout-*")))
-        return {"train": self._generate_examples(train), "validation": self._generate_examples(held)}
+        # Streamed with `tarfile` (TFDS's extractor needs TensorFlow), once per split.
+        archive = _local_or_download(dl_manager, {self.ARCHIVE: self.URL})[self.ARCHIVE]
+        return {
+            "train": self._generate_examples(archive, "training-monolingual.tokenized.shuffled/news.en-"),
+            "validation": self._generate_examples(archive, "heldout-monolingual.tokenized.shuffled/news.en.heldout-"),
+        }
 
-    def _generate_examples(self, files):
-        for path in files:
-            with open(path, encoding="utf-8") as f:
-                for i, line in enumerate(f):
+    def _generate_examples(self, archive, prefix):
+        prefix = f"{self.TOP}/{prefix}"
+        with tarfile.open(fileobj=archive.open("rb"), mode="r|*") as tar:
+            for member in tar:  # archive order (the shards are stored in name order)
+                if not (member.isfile() and member.name.startswith(prefix)):
+                    continue
+                shard = os.path.basename(member.name)
+                lines = tar.extractfile(member).read().decode("utf-8").split("\n")  # ~40 MB shards
+                for i, line in enumerate(lines):
                     if line := line.strip():
-                        yield f"{os.path.basename(path)}_{i}", {"text": line}
+                        yield f"{shard}_{i}", {"text": line}
 
 
-class OpenWebText(tfds.core.GeneratorBasedBuilder):
+class Openwebtext(_Builder):
     """OpenWebText (Gokaslan & Cohen 2019), ~8M documents, as one split `train` in source order.
 
     Source: the 21 archives `subsets/urlsf_subsetNN.tar` of the Hugging Face dataset
@@ -161,11 +182,9 @@ class OpenWebText(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        archives = [
-            _local_or_download(dl_manager, f"urlsf_subset{i:02d}.tar", self.URL.format(i))
-            for i in range(self.NUM_SUBSETS)
-        ]
-        return {"train": self._generate_examples(archives)}
+        files = {f"urlsf_subset{i:02d}.tar": self.URL.format(i) for i in range(self.NUM_SUBSETS)}
+        paths = _local_or_download(dl_manager, files)
+        return {"train": self._generate_examples([paths[f] for f in files])}
 
     def _generate_examples(self, archives):
         for archive in archives:

@@ -4,7 +4,8 @@ Flow for (dataset, split, tokenizer):
 1. the dataset's TFDS builder is prepared once into `config.data.data_dir` (array_record);
 2. its records are streamed, tokenized, and written back to back (each document followed by
    the tokenizer's `eot_id`, except for continuous streams like text8) into one flat uint16 /
-   uint32 file next to the TFDS data (`<builder dir>/packed/`), plus a JSON metadata file
+   uint32 file next to the TFDS data (`<builder dir>/packed/`, or under `config.data.packed_dir`,
+   which must be local and is required when data_dir is remote), plus a JSON metadata file
    written last as the completion marker. Later runs only memory-map it: no re-tokenization,
    and nothing larger than one read batch of documents is ever held in RAM (OpenWebText's ~9B
    tokens fit this scheme);
@@ -64,7 +65,7 @@ def _specs() -> dict[str, DatasetSpec]:
                              separate_documents=False),
         "lm1b": DatasetSpec("Lm1bText", {"train": _Split("train"),
                                          "validation": _Split("validation")}),
-        "openwebtext": DatasetSpec("OpenWebText", {
+        "openwebtext": DatasetSpec("Openwebtext", {
             "train": _Split("train", None, -OWT_VALIDATION_DOCS),
             "validation": _Split("train", -OWT_VALIDATION_DOCS, None)}),
     }
@@ -101,6 +102,7 @@ def validate(config, process_count: int | None = None) -> tokenizers.Tokenizer:
     """
     _spec(config)
     tok = tokenizers.get(config.data)
+    _check_packed_dir_local(config)
     if config.data.seq_len < 1:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} must be >= 1.")
     if config.data.seq_len > config.model.max_len:
@@ -126,19 +128,32 @@ def validate(config, process_count: int | None = None) -> tokenizers.Tokenizer:
     return tok
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
 def data_dir(config) -> str:
-    return os.path.abspath(os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets"))
+    d = config.data.data_dir or "~/tensorflow_datasets"
+    return d if _is_remote(d) else os.path.abspath(os.path.expanduser(d))
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, field: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as e:
+        if _is_remote(path):  # e.g. gs:// through etils.epath (gcsfs)
+            from etils import epath
+
+            probe = epath.Path(path) / f".mdm_jax_write_test.{os.getpid()}"
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        else:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path):
+                pass
+    except Exception as e:  # OSError locally; backend-specific errors remotely
         raise ValueError(
-            f"config.data.data_dir={path!r} is not writable ({e}); the dataset must be prepared "
-            "there once. Set --config.data.data_dir to a writable directory."
+            f"{field}={path!r} is not writable ({type(e).__name__}: {e}); the data must be "
+            f"prepared there once. Set --{field} to a writable directory."
         ) from None
 
 
@@ -151,8 +166,32 @@ def _builder(config):
     return cls(data_dir=data_dir(config), file_format="array_record")
 
 
-def _tokenizer_fingerprint(tok, config) -> str:
-    h = hashlib.sha1(f"{tok.name}:{tok.vocab_size}:{tok.eot_id}:{_PACK_FORMAT}".encode())
+def _packed_dir(config, builder) -> tuple[str, str]:
+    """Local directory of the packed files (memory-mapped, so never remote) and its config field."""
+    if config.data.packed_dir:
+        root = os.path.abspath(os.path.expanduser(config.data.packed_dir))
+        parts = [builder.name, builder.builder_config.name if builder.builder_config else "",
+                 str(builder.version)]
+        return os.path.join(root, *filter(None, parts)), "config.data.packed_dir"
+    return os.path.join(os.fspath(builder.data_dir), "packed"), "config.data.data_dir"
+
+
+def _check_packed_dir_local(config) -> None:
+    if _is_remote(config.data.packed_dir):
+        raise ValueError(
+            f"config.data.packed_dir={config.data.packed_dir!r}: the packed token files are "
+            "memory-mapped and must be local; set --config.data.packed_dir to a local directory."
+        )
+    if not config.data.packed_dir and _is_remote(data_dir(config)):
+        raise ValueError(
+            f"config.data.data_dir={data_dir(config)!r} is remote, but the packed token files are "
+            "memory-mapped and must be local: set --config.data.packed_dir to a local directory."
+        )
+
+
+def _fingerprint(tok, config, split: _Split) -> str:
+    """Names a packed file by everything its content depends on besides the TFDS data."""
+    h = hashlib.sha1(f"{tok.name}:{tok.vocab_size}:{tok.eot_id}:{_PACK_FORMAT}:{split}".encode())
     if tok.name == "gpt2":
         for f in ("vocab.json", "merges.txt"):
             with open(os.path.join(os.path.expanduser(config.data.gpt2_vocab_dir), f), "rb") as fh:
@@ -180,7 +219,8 @@ def _pack(builder, split: _Split, tok, separate: bool, out_bin: str, out_meta: s
         with os.fdopen(fd, "wb") as f:
             for lo in range(start, stop, _READ_BATCH):
                 idx = list(range(lo, min(lo + _READ_BATCH, stop)))
-                texts = [r["text"] for r in source.__getitems__(idx)]
+                texts = [r["text"] if isinstance(r["text"], bytes) else r["text"].encode("utf-8")
+                         for r in source.__getitems__(idx)]
                 chunks = []
                 for ids in _encode_records(tok, texts):
                     chunks.append(ids.astype(dtype, copy=False))
@@ -197,6 +237,7 @@ def _pack(builder, split: _Split, tok, separate: bool, out_bin: str, out_meta: s
         meta = {"documents": n_docs, "bytes": n_bytes, "tokens": n_tokens, "max_id": max_id,
                 "dtype": np.dtype(dtype).name, "tokenizer": tok.name,
                 "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the store may be shared
         os.replace(tmp, out_bin)
     except BaseException:
         if os.path.exists(tmp):
@@ -205,6 +246,7 @@ def _pack(builder, split: _Split, tok, separate: bool, out_bin: str, out_meta: s
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out_meta), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out_meta)
     return meta
 
@@ -224,17 +266,17 @@ def packed_tokens(config, split: str, tok=None) -> tuple[np.ndarray, dict]:
             f"use one of {tuple(spec.splits)}."
         )
     tok = tok or tokenizers.get(config.data)
+    _check_packed_dir_local(config)
     builder = _builder(config)
-    stem = os.path.join(
-        os.fspath(builder.data_dir), "packed",
-        f"{split}.{tok.name}-{_tokenizer_fingerprint(tok, config)}",
-    )
+    pdir, pfield = _packed_dir(config, builder)
+    stem = os.path.join(pdir, f"{split}.{tok.name}-{_fingerprint(tok, config, spec.splits[split])}")
     out_bin, out_meta = stem + ".bin", stem + ".json"
     if out_meta in _STORE_CACHE:
         return _STORE_CACHE[out_meta]
     if not os.path.exists(out_meta):
-        _check_writable(data_dir(config))
+        _check_writable(pdir if config.data.packed_dir else data_dir(config), pfield)
         if not (builder.data_path / "dataset_info.json").exists():
+            _check_writable(data_dir(config), "config.data.data_dir")
             log.info("Preparing TFDS dataset %s in %s", builder.name, data_dir(config))
             builder.download_and_prepare()
             builder = _builder(config)  # re-read the finished dataset_info
