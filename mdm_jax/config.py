@@ -74,6 +74,7 @@ def base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.plot = True                  # write loss_curve.png at the end
+    c.train.sample_at_end = False        # print a few first-hitting samples after training
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1 fills the remaining devices

@@ -5,7 +5,8 @@ adaLN-Zero time conditioning (DiT-style, as in MDLM). The MDM and the ARM differ
 (and the objective), so comparisons between them isolate the objective.
 
 Token ids are in [0, V]; id V is the mask token (input embedding has V + 1 rows; the output
-head has V logits, so the network never predicts the mask: the "SUBS" parameterisation).
+head has V logits, so the network never predicts the mask: the "SUBS" parameterisation). Both
+tables are stored padded to a multiple of 128 rows/columns (`padded_vocab`); the padding is unused.
 
 Every parameter and activation carries *logical* axis names; `mdm_jax.sharding` maps them to
 mesh axes (data / fsdp / tensor), so the same module runs on 1 CPU or a pod.
@@ -32,6 +33,16 @@ A_BATCH, A_LEN, A_EMBED, A_HEADS, A_MLP, A_VOCAB = (
     "act_batch", "act_length", "act_embed", "act_heads", "act_mlp", "act_vocab")
 
 
+VOCAB_MULTIPLE = 128
+
+
+def padded_vocab(n: int) -> int:
+    """Vocabulary-sized dims are padded to a multiple of 128: any tensor-parallel degree up to 128
+    divides them (50,257 is odd), and accelerator matmul tiles stay full. Padded head columns are
+    sliced off the logits, so they get no gradient and never carry probability mass."""
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def _init(init_fn, *axes):
     return nn.with_logical_partitioning(init_fn, axes)
 
@@ -40,15 +51,20 @@ def _constrain(x, *axes):
     return nn.with_logical_constraint(x, axes)
 
 
-def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-    """Rotary embedding on the last axis of x[B, T, N, H]; positions int32[B, T] or [T]."""
-    half = x.shape[-1] // 2
+def rope_tables(positions: jax.Array, head_dim: int, base: float):
+    """(sin, cos) float32[..., T, head_dim // 2] for integer positions: computed once per forward
+    and shared by every layer."""
+    half = head_dim // 2
     freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * freqs  # [.., T, half]
-    if angles.ndim == 2:
-        angles = angles[None]
-    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
-    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    angles = positions.astype(jnp.float32)[..., None] * freqs
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotary embedding (rotate-half form) of x[B, T, N, H] with tables [T, H/2] or [B, T, H/2]."""
+    half = x.shape[-1] // 2
+    sin = sin[..., None, :].astype(x.dtype)  # broadcast over heads
+    cos = cos[..., None, :].astype(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
@@ -61,57 +77,93 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+class Einsum(nn.Module):
+    """A bias-free projection y = einsum(eqn, x, kernel) with a multi-axis kernel of logical axes.
+
+    Used instead of `nn.DenseGeneral`, which initialises a flattened 2-D kernel and, under a mesh
+    context, applies the kernel's N-D logical constraint to it (a rank error in the sharded
+    forward). lecun_normal over the given fan-in axes matches DenseGeneral's initialisation.
+    """
+
+    eqn: str
+    shape: tuple
+    axes: tuple
+    in_axis: Any
+    out_axis: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.lecun_normal(in_axis=self.in_axis, out_axis=self.out_axis)
+        kernel = self.param("kernel", _init(init, *self.axes), self.shape, self.param_dtype)
+        return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def _attention_impl(dtype) -> str | None:
+    """cuDNN flash attention for 16-bit compute on GPUs (what MFU needs), XLA's otherwise."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None
+
+
+def _dot_product_attention(q, k, v, *, is_causal=False, mask=None):
+    impl = _attention_impl(q.dtype) if mask is None else None
+    if impl is not None:
+        try:
+            return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
+        except (NotImplementedError, ValueError, RuntimeError):  # unsupported shape: plain XLA
+            pass
+    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask)
+
+
 class Attention(nn.Module):
     num_heads: int
     causal: bool
     rope_base: float
     dtype: Dtype
     param_dtype: Dtype
+    max_len_for_cache: int = 0
 
     @nn.compact
-    def __call__(self, x, *, decode: bool = False):
+    def __call__(self, x, rope_sc, *, decode: bool = False):
         b, t, d = x.shape
-        head_dim = d // self.num_heads
-        qkv = nn.DenseGeneral(
-            (3, self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="qkv",
-            kernel_init=_init(nn.initializers.lecun_normal(), EMBED, None, HEADS, KV))(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        n, head_dim = self.num_heads, d // self.num_heads
+        # One fused projection; [3, B, T, N, H] output so q, k, v are contiguous leading slices.
+        qkv = Einsum("btd,dcnh->cbtnh", (d, 3, n, head_dim), (EMBED, None, HEADS, KV), 0, (1, 2, 3),
+                     self.dtype, self.param_dtype, name="qkv")(x)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         q = _constrain(q, A_BATCH, A_LEN, A_HEADS, None)
 
         if decode:
             # KV cache: x is one position [B, 1, D]; the cache holds max_len keys/values.
             is_init = not self.has_variable("cache", "key")
             max_len = self.max_len_for_cache
-            ck = self.variable("cache", "key", jnp.zeros, (b, max_len, self.num_heads, head_dim), k.dtype)
-            cv = self.variable("cache", "value", jnp.zeros, (b, max_len, self.num_heads, head_dim), v.dtype)
+            ck = self.variable("cache", "key", jnp.zeros, (b, max_len, n, head_dim), k.dtype)
+            cv = self.variable("cache", "value", jnp.zeros, (b, max_len, n, head_dim), v.dtype)
             ci = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             if is_init:
                 # Initialisation pass: only the cache shapes matter.
                 return self._out(jnp.zeros_like(q), d)
             pos = ci.value
-            positions = jnp.full((b, 1), pos, jnp.int32)
-            q = rope(q, positions, self.rope_base)
-            k = rope(k, positions, self.rope_base)
-            ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, pos, 0, 0))
-            cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, pos, 0, 0))
+            sin, cos = rope_tables(pos[None], head_dim, self.rope_base)
+            q, k = rope(q, sin, cos), rope(k, sin, cos)
+            # _in_dim builds the other start indices in pos's dtype (python 0s would be int64 under x64).
+            ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, pos, axis=1)
+            cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, pos, axis=1)
             ci.value = pos + 1
             valid = (jnp.arange(max_len, dtype=jnp.int32) <= pos)[None, None, None, :]
-            out = jax.nn.dot_product_attention(q, ck.value, cv.value, mask=valid)
+            out = _dot_product_attention(q, ck.value, cv.value, mask=valid)
         else:
-            positions = jnp.arange(t, dtype=jnp.int32)
-            q = rope(q, positions, self.rope_base)
-            k = rope(k, positions, self.rope_base)
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+            sin, cos = rope_sc
+            q, k = rope(q, sin, cos), rope(k, sin, cos)
+            out = _dot_product_attention(q, k, v, is_causal=self.causal)
         return self._out(out, d)
-
-    max_len_for_cache: int = 0
 
     def _out(self, out, d):
         out = _constrain(out, A_BATCH, A_LEN, A_HEADS, None)
-        return nn.DenseGeneral(
-            d, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            name="out", kernel_init=_init(nn.initializers.lecun_normal(), HEADS, KV, EMBED))(out)
+        return Einsum("btnh,nhd->btd", (self.num_heads, d // self.num_heads, d), (HEADS, KV, EMBED),
+                      (0, 1), 2, self.dtype, self.param_dtype, name="out")(out)
 
 
 class Mlp(nn.Module):
@@ -123,20 +175,19 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
-            n, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-            kernel_init=_init(nn.initializers.lecun_normal(), *axes))
         if self.kind == "glu":
-            gate_up = nn.DenseGeneral(
-                (2, self.hidden), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="wi", kernel_init=_init(nn.initializers.lecun_normal(), EMBED, None, MLP))(x)
+            # Gate and up projections fused in one matmul; SwiGLU reads both halves in one fusion.
+            gate_up = Einsum("btd,dch->btch", (d, 2, self.hidden), (EMBED, None, MLP), 0, (1, 2),
+                             self.dtype, self.param_dtype, name="wi")(x)
             h = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
         elif self.kind == "gelu":
-            h = nn.gelu(dense(self.hidden, (EMBED, MLP), "wi")(x))
+            h = nn.gelu(Einsum("btd,dh->bth", (d, self.hidden), (EMBED, MLP), 0, 1,
+                               self.dtype, self.param_dtype, name="wi")(x))
         else:
             raise ValueError(f"unknown model.mlp_type {self.kind!r}: use 'glu' or 'gelu'")
         h = _constrain(h, A_BATCH, A_LEN, A_MLP)
-        return dense(d, (MLP, EMBED), "wo")(h)
+        return Einsum("bth,hd->btd", (self.hidden, d), (MLP, EMBED), 0, 1,
+                      self.dtype, self.param_dtype, name="wo")(h)
 
 
 class Block(nn.Module):
@@ -152,7 +203,7 @@ class Block(nn.Module):
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x, cond, *, deterministic: bool, decode: bool = False):
+    def __call__(self, x, cond, rope_sc, *, deterministic: bool, decode: bool = False):
         d = x.shape[-1]
         norm = lambda name: nn.RMSNorm(  # noqa: E731
             dtype=self.dtype, param_dtype=self.param_dtype, name=name,
@@ -172,7 +223,7 @@ class Block(nn.Module):
 
         h = modulate(norm("attn_norm")(x), sh1, sc1)
         h = Attention(self.num_heads, self.causal, self.rope_base, self.dtype, self.param_dtype,
-                      max_len_for_cache=self.max_len, name="attn")(h, decode=decode)
+                      max_len_for_cache=self.max_len, name="attn")(h, rope_sc, decode=decode)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         x = _constrain(x + g1 * h, A_BATCH, A_LEN, A_EMBED)
 
@@ -204,7 +255,7 @@ class Transformer(nn.Module):
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
         b, length = tokens.shape
         tokens = _constrain(tokens, A_BATCH, A_LEN)
-        x = nn.Embed(self.vocab_size + 1, self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        x = nn.Embed(padded_vocab(self.vocab_size + 1), self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="embed", embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED))(tokens)
         x = _constrain(x, A_BATCH, A_LEN, A_EMBED)
 
@@ -217,12 +268,14 @@ class Transformer(nn.Module):
                 kernel_init=_init(nn.initializers.normal(0.02), *ax), bias_init=_init(nn.initializers.zeros, ax[-1]))
             cond = timestep_embedding(jnp.broadcast_to(t, (b,)), self.time_emb_dim).astype(self.dtype)
             cond = nn.silu(dense(self.time_emb_dim, "time_mlp_in", (None, TIME))(cond))
-            cond = nn.silu(dense(self.time_emb_dim, "time_mlp_out", (TIME, TIME))(cond))
+            cond = nn.silu(dense(self.time_emb_dim, "time_mlp_out", (None, TIME))(cond))
 
+        rope_sc = rope_tables(jnp.arange(length, dtype=jnp.int32), self.emb_dim // self.num_heads,
+                              self.rope_base)
         for i in range(self.num_layers):
             x = Block(self.num_heads, self.mlp_dim, self.mlp_type, self.dropout, self.causal, self.rope_base,
                       self.time_conditioning, self.max_len, self.dtype, self.param_dtype,
-                      name=f"block_{i}")(x, cond, deterministic=deterministic, decode=decode)
+                      name=f"block_{i}")(x, cond, rope_sc, deterministic=deterministic, decode=decode)
 
         x = nn.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm",
                        use_scale=not self.time_conditioning,
@@ -233,7 +286,8 @@ class Transformer(nn.Module):
                            bias_init=_init(nn.initializers.zeros, EMBED))(cond)
             shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
             x = x * (1 + scale) + shift
-        logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="head", kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB))(x)
+        logits = nn.Dense(padded_vocab(self.vocab_size), use_bias=False, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="head",
+                          kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB))(x)[..., :self.vocab_size]
         # Logits leave the network in float32: the loss and the sampling policy cast from there.
         return _constrain(logits.astype(jnp.float32), A_BATCH, A_LEN, A_VOCAB)

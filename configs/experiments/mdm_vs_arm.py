@@ -1,0 +1,72 @@
+"""Experiment mdm_vs_arm: the decision page for an MDM and an ARM trained at the same budget.
+
+Command (from the repository root, 2-core CPU, about 15 minutes: trains the quickstart MDM, its ARM
+twin and a second ARM as evaluator for 500 steps each, then samples and times them):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/mdm_vs_arm.py \
+      --workdir=workdirs/mdm_vs_arm
+To use already trained runs instead (e.g. the quickstart pair):
+  ... --config.experiment.mdm_workdir=workdirs/quickstart --config.experiment.arm_workdir=workdirs/quickstart_arm
+
+What you should see (summary.md = the page, perplexity.png, genppl_vs_entropy.png, sampling_time.png,
+throughput.png, mdm_vs_arm.json and CSVs): the ARM ahead on validation perplexity (the MDM number
+is a bound) and on gen PPL at matched entropy, FHS slower per sequence than the KV-cached ARM with
+the gap growing with L (FHS re-runs the full sequence L times), similar training tokens/s, and a
+verdict computed from those numbers.
+
+Fields (config.experiment.*): mdm_workdir / arm_workdir ("" = train the pair in workdir/runs),
+num_steps (budget of each trained model; 0 = train.num_steps), evaluator ("train": a second ARM
+with another seed, "self": the ARM under test, or an ARM workdir), temperatures (comma list, both
+samplers), num_samples (per temperature and model), speed_lengths (comma list of L <=
+model.max_len), speed_batch, speed_repeats. Sampling precision: sampling.precision.
+
+Accelerators: `--config=configs/experiments/mdm_vs_arm.py:owt` starts from configs/owt_mdm_small.py
+(its ARM twin equals configs/owt_arm_small.py's backbone); point mdm_workdir / arm_workdir at the
+trained owt_mdm_small / owt_arm_small runs (training them here would take the full budget) and set
+--config.data.gpt2_vocab_dir.
+"""
+
+import importlib.util
+import os
+
+_BASES = {"quickstart": "quickstart.py", "owt": "owt_mdm_small.py"}
+
+
+def _base_config(name):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", _BASES[name])
+    spec = importlib.util.spec_from_file_location(f"_mdm_base_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(variant="quickstart"):
+    if variant not in _BASES:
+        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_BASES)}")
+    c = _base_config(variant)
+    c.experiment.name = "mdm_vs_arm"
+    c.experiment.mdm_workdir = ""
+    c.experiment.arm_workdir = ""
+    c.experiment.evaluator = "train"
+    c.experiment.temperatures = "0.7,0.8,0.9,1.0"
+    if variant == "quickstart":
+        # Quickstart model, smaller budget (x3 models): 300 steps x 16 x 128 tokens each.
+        c.experiment.num_steps = 300
+        c.train.batch_size = 16
+        c.experiment.num_samples = 16
+        c.experiment.speed_lengths = "16,32,64,128"
+        c.experiment.speed_batch = 4
+        c.experiment.speed_repeats = 2
+        c.sampling.batch_size = 8
+        c.train.eval_every = 100
+        c.train.checkpoint_every = 300
+        c.eval.num_batches = 8
+        c.eval.mc_draws = 4
+    else:
+        c.experiment.num_steps = 0
+        c.experiment.num_samples = 64
+        c.experiment.speed_lengths = "128,256,512,1024"
+        c.experiment.speed_batch = 8
+        c.experiment.speed_repeats = 3
+        c.eval.num_batches = 64
+        c.eval.mc_draws = 4
+    return c

@@ -1,0 +1,81 @@
+"""Experiment precision_sweep (the paper's Table 2 / Figure 7): sampler x precision x steps N.
+
+Commands (from the repository root):
+  # quickstart MDM + quickstart ARM as evaluator (train both first; ~10 minutes on 2 CPU cores):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py \\
+      --workdir=workdirs/precision_sweep
+  # exact reference model, no training needed (~5 minutes on 2 CPU cores):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:reference \\
+      --workdir=workdirs/precision_sweep_reference
+  # accelerators, the paper's setting (owt_mdm_small + owt_arm_small workdirs, N up to 10,000):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:owt \\
+      --workdir=DIR --config.experiment.checkpoint_workdir=... --config.experiment.evaluator_workdir=...
+
+What you should see: see mdm_jax/experiments/precision_sweep.py (bfloat16 (V+1)-way ancestral
+collapses in entropy and gen PPL as N grows; float64, factorized and first-hitting stay put; the
+32-bit effect needs V N near 2^24, i.e. the GPT-2 vocabulary). `:tiny` is the CI size.
+"""
+
+import importlib.util
+import os
+
+_VARIANTS = ("quickstart", "reference", "tiny", "owt")
+
+
+def _base(name):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", name)
+    spec = importlib.util.spec_from_file_location(f"_mdm_base_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(variant="quickstart"):
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_VARIANTS)}")
+    c = _base("owt_mdm_small.py" if variant == "owt" else "quickstart.py")
+    e = c.experiment
+    e.name = "precision_sweep"
+    e.model = "checkpoint"
+    e.checkpoint_workdir = "workdirs/quickstart"
+    e.evaluator_workdir = "workdirs/quickstart_arm"
+    e.samplers = "ancestral,factorized,first_hitting,parallel"
+    e.precisions = "float32-pytorch,float32,float32-high,bfloat16,float64"
+    e.steps = "128,512,1280"           # quickstart L = 128: up to 10 L
+    e.tokens_per_step = 4
+    e.num_samples = 8
+    e.batch_size = 8
+    e.seq_len = 0                      # 0 -> data.seq_len
+    e.predict_t = 0.5
+    e.predict_points = 16
+    e.predict_low_precision = True
+    e.reference_vocab = 256
+    e.reference_head = 4
+    e.reference_tail_mass = 0.5
+    e.reference_seed = 0
+    if variant == "reference":
+        e.model = "reference"
+        e.seq_len = 32
+        e.steps = "32,320,2048"
+        e.num_samples = 16
+        e.batch_size = 16
+    elif variant == "tiny":
+        # CI size: the reference model, three precisions, two N. bfloat16 carries the assertion
+        # that (V+1)-way ancestral loses entropy with N; see precision_sweep.py for why float32's
+        # effect needs far more draws than a CI run can make on a CPU.
+        e.model = "reference"
+        e.precisions = "float32-pytorch,bfloat16,float64"
+        e.seq_len = 16
+        e.steps = "16,256"
+        e.num_samples = 32
+        e.batch_size = 32
+        e.predict_points = 8
+        e.predict_low_precision = False
+    elif variant == "owt":
+        e.checkpoint_workdir = ""
+        e.evaluator_workdir = ""
+        e.steps = "1024,2048,4096,10000"
+        e.num_samples = 32
+        e.batch_size = 8
+        e.predict_low_precision = False  # exact bfloat16 enumeration is too slow for V = 50,257
+    return c

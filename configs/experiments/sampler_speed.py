@@ -1,0 +1,74 @@
+"""Experiment sampler_speed (the paper's 20x claim): first-hitting vs cached ancestral, ARM cache.
+
+Command (from the repository root, about 5 minutes on 2 CPU cores):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py \\
+      --workdir=workdirs/sampler_speed
+Accelerators (the full owt_mdm_small shape, L=1024, N up to 10^4 at both vocabularies):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py:owt \\
+      --workdir=DIR
+
+What you should see: see mdm_jax/experiments/sampler_speed.py. On the CPU the GPT-2 vocabulary
+runs only up to N = 1024 (one ancestral step draws L x 50,258 categories); the cost model
+extrapolates to 10^4 (experiment.predict_steps). `:tiny` is the CI size.
+
+The model: owt_mdm_small's architecture (GELU MLP 4x, adaLN time conditioning, RoPE) scaled down
+to 2 layers x width 256 (4 heads), float32 compute (bf16 matmuls are slow on CPUs), untrained.
+Fields (config.experiment.*): vocab_sizes, steps (one ';'-list per vocabulary, comma-separated),
+predict_steps, seq_len, batch_size, precision, repeats, arm_vocab, arm_lengths ('' = no ARM part).
+"""
+
+import importlib.util
+import os
+
+_VARIANTS = ("cpu", "tiny", "owt")
+
+
+def _owt():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "owt_mdm_small.py")
+    spec = importlib.util.spec_from_file_location("_mdm_base_owt_mdm_small", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(variant="cpu"):
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_VARIANTS)}")
+    c = _owt()
+    e = c.experiment
+    e.name = "sampler_speed"
+    e.vocab_sizes = "256,50257"
+    e.precision = "float32"
+    e.predict_steps = "10000"
+    e.arm_vocab = 256
+    if variant == "owt":
+        e.seq_len = 1024
+        e.batch_size = 8
+        e.steps = "1024;2048;4096;10000,1024;2048;4096;10000"
+        e.repeats = 2
+        e.arm_lengths = "128,256,512,1024"
+        return c
+    c.model.num_layers = 2
+    c.model.emb_dim = 256
+    c.model.num_heads = 4
+    c.model.mlp_dim = 1024
+    c.model.dropout = 0.0
+    c.dtype.compute = "float32"
+    c.data.seq_len = 16
+    e.seq_len = 16
+    e.batch_size = 1
+    e.steps = "16;128;1024;10000,16;64;256;1024"
+    e.repeats = 2
+    e.arm_lengths = "32,64,128,256"
+    if variant == "tiny":
+        c.model.num_layers = 1
+        c.model.emb_dim = 64
+        c.model.num_heads = 2
+        c.model.mlp_dim = 128
+        e.vocab_sizes = "256,4096"
+        e.seq_len = 8
+        e.steps = "8;64;512,8;64"
+        e.predict_steps = "1000"
+        e.repeats = 1
+        e.arm_lengths = "16,64"
+    return c

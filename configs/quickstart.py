@@ -1,0 +1,68 @@
+"""Quickstart: a small masked diffusion model on the embedded English corpus, on a laptop CPU.
+
+Command (from the repository root):
+  python -m mdm_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart
+
+What you should see: the embedded corpus (Python's own documentation, ~1.8 MB of English, byte
+tokens) is built once into a TFDS dataset; then `step N/600: loss ... (... tokens/s)` lines (a
+tqdm bar on a terminal), eval lines every 100 steps such as
+`eval step 600: nelbo ... nats/token = ... bits/token (ppl bound ...)`, and at the end
+`workdirs/quickstart/loss_curve.png`, `metrics.jsonl`, TensorBoard events in `tb/` and
+checkpoints in `checkpoints/`. Validation bits/token fall from 8 (uniform over bytes) to the
+byte-unigram plateau of ~4.8 within 100 steps; MEASURED below records what a run of exactly this
+config reached on the 2-core development CPU.
+
+Model: 4 layers, width 256, 4 heads, SwiGLU 688 (3.3M parameters), time-free (the paper's
+point: the network need not see t), L=128 bytes, batch 16 (1.2M training tokens in 600 steps);
+continuous-time NELBO, linear schedule, low-discrepancy t; AdamW 2e-3, 50 warm-up steps, cosine
+decay to 2e-4; EMA 0.999 (used for eval and sampling). Then sample from it (first-hitting,
+float64) and score it:
+  python -m mdm_jax.main --mode=sample --config=configs/quickstart.py --workdir=workdirs/quickstart
+  python -m mdm_jax.main --mode=eval --config=configs/quickstart.py --workdir=workdirs/quickstart
+"""
+
+from mdm_jax import config as config_lib
+
+# Measured with exactly this config on the 2-core development CPU while other jobs shared it
+# (load average ~14, so wall time is ~6x what an idle machine gives; CPU time per train step was
+# 2.5 s for 16x128 tokens, i.e. roughly 3,000 tokens/s on an idle 2-core machine, ~7 minutes):
+MEASURED = {
+    "tokens_per_s_under_load": 400,
+    "eval_bits_per_token": {100: 4.827, 200: 4.842, 300: 4.805, 400: 4.787},
+}
+
+
+def get_config():
+    c = config_lib.base()
+    c.objective.kind = "continuous"
+    c.objective.schedule = "linear"
+
+    c.model.vocab_size = 256
+    c.model.max_len = 128
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.emb_dim = 256
+    c.model.mlp_dim = 688
+    c.model.time_conditioning = False
+
+    c.data.dataset = "embedded"
+    c.data.tokenizer = "byte"
+    c.data.seq_len = 128
+
+    c.train.batch_size = 16
+    c.train.num_steps = 600
+    c.train.lr = 2e-3
+    c.train.warmup_steps = 50
+    c.train.min_lr_ratio = 0.1
+    c.train.ema_decay = 0.999
+    c.train.log_every = 20
+    c.train.eval_every = 100
+    c.train.eval_batches = 8
+    c.train.checkpoint_every = 200
+
+    c.sampling.method = "first_hitting"
+    c.sampling.precision = "float64"
+    c.sampling.num_samples = 4
+    c.sampling.batch_size = 4
+    c.eval.num_batches = 16
+    return c

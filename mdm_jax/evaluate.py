@@ -1,0 +1,388 @@
+"""Evaluation: validation likelihood (`--mode=eval`) and sample-quality metrics (issue 4).
+
+Likelihood (`evaluate`): the latest checkpoint of a workdir (EMA parameters if
+`eval.use_ema`) is scored on `eval.num_batches` validation batches with the training code's own
+eval step (no second implementation of the loss):
+- MDM: the NELBO, an upper bound on the NLL, with `eval.mc_draws` Monte Carlo draws per
+  sequence, each draw with low-discrepancy times across the batch; reported in nats/token,
+  bits/token and as the perplexity bound exp(NELBO/token);
+- ARM: the exact NLL of the same data with the same tokenizer (one draw: nothing is random).
+
+Sample metrics (pure functions of token ids, as the field computes them, PAPER.md section 5):
+- `sequence_entropy`: per sequence, the unigram entropy of its own token ids (nats), averaged;
+- `generative_perplexity`: exp of the token-weighted mean NLL of *all* samples together under
+  an evaluator ARM. End-of-text handling: sequences are scored exactly as sampled, with the
+  evaluator's own tokenizer (no retokenisation, the models of a project share it); each
+  sequence is preceded by the ARM's BOS (the mask id V, as in training) and all L tokens are
+  scored, document separators (`eot_id`) like any other token; nothing is truncated at a
+  separator, so text after it is scored in the (packed-training) context of what precedes it;
+- `reference_entropy`: the same entropy on real held-out (validation) sequences of the same
+  length, the value a perfect sampler would match.
+`sample_quality` combines them into a report that records every sampler setting; `--mode=eval`
+with `eval.evaluator_workdir` set also scores every `workdir/samples/*.jsonl` of `--mode=sample`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+
+from mdm_jax import rng
+
+LOG2 = math.log(2.0)
+
+# ----------------------------------------------------------------------------- sample metrics
+
+
+def _as_sequences(tokens) -> list[np.ndarray]:
+    if isinstance(tokens, (list, tuple)):  # possibly ragged
+        return [np.asarray(t).reshape(-1) for t in tokens]
+    arr = np.asarray(tokens)
+    return list(arr.reshape(1, -1) if arr.ndim == 1 else arr)
+
+
+def sequence_entropies(tokens) -> np.ndarray:
+    """Unigram entropy (nats) of each sequence's own token ids; tokens: [N, L] or a list of 1-D."""
+    out = []
+    for seq in _as_sequences(tokens):
+        if seq.size == 0:
+            raise ValueError("sequence_entropy: empty sequence")
+        _, counts = np.unique(seq, return_counts=True)
+        out.append(scipy.stats.entropy(counts))  # normalises counts; natural log
+    return np.asarray(out, np.float64)
+
+
+def sequence_entropy(tokens) -> float:
+    """Mean over sequences of the unigram entropy (nats) of each sequence's own ids."""
+    return float(np.mean(sequence_entropies(tokens)))
+
+
+def sequence_nlls(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
+                  vocab_size: int | None = None, batch_size: int | None = None) -> np.ndarray:
+    """Summed NLL (nats) of each sequence under a causal evaluator.
+
+    evaluator_logits_fn(inputs int32[B, L]) -> logits[B, L, V], logits[:, i] predicting the token
+    after inputs[:, :i+1]. The inputs are [bos, x_0, ..., x_{L-2}] and the targets x_0..x_{L-1},
+    so every sampled token is scored (the ARM objective's convention).
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"generative perplexity needs tokens of shape [N, L], got {tokens.shape}")
+    if vocab_size is not None and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(
+            f"token ids must be in [0, {vocab_size}) for the evaluator (got min {tokens.min()}, max "
+            f"{tokens.max()}): a mask token left in a sample, or an evaluator with another vocabulary")
+    n = tokens.shape[0]
+    bs = batch_size or n
+    out = []
+    for i in range(0, n, bs):
+        x = jnp.asarray(tokens[i:i + bs], jnp.int32)
+        inputs = jnp.concatenate([jnp.full((x.shape[0], 1), bos_id, jnp.int32), x[:, :-1]], axis=1)
+        logits = jnp.asarray(evaluator_logits_fn(inputs), jnp.float32)
+        if vocab_size is None and int(tokens.max()) >= logits.shape[-1]:
+            raise ValueError(f"token id {int(tokens.max())} >= evaluator vocabulary {logits.shape[-1]}")
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, x)
+        out.append(np.asarray(ce, np.float64).sum(axis=1))
+    return np.concatenate(out)
+
+
+def generative_perplexity(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
+                          vocab_size: int | None = None, batch_size: int | None = None) -> float:
+    """exp(token-weighted mean NLL over all samples) under the evaluator ARM (see module doc)."""
+    tokens = np.asarray(tokens)
+    nll = sequence_nlls(evaluator_logits_fn, tokens, bos_id, vocab_size=vocab_size, batch_size=batch_size)
+    return float(np.exp(nll.sum() / tokens.size))
+
+
+def reference_entropy(config, seq_len: int, num_sequences: int, split: str = "validation") -> float:
+    """Mean unigram entropy of the first `num_sequences` real `split` sequences of length seq_len."""
+    from mdm_jax.data import pipeline
+
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+        cfg.data.seq_len = int(seq_len)
+        cfg.train.batch_size = int(num_sequences)
+    # One global batch of the wanted size; sequences are packed text with separators, like the
+    # training data the samples imitate.
+    batch = pipeline.eval_batches(cfg, 1, split=split, process_index=0, process_count=1)[0]
+    return sequence_entropy(batch)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _merge(node, values: Mapping):
+    for k, v in values.items():
+        if k in node and hasattr(node[k], "keys") and isinstance(v, Mapping):
+            _merge(node[k], v)
+        else:
+            node[k] = v
+
+
+def save_workdir_config(config, workdir: str) -> str:
+    """Writes workdir/config.json so that tools can rebuild the model of a workdir later."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json(indent=2))
+    return path
+
+
+def workdir_config(workdir: str, fallback=None):
+    """The config a workdir was trained with, from its `config.json`, else `fallback`.
+
+    The JSON is merged into `config.base()`, so fields added to the schema later get defaults.
+    """
+    from mdm_jax import config as config_lib
+
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            values = json.load(f)
+        c = config_lib.base()
+        with c.unlocked():
+            _merge(c, values)
+        return c
+    if fallback is None:
+        raise FileNotFoundError(f"{workdir} has no config.json: pass the config it was trained with")
+    return fallback
+
+
+def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | None = None):
+    """(params, checkpoint step, mesh, params shardings) of the latest (or given) checkpoint."""
+    from mdm_jax import checkpoint, sharding, train
+
+    mesh = sharding.make_mesh(config.mesh)
+    ckpt = checkpoint.Checkpointer(workdir)
+    try:
+        latest = ckpt.latest_step() if step is None else step
+        if latest is None:
+            raise FileNotFoundError(
+                f"no checkpoint in {workdir}: train first (python -m mdm_jax.main --mode=train "
+                f"--config=... --workdir={workdir}) or point --workdir at a trained run")
+        abstract, shardings = train.abstract_train_state(config, mesh)
+        state, _ = ckpt.restore(abstract, step=latest)
+    finally:
+        ckpt.close()
+    params = state.ema_params if use_ema else state.params
+    return params, int(latest), mesh, shardings.params
+
+
+def load_evaluator(config, evaluator_workdir: str | None = None):
+    """(logits_fn, bos_id, info) of the evaluator ARM in `eval.evaluator_workdir` (EMA params).
+
+    The evaluator's config is read from its workdir's config.json; without one (a run trained
+    before configs were saved), the sample config with objective.kind="arm" is assumed: the
+    quickstart pair shares its backbone, and a checkpoint of another shape fails to restore
+    with an error naming the mismatched parameters.
+    """
+    from mdm_jax import models
+    from mdm_jax.models import adapters
+
+    wd = evaluator_workdir or config.eval.evaluator_workdir
+    if not wd:
+        raise ValueError("generative perplexity needs an evaluator ARM: set --config.eval.evaluator_workdir "
+                         "to a workdir trained with an ARM config (e.g. configs/quickstart_arm.py)")
+    fallback = copy.deepcopy(config)
+    with fallback.unlocked():
+        fallback.objective.kind = "arm"
+    ecfg = workdir_config(wd, fallback)
+    if ecfg.objective.kind != "arm":
+        raise ValueError(f"eval.evaluator_workdir={wd} holds a {ecfg.objective.kind!r} model, not an ARM")
+    if ecfg.model.vocab_size != config.model.vocab_size or ecfg.data.tokenizer != config.data.tokenizer:
+        raise ValueError(f"evaluator {wd} uses tokenizer {ecfg.data.tokenizer} / V={ecfg.model.vocab_size}, "
+                         f"the samples {config.data.tokenizer} / V={config.model.vocab_size}")
+    params, step, _, _ = restore_params(ecfg, wd, use_ema=bool(ecfg.eval.use_ema))
+    fn = adapters.ar_logits_fn(models.build(ecfg), params)
+    info = {"evaluator_workdir": os.path.abspath(wd), "evaluator_step": step,
+            "evaluator_objective": "arm", "evaluator_bos_id": ecfg.model.vocab_size}
+    return fn, ecfg.model.vocab_size, info
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+
+def validation_metrics(config, params, mesh, params_shardings, *, num_batches: int, mc_draws: int,
+                       split: str = "validation") -> dict:
+    """Mean eval metrics over the validation batches x MC draws, with a standard error.
+
+    Key of draw d on batch b: rng.fold(root, "eval", d, b), so results do not depend on the
+    device count; every (batch, draw) has the same number of tokens, so the mean of the per-batch
+    means is the token-weighted mean.
+    """
+    from mdm_jax import sharding, train
+    from mdm_jax.data import pipeline
+
+    draws = 1 if config.objective.kind == "arm" else int(mc_draws)
+    if draws < 1:
+        raise ValueError(f"eval.mc_draws must be >= 1, got {mc_draws}")
+    eval_step = train.make_eval_step(config, mesh, params_shardings)
+    root = rng.root_key(config.seed)
+    batches = pipeline.eval_batches(config, num_batches, split=split)
+    per = []
+    for b, local in enumerate(batches):
+        batch = sharding.global_batch(local, mesh)
+        for d in range(draws):
+            m = eval_step(params, batch, rng.fold(root, "eval", d, b))
+            per.append({k: float(v) for k, v in jax.device_get(m).items()})
+    keys = per[0].keys()
+    out = {k: float(np.mean([p[k] for p in per])) for k in keys}
+    nelbo = np.array([p["nelbo"] for p in per])
+    out["nelbo_stderr"] = float(nelbo.std(ddof=1) / np.sqrt(len(nelbo))) if len(nelbo) > 1 else 0.0
+    # Derived quantities from the mean NELBO (the mean of per-batch ppl would be biased).
+    out["bits_per_token"] = out["nelbo"] / LOG2
+    out["ppl_bound"] = float(np.exp(out["nelbo"]))
+    out["num_sequences"] = int(config.train.batch_size) * len(batches)
+    out["num_tokens"] = out["num_sequences"] * int(config.data.seq_len)
+    out["mc_draws"] = draws
+    out["num_batches"] = len(batches)
+    return out
+
+
+def evaluate(config, workdir: str) -> dict:
+    """--mode=eval: validation NELBO (MDM) or exact NLL (ARM) of the latest checkpoint."""
+    from mdm_jax.experiments import report
+
+    use_ema = bool(config.eval.use_ema)
+    params, step, mesh, pshard = restore_params(config, workdir, use_ema=use_ema)
+    t0 = time.perf_counter()
+    m = validation_metrics(config, params, mesh, pshard, num_batches=int(config.eval.num_batches),
+                           mc_draws=int(config.eval.mc_draws))
+    kind = config.objective.kind
+    bound = "exact NLL" if kind == "arm" else "NELBO bound"
+    result = {
+        "checkpoint_step": step, "objective": kind, "params": "ema" if use_ema else "raw",
+        "nats_per_token": m["nelbo"], "bits_per_token": m["bits_per_token"],
+        "perplexity" if kind == "arm" else "ppl_bound": m["ppl_bound"],
+        "nats_per_token_stderr": m["nelbo_stderr"], "likelihood": bound,
+        "num_sequences": m["num_sequences"], "num_tokens": m["num_tokens"],
+        "num_batches": m["num_batches"], "mc_draws": m["mc_draws"], "split": "validation",
+        "eval_seconds": time.perf_counter() - t0, "eval_metrics": m,
+    }
+    out_dir = os.path.join(workdir, "eval")
+    path = os.path.join(out_dir, f"eval_{step}.json")
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        report.write_json(path, {**result, "metadata": report.metadata(config, workdir=os.path.abspath(workdir))})
+        print(f"eval step {step} ({kind}, {'EMA' if use_ema else 'raw'} params): {m['nelbo']:.4f} nats/token = "
+              f"{m['bits_per_token']:.4f} bits/token ({bound}; ppl {m['ppl_bound']:.3f}) over "
+              f"{m['num_tokens']} tokens, {m['mc_draws']} draw(s)/sequence -> {path}")
+    result["path"] = path
+    if config.eval.evaluator_workdir:
+        result["sample_quality"] = score_sample_files(config, workdir)
+    return result
+
+
+def score_sample_files(config, workdir: str) -> list[dict]:
+    """Sample quality of every `workdir/samples/*.jsonl` written by `--mode=sample`, under the ARM
+    in `eval.evaluator_workdir`: `--mode=eval` then reports likelihood and samples together."""
+    import glob
+
+    files = sorted(glob.glob(os.path.join(workdir, "samples", "*.jsonl")))
+    if not files:
+        if jax.process_index() == 0:
+            print(f"no samples in {workdir}/samples to score: run --mode=sample first")
+        return []
+    evaluator = load_evaluator(config)
+    out = []
+    for path in files:
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        name = "sample_quality_" + os.path.splitext(os.path.basename(path))[0]
+        q = sample_quality(config, workdir, records, evaluator=evaluator, name=name)
+        if jax.process_index() == 0:
+            print(f"samples {os.path.basename(path)}: {q['num_samples']} x L={q['seq_len']}, entropy "
+                  f"{q['entropy']:.3f} nats (real text {q['reference_entropy']:.3f}), gen PPL {q['gen_ppl']:.3f} "
+                  f"({q['sampler']}, {q['precision']}, {q['steps']} steps) -> {q['path']}")
+        out.append(q)
+    return out
+
+
+# ----------------------------------------------------------------------------- sample quality
+
+SETTINGS = ("checkpoint_step", "sampler", "steps", "tokens_per_step", "precision", "temperature",
+            "num_samples", "seed", "nfe", "wall_time_s", "device_kind", "jax_version")
+
+
+def _settings_from_records(records: Sequence[Mapping]) -> dict:
+    """The sampler settings shared by generate.sample's records (must agree across records)."""
+    keys = {"checkpoint_step": "checkpoint_step", "sampler": "sampler", "steps": "steps",
+            "tokens_per_step": "tokens_per_step", "precision": "precision", "temperature": "temperature",
+            "seed": "seed", "device_kind": "device_kind", "jax_version": "jax_version"}
+    out = {}
+    for k, src in keys.items():
+        vals = {json.dumps(r.get(src)) for r in records}
+        if len(vals) > 1:
+            raise ValueError(f"sample records disagree on {src!r}: {sorted(vals)}; report them separately")
+        out[k] = records[0].get(src)
+    # NFE and wall time are recorded per sampler batch; sum over distinct batches.
+    batches = {}
+    for r in records:
+        batches.setdefault(r.get("batch_index", len(batches)), (r.get("nfe"), r.get("wall_time_s")))
+    nfes = [v[0] for v in batches.values() if v[0] is not None]
+    walls = [v[1] for v in batches.values() if v[1] is not None]
+    out["nfe"] = float(np.mean(nfes)) if nfes else None
+    out["wall_time_s"] = float(np.sum(walls)) if walls else None
+    out["wall_time_includes_compile"] = any(bool(r.get("includes_compile")) for r in records)
+    return out
+
+
+def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = None,
+                   evaluator: tuple | None = None, name: str | None = None,
+                   reference_split: str = "validation") -> dict:
+    """Entropy, reference entropy and gen PPL of samples, written with all their settings.
+
+    samples: generate.sample's records (dicts with "tokens") or an int array [N, L] plus
+    `settings` (keys of SETTINGS; anything missing is recorded as None). evaluator:
+    (logits_fn, bos_id, info) or None to load `eval.evaluator_workdir`.
+    Writes workdir/eval/<name>.json and <name>.md; returns the result dict.
+    """
+    from mdm_jax.experiments import report
+
+    if len(samples) and isinstance(samples[0], Mapping):
+        tokens = np.asarray([r["tokens"] for r in samples], np.int32)
+        s = _settings_from_records(samples)
+    else:
+        tokens = np.asarray(samples, np.int32)
+        s = {}
+    s.update(dict(settings or {}))
+    s["num_samples"] = int(tokens.shape[0])
+    s.setdefault("device_kind", report.device_kind())
+    s.setdefault("jax_version", jax.__version__)
+    for k in SETTINGS:
+        s.setdefault(k, None)
+    logits_fn, bos_id, info = evaluator if evaluator is not None else load_evaluator(config)
+    ent = sequence_entropies(tokens)
+    nll = sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
+                        batch_size=int(config.sampling.batch_size))
+    result = {
+        **s, "seq_len": int(tokens.shape[1]),
+        "entropy": float(ent.mean()), "entropy_std": float(ent.std()),
+        "reference_entropy": reference_entropy(config, tokens.shape[1], tokens.shape[0], split=reference_split),
+        "gen_ppl": float(np.exp(nll.sum() / tokens.size)),
+        "gen_nll_per_token": float(nll.sum() / tokens.size),
+        "gen_ppl_definition": "exp(sum of NLL over all sampled tokens / their number); each sequence "
+                              "scored as sampled after the evaluator's BOS, separators scored like any token",
+        **info,
+    }
+    name = name or f"sample_quality_{s['sampler']}_{s['precision']}_{s['steps']}"
+    out_dir = os.path.join(workdir, "eval")
+    if jax.process_index() == 0:
+        report.write(out_dir, name, config=config, results=result,
+                     tables={"settings": [{k: result[k] for k in (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")}]},
+                     findings=[(None, f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats "
+                                      f"(real text {result['reference_entropy']:.3f}), gen PPL "
+                                      f"{result['gen_ppl']:.3f} under the ARM at {info.get('evaluator_workdir')}.")],
+                     title=f"Sample quality: {s['sampler']}, {s['precision']}", summary_name=f"{name}.md")
+    result["path"] = os.path.join(out_dir, f"{name}.json")
+    return result

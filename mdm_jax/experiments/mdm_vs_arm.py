@@ -1,0 +1,354 @@
+"""Experiment `mdm_vs_arm`: the decision page for a masked diffusion model and an ARM of equal budget.
+
+The pair: `experiment.mdm_workdir` and `experiment.arm_workdir`, or, when empty, the config's
+MDM and its ARM twin (same backbone, objective.kind="arm") trained for `experiment.num_steps`
+into `<workdir>/runs/{mdm,arm}` (reused on a rerun). Measured, each with its settings:
+1. validation perplexity: the MDM's NELBO bound (eval.mc_draws low-discrepancy draws) and the
+   ARM's exact perplexity on the same `eval.num_batches` validation batches;
+2. sample quality at matched entropy: FHS (exact, `sampling.precision`) and KV-cached ARM
+   decoding at each temperature of `experiment.temperatures`; entropy and gen PPL of
+   `experiment.num_samples` samples of length L = data.seq_len each; the gen PPL of both models
+   is read off at the same entropy (log gen PPL interpolated linearly in entropy) -- the entropy
+   of real validation text when both curves reach it;
+3. sampling wall time per sequence vs L (`experiment.speed_lengths`, batch
+   `experiment.speed_batch`, compiled, best of `experiment.speed_repeats`): FHS (L network calls
+   on the full sequence) vs the KV-cached ARM (L single-position calls);
+4. training throughput: median tokens/s of each run's metrics.jsonl (first interval dropped);
+5. a verdict whose sentences are chosen by rules on those numbers (`verdict`).
+
+Evaluator of gen PPL (`experiment.evaluator`): "train" (default) trains a second ARM with another
+seed (hence another init and data order) into runs/evaluator, so the ARM under test is not scored
+by itself (self-scoring rewards its own idiosyncrasies: at temperature 1 its samples' gen PPL is
+its own perplexity); "self" uses the ARM under test (cheaper, biased towards the ARM); any other
+value is an ARM workdir (e.g. a bigger model). The page states which one was used.
+Outputs: mdm_vs_arm.json, mdm_vs_arm_{summary,quality,speed}.csv, perplexity.png,
+genppl_vs_entropy.png, sampling_time.png, throughput.png, summary.md (the page).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from mdm_jax import evaluate, rng
+from mdm_jax.experiments import derive, parse_list, report, train_run
+
+
+def _pair_configs(config):
+    steps = int(config.experiment.num_steps) or int(config.train.num_steps)
+    mdm = derive(config, **{"train.num_steps": steps})
+    if mdm.objective.kind == "arm":
+        raise ValueError("mdm_vs_arm: the experiment config must describe the MDM (objective.kind "
+                         "continuous or discrete); its ARM twin is derived from it")
+    arm = derive(mdm, **{"objective.kind": "arm", "sampling.method": "autoregressive"})
+    return mdm, arm
+
+
+def _model(cfg, workdir):
+    from mdm_jax import models
+
+    params, step, mesh, pshard = evaluate.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
+    return {"cfg": cfg, "workdir": workdir, "params": params, "step": step, "mesh": mesh,
+            "pshard": pshard, "model": models.build(cfg)}
+
+
+def _evaluator(kind: str, arm, config, workdir):
+    """(logits_fn, bos_id, info) following experiment.evaluator (see module docstring)."""
+    from mdm_jax.models import adapters
+
+    if kind == "self":
+        m = arm
+        why = "the ARM under test itself (biased towards the ARM: it scores its own samples)"
+    elif kind == "train":
+        cfg = derive(arm["cfg"], seed=int(arm["cfg"].seed) + 1)
+        wd = os.path.join(workdir, "runs", "evaluator")
+        train_run(cfg, wd)
+        m = _model(cfg, wd)
+        why = ("a second ARM, same size and budget, another seed (init and data order): neither "
+               "model under test scores itself")
+    else:
+        fn, bos, info = evaluate.load_evaluator(config, kind)
+        return fn, bos, {**info, "evaluator": kind, "evaluator_why": "a separate ARM workdir given in the config"}
+    jitted = jax.jit(lambda p, x: adapters.ar_logits_fn(m["model"], p)(x))
+    fn = lambda x: jitted(m["params"], x)  # noqa: E731
+    info = {"evaluator": kind, "evaluator_workdir": os.path.abspath(m["workdir"]),
+            "evaluator_step": m["step"], "evaluator_why": why}
+    return fn, m["cfg"].model.vocab_size, info
+
+
+class _Samplers:
+    """Compiled FHS / cached-ARM samplers of the pair; one function object per model and batch
+    size so that the samplers' compile caches hit across temperatures and repeats."""
+
+    def __init__(self, mdm, arm):
+        from mdm_jax import objectives
+        from mdm_jax.models import adapters
+
+        self.mdm, self.arm = mdm, arm
+        self.denoise = adapters.denoise_fn(mdm["model"], mdm["params"])
+        self.sched = objectives.schedule_of(mdm["cfg"].objective)
+        self._ar = {}
+
+    def mdm_sample(self, key, batch, seq_len, temperature, precision):
+        from mdm_jax import sampling
+
+        toks, stats = sampling.first_hitting(
+            self.denoise, key, batch_size=batch, seq_len=seq_len, mask_id=self.mdm["cfg"].model.vocab_size,
+            schedule=self.sched, precision=precision, tokens_per_step=1, temperature=temperature)
+        return jax.block_until_ready(toks), stats
+
+    def arm_sample(self, key, batch, seq_len, temperature, precision):
+        from mdm_jax import sampling
+        from mdm_jax.models import adapters
+
+        if batch not in self._ar:
+            self._ar[batch] = adapters.ar_step_fn(self.arm["model"], self.arm["params"], batch)
+        step_fn, state = self._ar[batch]
+        toks, stats = sampling.autoregressive(
+            step_fn, state, key, batch_size=batch, seq_len=seq_len, precision=precision,
+            temperature=temperature, bos_id=self.arm["cfg"].model.vocab_size)
+        return jax.block_until_ready(toks), stats
+
+
+def _generate(samplers, which, root, ti, n, batch, seq_len, temperature, precision):
+    fn = samplers.mdm_sample if which == "mdm" else samplers.arm_sample
+    out, nfe, wall = [], 0, 0.0
+    for b in range(math.ceil(n / batch)):
+        t0 = time.perf_counter()
+        toks, stats = fn(rng.fold(root, f"mdm_vs_arm_{which}", ti, b), batch, seq_len, temperature, precision)
+        wall += time.perf_counter() - t0
+        nfe += int(stats["nfe"])
+        out.append(np.asarray(toks))
+    return np.concatenate(out)[:n], nfe, wall
+
+
+def matched(points_a, points_b, target):
+    """Gen PPL of two (entropy, gen_ppl) curves at one entropy: `target` if both curves span it,
+    else the middle of their overlap, else (no overlap) None. Returns (entropy, ppl_a, ppl_b, how)."""
+    def interp(pts, e):
+        pts = sorted(pts)
+        xs, ys = [p[0] for p in pts], [math.log(p[1]) for p in pts]
+        return math.exp(float(np.interp(e, xs, ys)))
+
+    ea, eb = [p[0] for p in points_a], [p[0] for p in points_b]
+    lo, hi = max(min(ea), min(eb)), min(max(ea), max(eb))
+    if lo > hi:
+        return None, None, None, "no overlap"
+    if lo <= target <= hi:
+        e, how = target, "the entropy of real validation text"
+    else:
+        e, how = 0.5 * (lo + hi), "the middle of the entropy range both models reach"
+    return e, interp(points_a, e), interp(points_b, e), how
+
+
+def verdict(s: dict) -> list[str]:
+    """Rule-based sentences from the page's numbers (s: the summary dict built by `run`)."""
+    out = []
+    mdm_p, arm_p = s["mdm_val_ppl_bound"], s["arm_val_ppl"]
+    gap = 100 * (mdm_p - arm_p) / mdm_p
+    if arm_p < mdm_p:
+        out.append(f"Likelihood: the ARM wins validation perplexity by {gap:.1f}% ({arm_p:.3f} vs the MDM's bound "
+                   f"{mdm_p:.3f}; the bound overstates the MDM's true perplexity by an unknown margin).")
+    else:
+        out.append(f"Likelihood: the MDM's bound is already {-gap:.1f}% below the ARM's perplexity "
+                   f"({mdm_p:.3f} vs {arm_p:.3f}).")
+    if s.get("matched_entropy") is not None:
+        gm, ga = s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]
+        better, worse = ("ARM", "MDM") if ga < gm else ("MDM", "ARM")
+        ratio = max(gm, ga) / min(gm, ga)
+        out.append(f"Samples: at matched entropy {s['matched_entropy']:.3f} nats ({s['matched_how']}) the "
+                   f"{better}'s samples have {ratio:.2f}x lower gen PPL than the {worse}'s ({min(gm, ga):.2f} vs "
+                   f"{max(gm, ga):.2f}, evaluator: {s['evaluator']}).")
+    else:
+        out.append("Samples: the temperature sweeps of the two models reach no common entropy; widen "
+                   "experiment.temperatures to compare gen PPL at matched entropy.")
+    L, fm, fa = s["speed_max_len"], s["fhs_s_per_seq_at_max_len"], s["arm_s_per_seq_at_max_len"]
+    faster, slower = ("ARM (KV cache)", "FHS") if fa < fm else ("FHS", "ARM (KV cache)")
+    out.append(f"Sampling speed: at L={L} the {faster} takes {min(fa, fm) * 1e3:.1f} ms per sequence, "
+               f"{max(fa, fm) / min(fa, fm):.1f}x less than {slower} ({max(fa, fm) * 1e3:.1f} ms); "
+               f"the FHS/ARM time ratio goes from {s['speed_ratio_min_len']:.1f}x at L={s['speed_min_len']} to "
+               f"{fm / fa:.1f}x at L={L}.")
+    tm, ta = s.get("mdm_train_tokens_per_s"), s.get("arm_train_tokens_per_s")
+    if tm and ta:
+        out.append(f"Training: {tm:.0f} vs {ta:.0f} tokens/s (MDM vs ARM, {100 * (tm - ta) / ta:+.0f}%): the "
+                   "objective barely changes the cost of a step; the budgets are equal in steps and tokens.")
+    arm_wins = (arm_p < mdm_p) + (s.get("matched_entropy") is not None and
+                                  s["arm_gen_ppl_matched"] < s["mdm_gen_ppl_matched"]) + (fa < fm)
+    if arm_wins == 3:
+        out.append("Verdict: at this budget the ARM is better on likelihood, sample quality and sampling speed; "
+                   "pick the MDM only for what an ARM cannot do (infilling, any-order or parallel decoding).")
+    elif arm_wins == 0:
+        out.append("Verdict: the MDM wins on likelihood, sample quality and sampling speed at this budget.")
+    else:
+        out.append(f"Verdict: mixed, the ARM wins {arm_wins} of 3 criteria (likelihood, matched-entropy gen PPL, "
+                   "sampling speed); weigh them by what the application needs.")
+    return out
+
+
+def _plots(workdir, s, quality, speed):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(["MDM (NELBO bound)", "ARM (exact)"], [s["mdm_val_ppl_bound"], s["arm_val_ppl"]],
+           color=["tab:blue", "tab:gray"])
+    ax.set_ylabel("validation perplexity")
+    files["ppl"] = report.save_figure(fig, workdir, "perplexity.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for which, c in (("mdm", "tab:blue"), ("arm", "tab:gray")):
+        rows = sorted((r for r in quality if r["model"] == which), key=lambda r: r["entropy"])
+        ax.plot([r["entropy"] for r in rows], [r["gen_ppl"] for r in rows], "o-", color=c,
+                label="MDM (FHS)" if which == "mdm" else "ARM (cached)")
+        for r in rows:
+            ax.annotate(f"T={r['temperature']:g}", (r["entropy"], r["gen_ppl"]), fontsize=7)
+    ax.axvline(s["reference_entropy"], color="k", ls=":", lw=1, label="real text entropy")
+    if s.get("matched_entropy") is not None:
+        ax.plot([s["matched_entropy"]] * 2, [s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]], "r*", ms=10,
+                label="matched entropy")
+    ax.set_yscale("log")
+    ax.set_xlabel("sample entropy (nats, mean unigram entropy per sequence)")
+    ax.set_ylabel("gen PPL under the evaluator ARM")
+    ax.legend(fontsize=8)
+    files["quality"] = report.save_figure(fig, workdir, "genppl_vs_entropy.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for which, c, lab in (("fhs", "tab:blue", "MDM, first-hitting (L calls)"),
+                          ("arm", "tab:gray", "ARM, KV cache")):
+        rows = [r for r in speed if r["sampler"] == which]
+        ax.plot([r["seq_len"] for r in rows], [r["s_per_seq"] * 1e3 for r in rows], "o-", color=c, label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("ms per sequence")
+    ax.legend(fontsize=8)
+    files["speed"] = report.save_figure(fig, workdir, "sampling_time.png")
+
+    if s.get("mdm_train_tokens_per_s") and s.get("arm_train_tokens_per_s"):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.bar(["MDM", "ARM"], [s["mdm_train_tokens_per_s"], s["arm_train_tokens_per_s"]],
+               color=["tab:blue", "tab:gray"])
+        ax.set_ylabel("training tokens/s")
+        files["throughput"] = report.save_figure(fig, workdir, "throughput.png")
+    return files
+
+
+def run(config, workdir: str) -> dict:
+    from mdm_jax.experiments.time_agnostic import _throughput
+
+    exp = config.experiment
+    temps = parse_list(exp.temperatures, float, "experiment.temperatures")
+    lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
+    t_start = time.perf_counter()
+    mdm_cfg, arm_cfg = _pair_configs(config)
+    runs = {}
+    for which, cfg, given in (("mdm", mdm_cfg, exp.mdm_workdir), ("arm", arm_cfg, exp.arm_workdir)):
+        if given:
+            # The workdir's own model; the experiment's validation settings, so both see the same data.
+            cfg = derive(evaluate.workdir_config(given, cfg), **{
+                "eval.num_batches": config.eval.num_batches, "eval.mc_draws": config.eval.mc_draws})
+            wd = given
+        else:
+            wd = os.path.join(workdir, "runs", which)
+            train_run(cfg, wd)
+        runs[which] = _model(cfg, wd)
+    mdm, arm = runs["mdm"], runs["arm"]
+    if max(lengths) > min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len):
+        raise ValueError(f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
+                         f"({mdm['cfg'].model.max_len}); use lengths up to it")
+
+    # 1. validation perplexity on the same batches.
+    val = {}
+    for which, m in runs.items():
+        val[which] = evaluate.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
+                                                 num_batches=int(m["cfg"].eval.num_batches),
+                                                 mc_draws=int(m["cfg"].eval.mc_draws))
+
+    # 2. sample quality vs temperature.
+    eval_fn, bos, einfo = _evaluator(str(exp.evaluator), arm, config, workdir)
+    samplers = _Samplers(mdm, arm)
+    root = rng.root_key(config.seed)
+    L, n, batch, prec = int(config.data.seq_len), int(exp.num_samples), int(config.sampling.batch_size), str(
+        config.sampling.precision)
+    ref_ent = evaluate.reference_entropy(mdm["cfg"], L, n)
+    quality = []
+    for ti, temp in enumerate(temps):
+        for which in ("mdm", "arm"):
+            toks, nfe, wall = _generate(samplers, which, root, ti, n, batch, L, temp, prec)
+            ent = evaluate.sequence_entropy(toks)
+            gppl = evaluate.generative_perplexity(eval_fn, toks, bos, vocab_size=config.model.vocab_size,
+                                                  batch_size=batch)
+            quality.append({"model": which, "sampler": "first_hitting" if which == "mdm" else "autoregressive",
+                            "temperature": temp, "entropy": ent, "gen_ppl": gppl, "num_samples": n, "seq_len": L,
+                            "precision": prec, "tokens_per_step": 1, "steps": L, "nfe_total": nfe,
+                            "wall_time_s_incl_compile": wall, "checkpoint_step": runs[which]["step"],
+                            "seed": int(config.seed)})
+
+    # 3. sampling time per sequence vs L (compile excluded: one warm-up call per shape).
+    speed = []
+    sb, reps = int(exp.speed_batch), int(exp.speed_repeats)
+    for seq_len in lengths:
+        for which, fn in (("fhs", samplers.mdm_sample), ("arm", samplers.arm_sample)):
+            fn(rng.fold(root, "mdm_vs_arm_speed", seq_len, 0), sb, seq_len, 1.0, prec)
+            times = []
+            for r in range(reps):
+                t0 = time.perf_counter()
+                _, stats = fn(rng.fold(root, "mdm_vs_arm_speed", seq_len, r + 1), sb, seq_len, 1.0, prec)
+                times.append(time.perf_counter() - t0)
+            speed.append({"sampler": which, "seq_len": seq_len, "batch": sb, "nfe": int(stats["nfe"]),
+                          "s_per_batch": min(times), "s_per_seq": min(times) / sb, "precision": prec,
+                          "repeats": reps})
+
+    by = {(r["sampler"], r["seq_len"]): r["s_per_seq"] for r in speed}
+    pts = {w: [(r["entropy"], r["gen_ppl"]) for r in quality if r["model"] == w] for w in ("mdm", "arm")}
+    me, pm, pa, how = matched(pts["mdm"], pts["arm"], ref_ent)
+    s = {
+        "mdm_workdir": os.path.abspath(mdm["workdir"]), "arm_workdir": os.path.abspath(arm["workdir"]),
+        "mdm_step": mdm["step"], "arm_step": arm["step"], "mdm_objective": mdm["cfg"].objective.kind,
+        "mdm_time_conditioning": bool(mdm["cfg"].model.time_conditioning),
+        "mdm_val_bits_per_token": val["mdm"]["bits_per_token"], "arm_val_bits_per_token": val["arm"]["bits_per_token"],
+        "mdm_val_ppl_bound": val["mdm"]["ppl_bound"], "arm_val_ppl": val["arm"]["ppl_bound"],
+        "val_tokens": val["mdm"]["num_tokens"], "mdm_mc_draws": val["mdm"]["mc_draws"],
+        "reference_entropy": ref_ent, "matched_entropy": me, "mdm_gen_ppl_matched": pm,
+        "arm_gen_ppl_matched": pa, "matched_how": how, **einfo,
+        "speed_min_len": lengths[0], "speed_max_len": lengths[-1],
+        "fhs_s_per_seq_at_max_len": by[("fhs", lengths[-1])], "arm_s_per_seq_at_max_len": by[("arm", lengths[-1])],
+        "speed_ratio_min_len": by[("fhs", lengths[0])] / by[("arm", lengths[0])],
+        "mdm_train_tokens_per_s": _throughput(mdm["workdir"]), "arm_train_tokens_per_s": _throughput(arm["workdir"]),
+        "sampling_precision": prec, "num_samples": n, "seq_len": L, "seed": int(config.seed),
+    }
+    sentences = verdict(s)
+    files = _plots(workdir, s, quality, speed)
+    findings = [(None, v) for v in sentences] + [
+        (files["ppl"], sentences[0]),
+        (files["quality"], (f"Gen PPL falls with temperature for both samplers; the real-text entropy is "
+                            f"{ref_ent:.3f} nats, and the samples span {min(p[0] for p in pts['mdm']):.3f}-"
+                            f"{max(p[0] for p in pts['mdm']):.3f} (MDM) and {min(p[0] for p in pts['arm']):.3f}-"
+                            f"{max(p[0] for p in pts['arm']):.3f} (ARM) nats over T in {temps}.")),
+        (files["speed"], sentences[2]),
+    ]
+    if "throughput" in files:
+        findings.append((files["throughput"], sentences[3]))
+    notes = [
+        f"Evaluator of gen PPL: {einfo['evaluator_workdir']} ({einfo['evaluator_why']}).",
+        "Gen PPL = exp(total NLL / total tokens) over all samples; each sample scored as generated after the "
+        "evaluator's BOS, document separators scored like any token (mdm_jax/evaluate.py).",
+        f"Sampling: FHS with tokens_per_step=1 (L={L} network calls), ARM with KV cache; precision {prec}; "
+        f"{n} samples per temperature, sampler batch {batch}; speed: batch {sb}, best of {reps}, compile excluded.",
+        f"Validation: {s['val_tokens']} tokens; MDM bound with {s['mdm_mc_draws']} low-discrepancy draw(s) per "
+        "sequence; EMA parameters for everything.",
+        "Training throughput comes from each run's metrics.jsonl: it compares like with like only when both runs "
+        "trained on the same machine (true for pairs this experiment trains).",
+    ]
+    results = {"summary": s, "verdict": sentences, "seconds": time.perf_counter() - t_start}
+    paths = report.write(workdir, "mdm_vs_arm", config=config, results=results,
+                         tables={"summary": [{"quantity": k, "value": v} for k, v in s.items()], "quality": quality, "speed": speed}, findings=findings,
+                         notes=notes, title="MDM vs ARM at the same budget: the decision page")
+    print(open(paths["summary"]).read())
+    return {**results, "paths": paths}

@@ -1,0 +1,303 @@
+"""Experiment sampler_speed: the paper's 20x claim (PAPER.md section 3) and the cost of no KV cache.
+
+1. Wall time per sequence of the first-hitting sampler (FHS) vs the cached ancestral sampler for
+   N from L up to 10^4, at two vocabulary sizes (bytes, 256, and GPT-2's 50,257), on an untrained
+   network of the `owt_mdm_small` shape scaled down to this machine (config.model.*).
+2. The paper's cost model, time = NFE x t_net + draws x t_cat (draws = categories drawn: N B L (V+1)
+   for ancestral, B L V for FHS), fitted by non-negative least squares per vocabulary; its
+   predicted speed-up is shown next to the measured one, and extrapolated to the N that are too
+   slow to run here (experiment.predict_steps).
+3. The ARM on the same backbone (causal) with its KV cache (`sampling.autoregressive`) vs without
+   (`sampling.autoregressive_uncached`, one full causal forward per token) as a function of L.
+
+Timing: every cell is run once to compile (and warm up), then timed `repeats` times with fresh
+keys (results block on the host), and the best time is kept.
+
+Command (from the repository root, ~5 minutes on 2 CPU cores):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py \\
+      --workdir=workdirs/sampler_speed
+Accelerators (owt_mdm_small's full shape, L=1024, N up to 10^4 measured):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py:owt \\
+      --workdir=DIR
+
+What you should see (summary.md, time_vs_steps.png, speedup_vs_steps.png, arm_cache_vs_length.png,
+sampler_speed.json and CSVs): FHS time is flat in N; ancestral time grows linearly in N once
+N >> B L (its categorical draws, N L (V+1), dominate), so the speed-up grows with N and is far
+larger with the GPT-2 vocabulary than with bytes (the paper: ~20x at N = 10^4 with GPT-2, ~1.07x
+with a 256 vocabulary on a GPU, where the network dominates; on a CPU the draws are relatively
+dearer, so the speed-ups are larger); the fitted cost model tracks the measured speed-up; the
+uncached ARM's time grows ~quadratically in L while the cached one grows ~linearly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from mdm_jax import models, rng, sampling, schedules
+from mdm_jax.experiments import parse_list, report
+from mdm_jax.models import adapters
+
+
+def _model_config(config, vocab: int, max_len: int, arm: bool):
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.model.vocab_size = int(vocab)
+        c.model.max_len = int(max_len)
+        c.model.dropout = 0.0
+        if arm:
+            c.objective.kind = "arm"
+    return c
+
+
+def _init(config, seq_len: int, key):
+    """Untrained parameters (timing does not depend on their values)."""
+    model = models.build(config)
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    t = jnp.zeros((1,), jnp.float32) if model.time_conditioning else None
+    params = jax.jit(lambda k: model.init(k, tokens, t, deterministic=True))(key)["params"]
+    return model, params
+
+
+def _best_time(fn, keys):
+    """Runs fn(keys[0]) to compile and warm up, then times fn on the other keys; best seconds."""
+    out, stats = fn(keys[0])
+    np.asarray(out)
+    best = float("inf")
+    for k in keys[1:]:
+        t0 = time.perf_counter()
+        out, stats = fn(k)
+        np.asarray(out)  # blocks until the tokens exist
+        best = min(best, time.perf_counter() - t0)
+    return best, stats
+
+
+def _expected_nfe(num_steps: int, positions: int) -> float:
+    """E[network calls] of the cached ancestral sampler, linear schedule: N (1 - (1 - 1/N)^(B L))."""
+    return num_steps * (1.0 - (1.0 - 1.0 / num_steps) ** positions)
+
+
+def _fit(rows):
+    """Non-negative least squares of time = NFE t_net + draws t_cat, relative errors weighted equally."""
+    a = np.array([[r["nfe"], r["draws"]] for r in rows], np.float64)
+    y = np.array([r["seconds_per_batch"] for r in rows], np.float64)
+    w = 1.0 / y   # minimise relative error: small (FHS) and large (ancestral) times count alike
+    (t_net, t_cat), _ = scipy.optimize.nnls(a * w[:, None], y * w)
+    return float(t_net), float(t_cat)
+
+
+def _mdm_timings(config, exp, root, vocab: int, steps, log):
+    b, L = int(exp.batch_size), int(exp.seq_len)
+    cfg = _model_config(config, vocab, L, arm=False)
+    model, params = _init(cfg, L, rng.fold(root, "params_mdm", vocab))
+    denoise = adapters.denoise_fn(model, params)
+    o = cfg.objective
+    sched = schedules.get(o.schedule, k=o.schedule_k, eps=o.schedule_eps)
+    prec = str(exp.precision)
+    repeats = int(exp.repeats)
+    rows = []
+
+    def keys(tag, n):
+        return [rng.fold(root, "sampler_speed", vocab, tag, n, r) for r in range(repeats + 1)]
+
+    sec, st = _best_time(lambda k: sampling.first_hitting(
+        denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, precision=prec), keys(0, 0))
+    rows.append({"vocab": vocab, "sampler": "first_hitting", "num_steps": L, "nfe": st["nfe"],
+                 "draws": b * L * vocab, "seconds_per_batch": sec, "seconds_per_sequence": sec / b})
+    log(f"sampler_speed: V={vocab} first_hitting NFE={st['nfe']}: {sec / b:.4f} s/sequence")
+    for n in steps:
+        sec, st = _best_time(lambda k: sampling.ancestral(
+            denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, num_steps=int(n),
+            precision=prec, cache=True), keys(1, n))
+        rows.append({"vocab": vocab, "sampler": "ancestral", "num_steps": int(n), "nfe": st["nfe"],
+                     "draws": int(n) * b * L * (vocab + 1), "seconds_per_batch": sec,
+                     "seconds_per_sequence": sec / b})
+        log(f"sampler_speed: V={vocab} ancestral N={n} NFE={st['nfe']}: {sec / b:.4f} s/sequence")
+    return rows
+
+
+def _arm_timings(config, exp, root, log):
+    b, vocab = int(exp.batch_size), int(exp.arm_vocab)
+    lengths = sorted(set(parse_list(exp.arm_lengths, int, "experiment.arm_lengths")))
+    prec = str(exp.precision)
+    cfg = _model_config(config, vocab, max(lengths), arm=True)
+    _, params = _init(cfg, max(lengths), rng.fold(root, "params_arm"))
+    rows = []
+    for L in lengths:
+        # The cache holds max_len positions: size it to L so each length pays only for itself.
+        model = models.build(_model_config(config, vocab, L, arm=True))
+        step_fn, state = adapters.ar_step_fn(model, params, b)
+        logits_fn = adapters.ar_logits_fn(model, params)
+        keys = [rng.fold(root, "sampler_speed_arm", L, r) for r in range(int(exp.repeats) + 1)]
+        cached, _ = _best_time(lambda k: sampling.autoregressive(
+            step_fn, state, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
+        uncached, _ = _best_time(lambda k: sampling.autoregressive_uncached(
+            logits_fn, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
+        rows.append({"seq_len": L, "cached_s_per_sequence": cached / b,
+                     "uncached_s_per_sequence": uncached / b, "uncached_over_cached": uncached / cached})
+        log(f"sampler_speed: ARM L={L}: cached {cached / b:.4f} s, uncached {uncached / b:.4f} s per sequence")
+    return rows
+
+
+def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker as mticker
+
+    def logx(ax):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+    colors = dict(zip(vocabs, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    files = {}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for v in vocabs:
+        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
+                     key=lambda r: r["num_steps"])
+        fhs = [r for r in rows if r["vocab"] == v and r["sampler"] == "first_hitting"][0]
+        ax.plot([r["num_steps"] for r in anc], [r["seconds_per_sequence"] for r in anc], "o-",
+                color=colors[v], label=f"ancestral (cached), V={v}")
+        pn = sorted({p["num_steps"] for p in preds if p["vocab"] == v})
+        ax.plot(pn, [p["model_ancestral_s_per_sequence"] for p in preds if p["vocab"] == v], "--",
+                color=colors[v], alpha=0.6, label=f"cost model, V={v}")
+        ax.axhline(fhs["seconds_per_sequence"], color=colors[v], ls=":", label=f"first-hitting, V={v}")
+    logx(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("ancestral steps N")
+    ax.set_ylabel("seconds per sequence")
+    ax.legend(fontsize=7)
+    files["time"] = report.save_figure(fig, workdir, "time_vs_steps.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for v in vocabs:
+        m = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
+                   key=lambda r: r["num_steps"])
+        ax.plot([r["num_steps"] for r in m], [r["measured_speedup"] for r in m], "o-", color=colors[v],
+                label=f"measured, V={v}")
+        p = sorted([p for p in preds if p["vocab"] == v], key=lambda p: p["num_steps"])
+        ax.plot([q["num_steps"] for q in p], [q["model_speedup"] for q in p], "--", color=colors[v],
+                label=f"cost model, V={v}")
+    logx(ax)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xlabel("ancestral steps N")
+    ax.set_ylabel("ancestral time / first-hitting time")
+    ax.legend(fontsize=7)
+    files["speedup"] = report.save_figure(fig, workdir, "speedup_vs_steps.png")
+
+    if arm_rows:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        ls = [r["seq_len"] for r in arm_rows]
+        ax.plot(ls, [r["cached_s_per_sequence"] for r in arm_rows], "o-", label="ARM, KV cache")
+        ax.plot(ls, [r["uncached_s_per_sequence"] for r in arm_rows], "s-", label="ARM, no cache")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("seconds per sequence")
+        ax.legend(fontsize=7)
+        files["arm"] = report.save_figure(fig, workdir, "arm_cache_vs_length.png")
+    return files
+
+
+def _slope(xs, ys):
+    """Exponent of a power law fitted to (x, y) in log-log (growth rate with L)."""
+    if len(xs) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def run(config, workdir: str) -> dict:
+    exp = config.experiment
+    os.makedirs(workdir, exist_ok=True)
+    root = rng.root_key(config.seed)
+    vocabs = parse_list(exp.vocab_sizes, int, "experiment.vocab_sizes")
+    steps_by_vocab = parse_list(exp.steps, str, "experiment.steps")
+    if len(steps_by_vocab) == 1:
+        steps_by_vocab = steps_by_vocab * len(vocabs)
+    # experiment.steps: one "a;b;c" list per vocabulary, comma-separated in vocab order.
+    if len(steps_by_vocab) != len(vocabs):
+        raise ValueError(f"experiment.steps={exp.steps!r}: give one ';'-separated step list per "
+                         f"vocabulary in experiment.vocab_sizes ({len(vocabs)}), separated by commas")
+    b, L = int(exp.batch_size), int(exp.seq_len)
+    rows, fits, preds = [], {}, []
+    for v, st in zip(vocabs, steps_by_vocab):
+        steps = sorted(set(parse_list(st.replace(";", ","), int, "experiment.steps")))
+        if min(steps) < 1:
+            raise ValueError(f"experiment.steps must be positive, got {steps}")
+        vr = _mdm_timings(config, exp, root, v, steps, print)
+        t_net, t_cat = _fit(vr)
+        fits[v] = {"t_net_s": t_net, "t_cat_s_per_draw": t_cat}
+        fhs = [r for r in vr if r["sampler"] == "first_hitting"][0]
+        model_fhs = fhs["nfe"] * t_net + fhs["draws"] * t_cat
+        for r in vr:
+            r["model_s_per_batch"] = r["nfe"] * t_net + r["draws"] * t_cat
+            if r["sampler"] == "ancestral":
+                r["measured_speedup"] = r["seconds_per_batch"] / fhs["seconds_per_batch"]
+                r["model_speedup"] = r["model_s_per_batch"] / model_fhs
+        extra = parse_list(exp.predict_steps, int, "experiment.predict_steps") if exp.predict_steps else []
+        for n in sorted(set(steps) | set(extra)):
+            nfe = _expected_nfe(n, b * L)
+            t = nfe * t_net + n * b * L * (v + 1) * t_cat
+            preds.append({"vocab": v, "num_steps": n, "measured": n in steps, "expected_nfe": nfe,
+                          "model_ancestral_s_per_sequence": t / b, "model_speedup": t / model_fhs})
+        rows += vr
+    arm_rows = _arm_timings(config, exp, root, print) if exp.arm_lengths else []
+    files = _plots(rows, fits, preds, arm_rows, vocabs, workdir)
+
+    f = report.fmt
+    findings = []
+    parts = []
+    for v in vocabs:
+        fhs = [r for r in rows if r["vocab"] == v and r["sampler"] == "first_hitting"][0]
+        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
+                     key=lambda r: r["num_steps"])
+        parts.append(f"V={v}: first-hitting {f(fhs['seconds_per_sequence'], 3)} s/sequence, cached "
+                     f"ancestral {f(anc[0]['seconds_per_sequence'], 3)} s at N={anc[0]['num_steps']} "
+                     f"and {f(anc[-1]['seconds_per_sequence'], 3)} s at N={anc[-1]['num_steps']}")
+    findings.append((files["time"], "; ".join(parts) + "."))
+    parts = []
+    for v in vocabs:
+        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
+                     key=lambda r: r["num_steps"])
+        top = anc[-1]
+        far = max((p for p in preds if p["vocab"] == v), key=lambda p: p["num_steps"])
+        s = (f"V={v}: measured {f(top['measured_speedup'], 3)}x at N={top['num_steps']} (cost model "
+             f"{f(top['model_speedup'], 3)}x; t_net {f(fits[v]['t_net_s'] * 1e3, 3)} ms per call, t_cat "
+             f"{f(fits[v]['t_cat_s_per_draw'] * 1e9, 3)} ns per category draw)")
+        if not far["measured"]:
+            s += f", cost model {f(far['model_speedup'], 3)}x at N={far['num_steps']} (not run here)"
+        parts.append(s)
+    findings.append((files["speedup"], "First-hitting speed-up over cached ancestral sampling: "
+                     + "; ".join(parts) + "."))
+    if arm_rows:
+        ls = [r["seq_len"] for r in arm_rows]
+        findings.append((files["arm"], f"ARM decoding without a KV cache costs "
+                         f"{f(arm_rows[0]['uncached_over_cached'], 3)}x the cached time at L={ls[0]} and "
+                         f"{f(arm_rows[-1]['uncached_over_cached'], 3)}x at L={ls[-1]}; time grows as "
+                         f"L^{f(_slope(ls, [r['cached_s_per_sequence'] for r in arm_rows]), 2)} cached and "
+                         f"L^{f(_slope(ls, [r['uncached_s_per_sequence'] for r in arm_rows]), 2)} uncached."))
+    m = config.model
+    notes = [f"Backbone ({'untrained'}): {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
+             f"{m.mlp_type} MLP {m.mlp_dim}, time conditioning {bool(m.time_conditioning)}, compute "
+             f"{config.dtype.compute}; MDM L={L}, batch {b}; precision {exp.precision}; schedule "
+             f"{config.objective.schedule}; best of {exp.repeats} timed runs after one warm-up run.",
+             "draws = categories drawn by the sampler: N B L (V+1) for ancestral (every position, every "
+             "step), B L V for first-hitting; NFE = network calls (ancestral: cached, measured).",
+             f"ARM: vocabulary {exp.arm_vocab}, same backbone with a causal mask; the KV cache is sized "
+             "to L for each L."]
+    results = {"fits": {str(k): v for k, v in fits.items()}, "device_note": "CPU timings; see metadata"}
+    tables = {"mdm": rows, "cost_model": preds}
+    if arm_rows:
+        tables["arm"] = arm_rows
+    report.write(workdir, "sampler_speed", config=config, results=results, tables=tables,
+                 findings=findings, title="Sampler speed: first-hitting vs ancestral, ARM cache",
+                 notes=notes)
+    return {"rows": rows, "fits": fits, "predictions": preds, "arm": arm_rows, "findings": findings}

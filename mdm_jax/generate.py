@@ -1,0 +1,180 @@
+"""Sample mode (`--mode=sample`): latest checkpoint -> configured sampler -> JSONL of samples.
+
+    python -m mdm_jax.main --mode=sample --config=configs/quickstart.py --workdir=workdirs/quickstart \
+        --config.sampling.method=first_hitting --config.sampling.precision=float64
+
+The checkpoint's EMA parameters (or the raw ones, `sampling.use_ema=False`) become a plain function
+through `mdm_jax.models.adapters` (denoise_fn for MDMs, a KV-cached step_fn for the ARM), and
+`config.sampling.method` draws `num_samples` sequences in batches of `sampling.batch_size`, batch i
+with key `rng.fold(root_key(seed), "sample", i)`, so a sample depends only on (checkpoint, seed,
+settings, batch index). An optional text prompt (`sampling.prompt`) is tokenized with the data
+tokenizer and fixed as the first positions (MDM: `init`, ARM: `prompt`).
+
+Output: `workdir/samples/<method>_<precision>_<steps>.jsonl`, one record per sample with the
+token ids, decoded text and every setting that produced it (the fields `evaluate.sample_quality`
+reads). `wall_time_s` is per sampler batch (all its samples share it) and the first batch's
+includes compilation (`includes_compile`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from mdm_jax import models, rng, schedules, sharding
+
+MDM_METHODS = ("first_hitting", "ancestral")
+ARM_METHODS = ("autoregressive",)
+METHODS = MDM_METHODS + ARM_METHODS
+
+
+def check_method(config) -> str:
+    """The sampler name, checked against the model kind (an ARM cannot denoise, an MDM has no cache)."""
+    method = config.sampling.method
+    arm = config.objective.kind == "arm"
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling.method {method!r}: choose one of {', '.join(METHODS)}")
+    if arm and method not in ARM_METHODS:
+        raise ValueError(f"sampling.method={method!r} needs a masked diffusion model, but this config "
+                         "trains an ARM (objective.kind='arm'): use --config.sampling.method=autoregressive")
+    if not arm and method in ARM_METHODS:
+        raise ValueError(f"sampling.method={method!r} needs an ARM (objective.kind='arm'); for this MDM "
+                         "use --config.sampling.method=first_hitting or ancestral")
+    return method
+
+
+def _seq_len(config) -> int:
+    length = int(config.sampling.seq_len) or int(config.data.seq_len)
+    if length > config.model.max_len:
+        raise ValueError(f"sampling.seq_len={length} exceeds model.max_len={config.model.max_len}; "
+                         "lower --config.sampling.seq_len")
+    return length
+
+
+def _prompt_ids(config, tok, seq_len: int) -> np.ndarray:
+    if not config.sampling.prompt:
+        return np.zeros((0,), np.int32)
+    ids = np.asarray(tok.encode(config.sampling.prompt), np.int32)
+    if len(ids) >= seq_len:
+        raise ValueError(f"sampling.prompt is {len(ids)} tokens long; it must be shorter than the "
+                         f"sample length {seq_len} (sampling.seq_len / data.seq_len)")
+    return ids
+
+
+def _gather(x) -> np.ndarray:
+    """A (possibly multi-host sharded) global array as one host numpy array on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def make_sampler(config, params, mesh):
+    """(run(key, batch_size) -> (tokens, stats), steps): the configured sampler over `params`."""
+    from mdm_jax import sampling
+    from mdm_jax.data import tokenizers
+    from mdm_jax.models import adapters
+
+    method = check_method(config)
+    s = config.sampling
+    model = models.build(config)
+    seq_len = _seq_len(config)
+    vocab = int(config.model.vocab_size)
+    prompt = _prompt_ids(config, tokenizers.get(config.data), seq_len)
+    schedule = schedules.get(config.objective.schedule, k=config.objective.schedule_k,
+                             eps=config.objective.schedule_eps)
+    dp = sharding.data_parallel_size(mesh)
+
+    if method in ARM_METHODS:
+        step_fns = {}  # one step_fn object per batch size: the decoding loop is compiled once
+
+        def run(key, batch_size):
+            bs = sharding.batch_sharding(mesh, ndim=1) if batch_size % dp == 0 else None
+            if batch_size not in step_fns:
+                step_fns[batch_size] = adapters.ar_step_fn(model, params, batch_size)
+            step_fn, init_state = step_fns[batch_size]
+            p = np.broadcast_to(prompt, (batch_size, len(prompt))) if len(prompt) else None
+            return sampling.autoregressive(
+                step_fn, init_state, key, batch_size=batch_size, seq_len=seq_len, precision=s.precision,
+                temperature=float(s.temperature), prompt=p, bos_id=vocab, batch_sharding=bs)
+        return run, seq_len, prompt
+
+    # One denoise_fn object for all batches: the samplers' compiled loops are cached on it.
+    denoise = adapters.denoise_fn(model, params)
+
+    def run(key, batch_size):
+        bs = sharding.batch_sharding(mesh, ndim=1) if batch_size % dp == 0 else None
+        init = None
+        if len(prompt):
+            init = np.full((batch_size, seq_len), vocab, np.int32)
+            init[:, :len(prompt)] = prompt
+        common = dict(batch_size=batch_size, seq_len=seq_len, mask_id=vocab, schedule=schedule,
+                      precision=s.precision, init=init, temperature=float(s.temperature),
+                      batch_sharding=bs)
+        if method == "first_hitting":
+            return sampling.first_hitting(denoise, key, tokens_per_step=int(s.tokens_per_step), **common)
+        return sampling.ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
+                                  factorized=bool(s.factorized), **common)
+    return run, seq_len, prompt
+
+
+def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
+    """Samples from the latest checkpoint in `workdir`; writes and returns the JSONL records."""
+    from mdm_jax import evaluate
+    from mdm_jax.data import tokenizers
+
+    check_method(config)
+    s = config.sampling
+    if s.num_samples < 1 or s.batch_size < 1:
+        raise ValueError(f"sampling.num_samples={s.num_samples} and sampling.batch_size={s.batch_size} "
+                         "must be >= 1")
+    use_ema = bool(s.use_ema)
+    params, ckpt_step, mesh, _ = evaluate.restore_params(config, workdir, use_ema=use_ema)
+    run, seq_len, prompt = make_sampler(config, params, mesh)
+    tok = tokenizers.get(config.data)
+    root = rng.root_key(config.seed)
+    device_kind = str(jax.devices()[0].device_kind)
+
+    records: list[dict] = []
+    num_batches = math.ceil(s.num_samples / s.batch_size)
+    stats = {}
+    for b in range(num_batches):
+        start = time.perf_counter()
+        tokens, stats = run(rng.fold(root, "sample", b), int(s.batch_size))
+        tokens = _gather(jax.block_until_ready(tokens))
+        wall = time.perf_counter() - start
+        for i, row in enumerate(tokens[: s.num_samples - len(records)]):
+            records.append({
+                "sample_index": len(records), "batch_index": b, "row": i,
+                "tokens": row.astype(int).tolist(), "text": tok.decode(row),
+                "sampler": stats["method"], "steps": int(stats["num_steps"]),
+                "tokens_per_step": int(stats.get("tokens_per_step", 1)),
+                "precision": s.precision, "temperature": float(s.temperature),
+                "cache": stats.get("cache"), "factorized": stats.get("factorized"),
+                "schedule": stats.get("schedule"), "seq_len": seq_len,
+                "prompt": s.prompt, "prompt_tokens": int(len(prompt)),
+                "seed": int(config.seed), "nfe": int(stats["nfe"]), "wall_time_s": wall,
+                "includes_compile": b == 0, "batch_size": int(s.batch_size),
+                "checkpoint_step": ckpt_step, "params": "ema" if use_ema else "raw",
+                "device_kind": device_kind, "jax_version": jax.__version__,
+            })
+
+    out_dir = os.path.join(os.fspath(workdir), "samples")
+    path = os.path.join(out_dir, f"{stats['method']}_{s.precision}_{int(stats['num_steps'])}.jsonl")
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        per_batch = [r["wall_time_s"] for r in records if r["row"] == 0]
+        print(f"{len(records)} samples ({stats['method']}, {s.precision}, {records[0]['steps']} steps, "
+              f"NFE {records[0]['nfe']}/batch, {sum(per_batch):.1f} s incl. compile) from checkpoint "
+              f"step {ckpt_step} -> {path}", flush=True)
+        for r in records[:num_print]:
+            print(f"--- sample {r['sample_index']}:\n{r['text']}", flush=True)
+    return records

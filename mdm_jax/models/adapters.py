@@ -1,0 +1,100 @@
+"""Turn a trained `Transformer` + params into the plain functions samplers and evaluators take.
+
+Samplers (`mdm_jax.sampling`) only know functions of arrays, never Flax modules:
+- `denoise_fn(model, params)`       -> fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]
+- `ar_step_fn(model, params, B)`    -> (step_fn, init_state) for `sampling.autoregressive`, KV-cached
+- `ar_logits_fn(model, params)`     -> fn(inputs int32[B, T]) -> logits float32[B, T, V], the full
+                                        causal forward, for the uncached sampler and generative PPL.
+
+`params` is the 'params' collection (what `TrainState.params` / `.ema_params` hold); a full variables
+dict {"params": ...} and logically boxed trees are accepted too. All functions are deterministic
+(no dropout) and cast their inputs to int32 / float32, so they can be traced inside
+`jax.enable_x64(True)` (the float64 sampling policy) without any float64 reaching the network.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mdm_jax.models.transformer import Transformer
+
+
+def _variables(params) -> dict:
+    params = nn.unbox(params)
+    if isinstance(params, dict) and set(params) == {"params"}:
+        return params
+    return {"params": params}
+
+
+def denoise_fn(model: Transformer, params) -> Callable:
+    """The MDM denoiser x_t, t -> logits over the V real tokens; t is ignored by a time-free network."""
+    variables = _variables(params)
+
+    def fn(tokens, t):
+        tokens = jnp.asarray(tokens, jnp.int32)
+        # Passing t only when the network uses it keeps time-free networks honest: they cannot see t.
+        tt = jnp.asarray(t, jnp.float32) if model.time_conditioning else None
+        return model.apply(variables, tokens, tt, deterministic=True)
+
+    return fn
+
+
+def ar_logits_fn(model: Transformer, params) -> Callable:
+    """Full causal forward: inputs[:, i] -> logits predicting the token after it (position i's target).
+
+    The caller builds the inputs exactly as the ARM objective does: [bos = V, x_0, ..., x_{T-2}]
+    scores x_0..x_{T-1}.
+    """
+    _require_causal(model)
+    variables = _variables(params)
+
+    def fn(inputs):
+        return model.apply(variables, jnp.asarray(inputs, jnp.int32), None, deterministic=True)
+
+    return fn
+
+
+def ar_step_fn(model: Transformer, params, batch_size: int):
+    """KV-cached decoding for `sampling.autoregressive`: returns (step_fn, init_state).
+
+    step_fn(state, tokens int32[B], pos) -> (logits float32[B, V], state): feeds the input token at
+    position `pos` (pos = 0 takes the bos id V) and returns the distribution of the token at `pos`.
+    `state` is the Flax 'cache' collection (keys/values of `model.max_len` positions per layer).
+    `pos` is authoritative: it overwrites the cache's own write index, so a caller can restart or
+    re-feed positions and the result is always the causal forward over inputs [0..pos].
+    """
+    _require_causal(model)
+    variables = _variables(params)
+    dummy = jnp.zeros((batch_size, 1), jnp.int32)
+    # The first decode=True call creates the cache: all zeros (keys, values, index 0), so only its
+    # shapes are needed; eval_shape gets them without running (or compiling) the network.
+    shapes = jax.eval_shape(lambda v: model.apply(v, dummy, None, deterministic=True, decode=True,
+                                                  mutable=["cache"])[1]["cache"], variables)
+    init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def step_fn(state, tokens, pos):
+        pos = jnp.asarray(pos, jnp.int32)
+        state = _with_index(state, pos)
+        tokens = jnp.asarray(tokens, jnp.int32).reshape(batch_size, 1)
+        logits, mutated = model.apply({**variables, "cache": state}, tokens, None, deterministic=True,
+                                      decode=True, mutable=["cache"])
+        return logits[:, 0], mutated["cache"]
+
+    return step_fn, init_state
+
+
+def _with_index(cache, pos):
+    """The cache with every layer's write index set to pos."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.broadcast_to(pos, leaf.shape).astype(leaf.dtype)
+        if getattr(path[-1], "key", None) == "index" else leaf, cache)
+
+
+def _require_causal(model: Transformer):
+    if not model.causal:
+        raise ValueError("autoregressive decoding needs a causal model: build it from a config with "
+                         "objective.kind='arm' (this one is bidirectional, an MDM)")
