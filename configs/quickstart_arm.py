@@ -15,35 +15,8 @@ from mdm_jax import config as config_lib
 
 
 def get_config():
-    c = config_lib.base()
+    c = config_lib.load_file("quickstart.py", relative_to=__file__)
     c.objective.kind = "arm"
-
-    c.model.vocab_size = 256
-    c.model.max_len = 128
-    c.model.num_layers = 4
-    c.model.num_heads = 4
-    c.model.emb_dim = 256
-    c.model.mlp_dim = 688
-    c.model.time_conditioning = False
-
-    c.data.dataset = "embedded"
-    c.data.tokenizer = "byte"
-    c.data.seq_len = 128
-
-    c.train.batch_size = 16
-    c.train.num_steps = 600
-    c.train.lr = 2e-3
-    c.train.warmup_steps = 50
-    c.train.min_lr_ratio = 0.1
-    c.train.ema_decay = 0.999
-    c.train.log_every = 20
-    c.train.eval_every = 100
-    c.train.eval_batches = 8
-    c.train.checkpoint_every = 200
-
+    c.train.sample_at_end = False
     c.sampling.method = "autoregressive"
-    c.sampling.precision = "float64"
-    c.sampling.num_samples = 4
-    c.sampling.batch_size = 4
-    c.eval.num_batches = 16
     return c

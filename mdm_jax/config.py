@@ -104,3 +104,20 @@ def base() -> ml_collections.ConfigDict:
     c.experiment = ml_collections.ConfigDict()
     c.experiment.name = ""
     return c
+
+
+def load_file(path: str, arg: str | None = None, *, relative_to: str | None = None):
+    """`get_config(arg)` of a config file; `relative_to=__file__` resolves `path` beside the caller.
+
+    Lets one config build on another (e.g. the ARM twin of an MDM config) without copying fields.
+    """
+    import importlib.util
+    import os
+
+    if relative_to is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+    name = "_mdm_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

@@ -101,14 +101,15 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
     The first of `train_keys` present in the train records is plotted (bits/token when the
     training loop logs it, so that train and eval share one axis), and likewise `eval_keys`.
     """
-    import matplotlib
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
+    # A bare Figure needs no backend: no display on servers, and no global backend switch that
+    # would stop a notebook from showing its own plots after training.
+    from matplotlib.figure import Figure
 
     records = read_metrics(workdir)
     train = [r for r in records if r["prefix"] == "train"]
     evals = [r for r in records if r["prefix"] == "eval"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig = Figure(figsize=(6.4, 4.0), dpi=120)
+    ax = fig.subplots()
     plotted = []
     for recs, keys, label, style in ((train, train_keys, "train", "-"), (evals, eval_keys, "validation", "o-")):
         for key in keys:
@@ -118,7 +119,6 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
                 plotted.append(key)
                 break
     if not plotted:
-        plt.close(fig)
         raise ValueError(f"{workdir}/metrics.jsonl has no train {train_keys} or eval {eval_keys} values to plot")
     ax.set_xlabel("step")
     ax.set_ylabel("bits/token" if all("bits" in k for k in plotted) else "loss / bits per token")
@@ -128,5 +128,4 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
     fig.tight_layout()
     out = os.path.join(os.fspath(workdir), "loss_curve.png")
     fig.savefig(out)
-    plt.close(fig)
     return out

@@ -56,6 +56,10 @@ def test_report_write_json_csv_summary(tmp_path):
     assert "# Demo" in md and "Line goes down." in md and "![line.png](line.png)" in md
     assert "| n | x | y |" in md and meta["jax_version"] in md
     assert os.path.getsize(tmp_path / "line.png") > 1000
+    # Long raw tables can stay out of the markdown: the summary then points at their CSV.
+    paths = report.write(str(tmp_path / "short"), "demo", tables={"rows": rows}, markdown_tables=())
+    md = open(paths["summary"]).read()
+    assert "| n | x | y |" not in md and "2 rows in `demo_rows.csv`" in md
 
 
 def test_dispatcher_and_list_parsing():
@@ -85,12 +89,15 @@ def test_matched_entropy_interpolation_and_verdict_rules():
          "fhs_s_per_seq_at_max_len": 0.4, "arm_s_per_seq_at_max_len": 0.1, "speed_min_len": 16,
          "speed_ratio_min_len": 1.5, "mdm_train_tokens_per_s": 1000.0, "arm_train_tokens_per_s": 1100.0}
     v = mdm_vs_arm.verdict(s)
-    assert "ARM wins validation perplexity by 20.0%" in v[0]
-    assert "ARM's samples have 3.00x lower gen PPL" in v[1]
-    assert "ARM (KV cache) takes 100.0 ms per sequence, 4.0x less than FHS" in v[2]
-    assert v[-1].startswith("Verdict: at this budget the ARM is better")
-    s.update(arm_val_ppl=12.0, fhs_s_per_seq_at_max_len=0.05)
-    assert mdm_vs_arm.verdict(s)[-1].startswith("Verdict: mixed, the ARM wins 1 of 3")
+    assert "ARM wins validation perplexity by 20.0%" in v["likelihood"]
+    assert "ARM's samples have 3.00x lower gen PPL" in v["samples"]
+    assert "ARM (KV cache) takes 100.0 ms per sequence, 4.0x less than FHS" in v["speed"]
+    assert "-9%): the objective barely changes" in v["training"]
+    assert v["verdict"].startswith("Verdict: at this budget the ARM is better")
+    s.update(arm_val_ppl=12.0, fhs_s_per_seq_at_max_len=0.05, arm_train_tokens_per_s=2000.0)
+    v = mdm_vs_arm.verdict(s)
+    assert v["verdict"].startswith("Verdict: mixed, the ARM wins 1 of 3")
+    assert "-50%): a gap this large is not the objective" in v["training"]
 
 
 def test_experiment_configs_load():
@@ -190,6 +197,6 @@ def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
         assert 0.0 < q["entropy"] <= math.log(32) + 1e-9   # at most log(L) distinct ids per sequence
         assert 1.0 < q["gen_ppl"] < 256.0                  # better than uniform after training
     assert s["evaluator"] == "self" and s["evaluator_workdir"] == os.path.abspath(c.experiment.arm_workdir)
-    assert res["verdict"][-1].startswith("Verdict:") and len(res["verdict"]) == 5
+    assert res["verdict"]["verdict"].startswith("Verdict:") and len(res["verdict"]) == 5
     md = open(tmp_path / "summary.md").read()
-    assert "decision page" in md and res["verdict"][0] in md
+    assert "decision page" in md and res["verdict"]["likelihood"] in md

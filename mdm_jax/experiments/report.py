@@ -166,10 +166,12 @@ def write(workdir: str, name: str, *, config=None, results: Mapping | None = Non
           tables: Mapping[str, Sequence[Mapping]] | None = None,
           findings: Iterable[tuple[str | None, str]] = (), title: str | None = None,
           notes: Iterable[str] = (), extra_metadata: Mapping | None = None,
-          summary_name: str = "summary.md") -> dict[str, str]:
+          summary_name: str = "summary.md", markdown_tables: Sequence[str] | None = None) -> dict[str, str]:
     """Writes <name>.json, one CSV per table and the markdown summary; returns their paths.
 
     findings: (plot file name relative to workdir or None, one-sentence finding) pairs.
+    markdown_tables: names of the tables shown in the markdown (default all; long raw tables
+    are better left to their CSV, which the summary then links).
     """
     os.makedirs(workdir, exist_ok=True)
     tables = dict(tables or {})
@@ -192,7 +194,10 @@ def write(workdir: str, name: str, *, config=None, results: Mapping | None = Non
                 md += ["", f"  ![{plot}]({plot})"]
         md.append("")
     for tname, rows in tables.items():
-        md += [f"## {tname}", "", markdown_table(rows), f"(CSV: `{name}_{tname}.csv`)", ""]
+        if markdown_tables is None or tname in markdown_tables:
+            md += [f"## {tname}", "", markdown_table(rows), f"(CSV: `{name}_{tname}.csv`)", ""]
+        else:
+            md += [f"## {tname}", "", f"{len(rows)} rows in `{name}_{tname}.csv`.", ""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Run", "",
