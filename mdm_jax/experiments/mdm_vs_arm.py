@@ -7,10 +7,11 @@ into `<workdir>/runs/{mdm,arm}` (reused on a rerun). Measured, each with its set
    ARM's exact perplexity on the same `eval.num_batches` validation batches;
 2. sample quality at matched entropy: FHS (exact, `sampling.precision`) and KV-cached ARM
    decoding at each temperature of `experiment.temperatures`; entropy and gen PPL of
-   `experiment.num_samples` samples of length L = data.seq_len each; the gen PPL of both models
+   `experiment.num_samples` samples of length L = the pair's data.seq_len each; the gen PPL of both models
    is read off at the same entropy (log gen PPL interpolated linearly in entropy) -- the entropy
    of real validation text when both curves reach it;
-3. sampling wall time per sequence vs L (`experiment.speed_lengths`, batch
+3. sampling wall time per sequence vs L (`experiment.speed_lengths`, "auto" = 16, 32, ... up
+   to model.max_len; batch
    `experiment.speed_batch`, compiled, best of `experiment.speed_repeats`): FHS (L network calls
    on the full sequence) vs the KV-cached ARM (L single-position calls);
 4. training throughput: median tokens/s of each run's metrics.jsonl (first interval dropped);
@@ -250,7 +251,6 @@ def run(config, workdir: str) -> dict:
 
     exp = config.experiment
     temps = parse_list(exp.temperatures, float, "experiment.temperatures")
-    lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
     t_start = time.perf_counter()
     mdm_cfg, arm_cfg = _pair_configs(config)
     runs = {}
@@ -265,7 +265,12 @@ def run(config, workdir: str) -> dict:
             train_run(cfg, wd)
         runs[which] = _model(cfg, wd)
     mdm, arm = runs["mdm"], runs["arm"]
-    if max(lengths) > min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len):
+    max_len = min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len)
+    if str(exp.speed_lengths) == "auto":  # powers of two from 16 up to the models' max_len
+        lengths = sorted({min(16 * 2 ** i, max_len) for i in range(max(1, int(math.log2(max(max_len, 16) / 16)) + 1))})
+    else:
+        lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
+    if max(lengths) > max_len:
         raise ValueError(f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
                          f"({mdm['cfg'].model.max_len}); use lengths up to it")
 
@@ -280,8 +285,9 @@ def run(config, workdir: str) -> dict:
     eval_fn, bos, einfo = _evaluator(str(exp.evaluator), arm, config, workdir)
     samplers = _Samplers(mdm, arm)
     root = rng.root_key(config.seed)
-    L, n, batch, prec = int(config.data.seq_len), int(exp.num_samples), int(config.sampling.batch_size), str(
-        config.sampling.precision)
+    # Samples as long as the pair's training sequences (the length their validation numbers refer to).
+    L = min(int(mdm["cfg"].data.seq_len), int(arm["cfg"].data.seq_len), max_len)
+    n, batch, prec = int(exp.num_samples), int(config.sampling.batch_size), str(config.sampling.precision)
     ref_ent = evaluate.reference_entropy(mdm["cfg"], L, n)
     quality = []
     for ti, temp in enumerate(temps):
