@@ -197,8 +197,6 @@ def verdict(s: dict) -> dict[str, str]:
 
 
 def _plots(workdir, s, quality, speed):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = {}

@@ -23,7 +23,8 @@ _one_step.csv): the (V+1)-way ancestral sampler in bfloat16 loses most of its en
 on a byte vocabulary at CPU-sized N the 32-bit effect is predicted (and measured) to be a few
 percent of the tail mass at most; float64 never moves; first-hitting and factorized stay put in
 N in every precision (in bfloat16 they differ from float64 by the V-way draw's own distortion,
-the same for every N). The measured curves follow the grid law's prediction, not Prop. 5.2's.
+the same for every N). For the reference model the dashed lines are the grid law's prediction of
+each whole run (columns pred_*_grid / pred_*_prop52 hold both laws) to compare the measurement with.
 
 Why CPU runs cannot show the 32-bit effect with statistical force: a float32 draw under-samples
 only categories of probability near its grid spacing 2^-24, so each affected event costs about
@@ -277,7 +278,7 @@ def _findings(rows, one_step, files, precisions, steps, src):
         worst_drop, worst = drops[0]
         verb = "loses" if worst_drop >= 0 else "gains"
         sent = (f"Ancestral (V+1)-way sampling in {worst} {verb} {f(abs(worst_drop), 3)} nats of "
-                f"sequence entropy from N={nmin} to N={nmax} (the largest loss of any precision)")
+                f"sequence entropy from N={nmin} to N={nmax} (the largest drop of any precision)")
         if ("float64", nmax) in anc and worst != "float64":
             a64 = anc[("float64", nmax)]
             z = _z(a64, anc[(worst, nmax)])

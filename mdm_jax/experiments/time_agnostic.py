@@ -147,8 +147,6 @@ def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequ
 
 
 def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = {}
