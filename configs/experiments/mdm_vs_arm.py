@@ -31,18 +31,15 @@ trained owt_mdm_small / owt_arm_small runs (training them here would take the fu
 --config.data.gpt2_vocab_dir.
 """
 
-import importlib.util
 import os
+
+from mdm_jax import config as config_lib
 
 _BASES = {"quickstart": "quickstart.py", "owt": "owt_mdm_small.py"}
 
 
 def _base_config(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", _BASES[name])
-    spec = importlib.util.spec_from_file_location(f"_mdm_base_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join("..", _BASES[name]), relative_to=__file__)
 
 
 def get_config(variant="quickstart"):

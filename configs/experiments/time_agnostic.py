@@ -28,18 +28,15 @@ configs/owt_mdm_small.py (12 layers, width 768, L=1024, GPT-2 vocabulary; needs
 variant (--config.experiment.num_steps=...).
 """
 
-import importlib.util
 import os
+
+from mdm_jax import config as config_lib
 
 _BASES = {"quickstart": "quickstart.py", "owt": "owt_mdm_small.py"}
 
 
 def _base_config(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", _BASES[name])
-    spec = importlib.util.spec_from_file_location(f"_mdm_base_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join("..", _BASES[name]), relative_to=__file__)
 
 
 def get_config(variant="quickstart"):
