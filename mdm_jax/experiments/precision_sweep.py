@@ -185,8 +185,6 @@ def _log_x(ax):
 
 
 def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = dict(zip(precisions, plt.rcParams["axes.prop_cycle"].by_key()["color"]))

@@ -94,9 +94,8 @@ def fast_grid_law(probs, prec: str) -> np.ndarray:
     p = p / p.sum()
     if prec not in FAST_GRID:
         return precision_lib.grid_law(p, prec)
-    # precision._mean_field is the module's own vectorised mean-field law (see report: to be
-    # made public as precision.mean_field_law).
-    w = precision_lib._mean_field(precision_lib.policy_grid(prec), p)
+    # The exact grid_law series is too slow per step of a sweep: use its vectorised mean-field law.
+    w = precision_lib.mean_field_weights(p, prec)
     top = int(np.argmax(p))
     w[top] = max(0.0, 1.0 - (w.sum() - w[top]))   # the largest category takes the rest, as grid_law
     return w

@@ -147,8 +147,6 @@ def _arm_timings(config, exp, root, log):
 
 
 def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker as mticker
 
