@@ -16,18 +16,15 @@ collapses in entropy and gen PPL as N grows; float64, factorized and first-hitti
 32-bit effect needs V N near 2^24, i.e. the GPT-2 vocabulary). `:tiny` is the CI size.
 """
 
-import importlib.util
 import os
+
+from mdm_jax import config as config_lib
 
 _VARIANTS = ("quickstart", "reference", "tiny", "owt")
 
 
 def _base(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", name)
-    spec = importlib.util.spec_from_file_location(f"_mdm_base_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join("..", name), relative_to=__file__)
 
 
 def get_config(variant="quickstart"):

@@ -17,18 +17,15 @@ Fields (config.experiment.*): vocab_sizes, steps (one ';'-list per vocabulary, c
 predict_steps, seq_len, batch_size, precision, repeats, arm_vocab, arm_lengths ('' = no ARM part).
 """
 
-import importlib.util
 import os
+
+from mdm_jax import config as config_lib
 
 _VARIANTS = ("cpu", "tiny", "owt")
 
 
 def _owt():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "owt_mdm_small.py")
-    spec = importlib.util.spec_from_file_location("_mdm_base_owt_mdm_small", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join("..", "owt_mdm_small.py"), relative_to=__file__)
 
 
 def get_config(variant="cpu"):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.sampling.categorical import (
-    StaticSchedule, check_precision, constrain, policy_dtype, row_keys, rowwise_categorical,
+    StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
     step_keys, sampler_scope)
 
 __all__ = ["ancestral", "step_coefficients"]
@@ -77,12 +77,7 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
     always = p_unmask >= 1.0
     cdtype = np.float64 if precision == "float64" else np.float32
     with sampler_scope(precision, batch_sharding):
-        if init is None:
-            init_arr = jnp.full((batch_size, seq_len), mask_id, jnp.int32)
-        else:
-            init_arr = jnp.asarray(init, jnp.int32)
-            if init_arr.shape != (batch_size, seq_len):
-                raise ValueError(f"init has shape {init_arr.shape}, expected {(batch_size, seq_len)}")
+        init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
         coefs = (jnp.asarray(t.astype(np.float32)), jnp.asarray(log_mask.astype(cdtype)),
                  jnp.asarray(log_tok.astype(cdtype)), jnp.asarray(thr), jnp.asarray(always))
         tokens, nfe, changes = _ancestral(

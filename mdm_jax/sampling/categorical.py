@@ -194,3 +194,13 @@ class StaticSchedule:
 
     def __eq__(self, other):
         return isinstance(other, StaticSchedule) and self._key == other._key
+
+
+def initial_tokens(init, batch_size: int, seq_len: int, mask_id: int) -> jax.Array:
+    """The sampler's starting tokens: all masks, or `init` (prompts / infilling) checked for shape."""
+    if init is None:
+        return jnp.full((batch_size, seq_len), mask_id, jnp.int32)
+    arr = jnp.asarray(init, jnp.int32)
+    if arr.shape != (batch_size, seq_len):
+        raise ValueError(f"init has shape {arr.shape}, expected {(batch_size, seq_len)}")
+    return arr

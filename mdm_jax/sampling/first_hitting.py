@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.sampling.categorical import (
-    StaticSchedule, check_precision, constrain, policy_dtype, row_keys, rowwise_categorical,
+    StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
     step_keys, sampler_scope)
 
 __all__ = ["first_hitting"]
@@ -60,12 +60,7 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
     max_masks = _max_masks(init, mask_id, seq_len)
     num_iters = math.ceil(max_masks / k)
     with sampler_scope(precision, batch_sharding):
-        if init is None:
-            init_arr = jnp.full((batch_size, seq_len), mask_id, jnp.int32)
-        else:
-            init_arr = jnp.asarray(init, jnp.int32)
-            if init_arr.shape != (batch_size, seq_len):
-                raise ValueError(f"init has shape {init_arr.shape}, expected {(batch_size, seq_len)}")
+        init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
         tokens = _fhs(key, init_arr, jnp.float32(temperature), denoise_fn=denoise_fn,
                       batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, sched=sched,
                       precision=precision, k=k, num_iters=num_iters, batch_sharding=batch_sharding)
