@@ -7,6 +7,9 @@ Commands (from the repository root):
   # exact reference model, no training needed (~5 minutes on 2 CPU cores):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:reference \\
       --workdir=workdirs/precision_sweep_reference
+  # accelerators, the exact reference model at the GPT-2 vocabulary (V = 50,257, N up to 10,000):
+  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:reference_gpt2 \\
+      --workdir=workdirs/precision_sweep_reference_gpt2
   # accelerators, the paper's setting (owt_mdm_small + owt_arm_small workdirs, N up to 10,000):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:owt \\
       --workdir=DIR --config.experiment.checkpoint_workdir=... --config.experiment.evaluator_workdir=...
@@ -20,7 +23,7 @@ import os
 
 from mdm_jax import config as config_lib
 
-_VARIANTS = ("quickstart", "reference", "tiny", "owt")
+_VARIANTS = ("quickstart", "reference", "reference_gpt2", "tiny", "owt")
 
 
 def _base(name):
@@ -56,6 +59,17 @@ def get_config(variant="quickstart"):
         e.steps = "32,320,2048"
         e.num_samples = 16
         e.batch_size = 16
+    elif variant == "reference_gpt2":
+        # The 32-bit effect at full strength, without a trained model: a tail token has
+        # probability ~1e-5, so with N >= 1024 steps its (V+1)-way share per step falls below
+        # float32's 2^-24 grid. ~1e12 category draws: a GPU job (minutes), hours on a CPU.
+        e.model = "reference"
+        e.reference_vocab = 50257
+        e.seq_len = 32
+        e.steps = "1024,4096,10000"
+        e.num_samples = 16
+        e.batch_size = 16
+        e.predict_low_precision = False  # exact bfloat16 enumeration is too slow for V = 50,257
     elif variant == "tiny":
         # CI size: the reference model, three precisions, two N. bfloat16 carries the assertion
         # that (V+1)-way ancestral loses entropy with N; see precision_sweep.py for why float32's

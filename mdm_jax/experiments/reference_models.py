@@ -137,15 +137,21 @@ def ancestral_token_law(mu, p_unmask, law: str, prec: str, num_points: int = 24)
             ratios.append(np.where(mu > 0, w / (q * mu), 0.0))
     ratios = np.asarray(ratios)                                   # [points, V]
     if body.size:
+        # Tokens with the same probability and the same distortion ratios behave identically:
+        # work on those groups (a head + tail law has a handful), not on [N, V] arrays.
+        groups, inverse = np.unique(np.vstack([mu[None, :], ratios]), axis=1, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        mu_g, ratios_g = groups[0], groups[1:]
+        size_g = np.bincount(inverse, minlength=groups.shape[1])
         if len(grid_p) == 1:
-            r = np.broadcast_to(ratios[0], (len(body), len(mu)))
+            r = np.broadcast_to(ratios_g[0], (len(body), len(mu_g)))
         else:
             x = np.log(grid_p)
-            r = np.stack([np.interp(np.log(body), x, ratios[:, v]) for v in range(len(mu))], axis=1)
-        step = body[:, None] * mu[None, :] * r                    # [N-1, V] win prob per token
-        stay = np.clip(1.0 - step.sum(axis=1), 0.0, 1.0)
+            r = np.stack([np.interp(np.log(body), x, ratios_g[:, g]) for g in range(len(mu_g))], axis=1)
+        step = body[:, None] * mu_g[None, :] * r                  # [N-1, groups] win prob per token
+        stay = np.clip(1.0 - step @ size_g, 0.0, 1.0)
         alive = np.concatenate([[1.0], np.cumprod(stay)[:-1]])   # P(masked when step i starts)
-        q = (alive[:, None] * step).sum(axis=0)
+        q = (alive[:, None] * step).sum(axis=0)[inverse]
         left = float(np.prod(stay))
     else:
         q, left = np.zeros_like(mu), 1.0
