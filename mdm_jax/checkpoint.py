@@ -95,14 +95,20 @@ class Checkpointer:
     Every process must call `save`/`restore` (Orbax synchronises them multi-host).
     """
 
-    def __init__(self, workdir, *, keep: int = 3, async_save: bool = True):
-        self.workdir = ensure_writable(workdir)
+    def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        # read_only: for eval/sample/experiments, which must work on a checkpoint they cannot write
+        # (a shared or archived run); nothing is created, cleaned up or saved.
+        self.workdir = epath.Path(workdir) if read_only else ensure_writable(workdir)
         # Orbax wants absolute paths; cloud paths (gs://) are absolute already.
         path = self.workdir / "checkpoints"
         self.directory = path if "://" in str(path) else epath.Path(os.path.abspath(path))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True)
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                                   enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True)
         # Handlers are registered up front so that a fresh manager can read a step's metadata
         # (the shape check in `restore`) before any save or restore call.
         self._manager = ocp.CheckpointManager(

@@ -163,7 +163,7 @@ def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | No
     from mdm_jax import checkpoint, sharding, train
 
     mesh = sharding.make_mesh(config.mesh)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         latest = ckpt.latest_step() if step is None else step
         if latest is None:

@@ -158,6 +158,31 @@ def test_unwritable_workdir(tmp_path):
             checkpoint.ensure_writable(ro / "run")
 
 
+def _tree_snapshot(root):
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+                  for d, dirs, files in os.walk(root) for f in files + dirs)
+
+
+def test_read_only_restore_writes_nothing(tmp_path, monkeypatch):
+    # Evaluators and experiments read checkpoints of runs they must not (or cannot) write to.
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(5, _state(4, seed=5), {"index": 50})
+    before = _tree_snapshot(tmp_path)
+
+    def refuse(workdir):
+        raise PermissionError(f"{workdir} is read-only")
+
+    monkeypatch.setattr(checkpoint, "ensure_writable", refuse)
+    with pytest.raises(PermissionError):
+        checkpoint.Checkpointer(tmp_path)
+    with checkpoint.Checkpointer(tmp_path, read_only=True) as ck:
+        assert ck.latest_step() == 5
+        restored, data = ck.restore(checkpoint.abstract_like(_state(4)))
+    _assert_trees_equal(restored, _state(4, seed=5))
+    assert data == {"index": 50}
+    assert _tree_snapshot(tmp_path) == before
+
+
 # ----------------------------------------------------------------------------- metrics
 
 

@@ -270,3 +270,42 @@ def test_sharded_forward_matches_single_device():
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_samplers_take_adapter_params_as_traced_arguments():
+    # Adapters return Partials: new params of the same model reuse the compiled sampler (sampling
+    # during training must not recompile, and params must not be baked in as constants), yet the
+    # new params are really used: each result equals a plain closure's over the same params.
+    from mdm_jax import sampling, schedules
+    import importlib
+    # The modules (the package re-exports functions of the same names).
+    fhs_mod = importlib.import_module("mdm_jax.sampling.first_hitting")
+    ar_mod = importlib.import_module("mdm_jax.sampling.autoregressive")
+
+    model = tiny(time_conditioning=True)
+    p1, p2 = random_params(model, 1), random_params(model, 2)
+    kw = dict(batch_size=B, seq_len=L, mask_id=V, schedule=schedules.get("linear"), precision="float32")
+    key = jax.random.key(3)
+    before = fhs_mod._fhs._cache_size()
+    out1, _ = sampling.first_hitting(adapters.denoise_fn(model, p1), key, **kw)
+    out2, _ = sampling.first_hitting(adapters.denoise_fn(tiny(time_conditioning=True), p2), key, **kw)
+    assert fhs_mod._fhs._cache_size() == before + 1
+    for p, out in ((p1, out1), (p2, out2)):
+        closure = lambda x, t, p=p: model.apply({"params": p}, x, t, deterministic=True)  # noqa: E731
+        ref, _ = sampling.first_hitting(closure, key, **kw)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    assert not np.array_equal(np.asarray(out1), np.asarray(out2))
+
+    arm = tiny(causal=True)
+    a1, a2 = random_params(arm, 4), random_params(arm, 5)
+    before = ar_mod._ar_cached._cache_size()
+    toks = []
+    for p in (a1, a2):
+        step_fn, state = adapters.ar_step_fn(arm, p, B)
+        toks.append(np.asarray(sampling.autoregressive(step_fn, state, key, batch_size=B, seq_len=L,
+                                                       bos_id=V, precision="float32")[0]))
+        full, _ = sampling.autoregressive_uncached(adapters.ar_logits_fn(arm, p), key, batch_size=B,
+                                                   seq_len=L, bos_id=V, precision="float32")
+        np.testing.assert_array_equal(toks[-1], np.asarray(full))
+    assert ar_mod._ar_cached._cache_size() == before + 1
+    assert not np.array_equal(toks[0], toks[1])

@@ -6,6 +6,11 @@ Samplers (`mdm_jax.sampling`) only know functions of arrays, never Flax modules:
 - `ar_logits_fn(model, params)`     -> fn(inputs int32[B, T]) -> logits float32[B, T, V], the full
                                         causal forward, for the uncached sampler and generative PPL.
 
+Each is a `jax.tree_util.Partial` of a hashable function object (holding the module) and the
+variables: the samplers pass the params into their jitted loops as traced arguments (keeping their
+sharding, no recompile when only the params change; see `mdm_jax.sampling.fn_args`), and two
+adapters of equal modules share compiled samplers. Called directly they behave as plain functions.
+
 `params` is the 'params' collection (what `TrainState.params` / `.ema_params` hold); a full variables
 dict {"params": ...} and logically boxed trees are accepted too. All functions are deterministic
 (no dropout) and cast their inputs to int32 / float32, so they can be traced inside
@@ -14,6 +19,7 @@ dict {"params": ...} and logically boxed trees are accepted too. All functions a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -30,17 +36,28 @@ def _variables(params) -> dict:
     return {"params": params}
 
 
-def denoise_fn(model: Transformer, params) -> Callable:
-    """The MDM denoiser x_t, t -> logits over the V real tokens; t is ignored by a time-free network."""
-    variables = _variables(params)
+@dataclasses.dataclass(frozen=True)
+class _Denoise:
+    model: Transformer
 
-    def fn(tokens, t):
+    def __call__(self, variables, tokens, t):
         tokens = jnp.asarray(tokens, jnp.int32)
         # Passing t only when the network uses it keeps time-free networks honest: they cannot see t.
-        tt = jnp.asarray(t, jnp.float32) if model.time_conditioning else None
-        return model.apply(variables, tokens, tt, deterministic=True)
+        tt = jnp.asarray(t, jnp.float32) if self.model.time_conditioning else None
+        return self.model.apply(variables, tokens, tt, deterministic=True)
 
-    return fn
+
+def denoise_fn(model: Transformer, params) -> Callable:
+    """The MDM denoiser x_t, t -> logits over the V real tokens; t is ignored by a time-free network."""
+    return jax.tree_util.Partial(_Denoise(model), _variables(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ArLogits:
+    model: Transformer
+
+    def __call__(self, variables, inputs):
+        return self.model.apply(variables, jnp.asarray(inputs, jnp.int32), None, deterministic=True)
 
 
 def ar_logits_fn(model: Transformer, params) -> Callable:
@@ -50,12 +67,7 @@ def ar_logits_fn(model: Transformer, params) -> Callable:
     scores x_0..x_{T-1}.
     """
     _require_causal(model)
-    variables = _variables(params)
-
-    def fn(inputs):
-        return model.apply(variables, jnp.asarray(inputs, jnp.int32), None, deterministic=True)
-
-    return fn
+    return jax.tree_util.Partial(_ArLogits(model), _variables(params))
 
 
 def ar_step_fn(model: Transformer, params, batch_size: int):
@@ -76,15 +88,21 @@ def ar_step_fn(model: Transformer, params, batch_size: int):
                                                   mutable=["cache"])[1]["cache"], variables)
     init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def step_fn(state, tokens, pos):
+    return jax.tree_util.Partial(_ArStep(model, int(batch_size)), variables), init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class _ArStep:
+    model: Transformer
+    batch_size: int
+
+    def __call__(self, variables, state, tokens, pos):
         pos = jnp.asarray(pos, jnp.int32)
         state = _with_index(state, pos)
-        tokens = jnp.asarray(tokens, jnp.int32).reshape(batch_size, 1)
-        logits, mutated = model.apply({**variables, "cache": state}, tokens, None, deterministic=True,
-                                      decode=True, mutable=["cache"])
+        tokens = jnp.asarray(tokens, jnp.int32).reshape(self.batch_size, 1)
+        logits, mutated = self.model.apply({**variables, "cache": state}, tokens, None,
+                                           deterministic=True, decode=True, mutable=["cache"])
         return logits[:, 0], mutated["cache"]
-
-    return step_fn, init_state
 
 
 def _with_index(cache, pos):

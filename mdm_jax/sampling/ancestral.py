@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.sampling import fn_args
 from mdm_jax.sampling.categorical import (
     StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
     step_keys, sampler_scope)
@@ -80,8 +81,9 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
         coefs = (jnp.asarray(t.astype(np.float32)), jnp.asarray(log_mask.astype(cdtype)),
                  jnp.asarray(log_tok.astype(cdtype)), jnp.asarray(thr), jnp.asarray(always))
+        fn_static, fn_leaves = fn_args.split(denoise_fn)
         tokens, nfe, changes = _ancestral(
-            key, init_arr, jnp.float32(temperature), coefs, denoise_fn=denoise_fn,
+            key, init_arr, jnp.float32(temperature), coefs, fn_leaves, denoise_fn=fn_static,
             batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, num_steps=n,
             precision=precision, cache=bool(cache), factorized=bool(factorized),
             batch_sharding=batch_sharding)
@@ -96,8 +98,9 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
 @functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
                                              "num_steps", "precision", "cache", "factorized",
                                              "batch_sharding"))
-def _ancestral(key, init, temperature, coefs, *, denoise_fn, batch_size, seq_len, mask_id,
-               num_steps, precision, cache, factorized, batch_sharding):
+def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_size, seq_len,
+               mask_id, num_steps, precision, cache, factorized, batch_sharding):
+    denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     ts, log_mask, log_tok, thr, always = coefs
     dtype = policy_dtype(precision)
     keys = constrain(row_keys(key, batch_size), batch_sharding)

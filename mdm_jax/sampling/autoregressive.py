@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mdm_jax.sampling import fn_args
 from mdm_jax.sampling.categorical import (
     check_precision, constrain, policy_dtype, row_keys, rowwise_categorical, step_keys, sampler_scope)
 
@@ -61,7 +62,8 @@ def autoregressive(step_fn, init_state, key, *, batch_size: int, seq_len: int,
     check_precision(precision)
     with sampler_scope(precision, batch_sharding):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        tokens = _ar_cached(key, init_state, forced, jnp.float32(temperature), step_fn=step_fn,
+        fn_static, fn_leaves = fn_args.split(step_fn)
+        tokens = _ar_cached(key, init_state, forced, jnp.float32(temperature), fn_leaves, step_fn=fn_static,
                             batch_size=batch_size, seq_len=seq_len, precision=precision,
                             prompt_len=plen, bos_id=int(bos_id), batch_sharding=batch_sharding)
     return tokens, _stats("autoregressive", precision, batch_size, seq_len, plen, temperature)
@@ -74,7 +76,8 @@ def autoregressive_uncached(logits_fn, key, *, batch_size: int, seq_len: int,
     check_precision(precision)
     with sampler_scope(precision, batch_sharding):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        tokens = _ar_uncached(key, forced, jnp.float32(temperature), logits_fn=logits_fn,
+        fn_static, fn_leaves = fn_args.split(logits_fn)
+        tokens = _ar_uncached(key, forced, jnp.float32(temperature), fn_leaves, logits_fn=fn_static,
                               batch_size=batch_size, seq_len=seq_len, precision=precision,
                               prompt_len=plen, bos_id=int(bos_id), batch_sharding=batch_sharding)
     return tokens, _stats("autoregressive_uncached", precision, batch_size, seq_len, plen,
@@ -85,8 +88,9 @@ _STATIC = ("batch_size", "seq_len", "precision", "prompt_len", "bos_id", "batch_
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn",) + _STATIC)
-def _ar_cached(key, state, forced, temperature, *, step_fn, batch_size, seq_len, precision,
-               prompt_len, bos_id, batch_sharding):
+def _ar_cached(key, state, forced, temperature, fn_leaves, *, step_fn, batch_size, seq_len,
+               precision, prompt_len, bos_id, batch_sharding):
+    step_fn = fn_args.join(step_fn, fn_leaves)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
     forced = constrain(forced, batch_sharding)
 
@@ -105,10 +109,10 @@ def _ar_cached(key, state, forced, temperature, *, step_fn, batch_size, seq_len,
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn",) + _STATIC)
-def _ar_uncached(key, forced, temperature, *, logits_fn, batch_size, seq_len, precision,
-                 prompt_len, bos_id, batch_sharding):
+def _ar_uncached(key, forced, temperature, fn_leaves, *, logits_fn, batch_size, seq_len,
+                 precision, prompt_len, bos_id, batch_sharding):
+    logits_fn = fn_args.join(logits_fn, fn_leaves)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
-    forced = constrain(forced, batch_sharding)
     forced = constrain(forced, batch_sharding)
     bos = constrain(jnp.full((batch_size, 1), bos_id, jnp.int32), batch_sharding)
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.sampling import fn_args
 from mdm_jax.sampling.categorical import (
     StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
     step_keys, sampler_scope)
@@ -49,7 +50,9 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
     is sampled; each row starts from its own number of masks, and the loop runs
     ceil(max masks / k) steps (rows that finish earlier stop changing). The loop is one compiled
     `lax.fori_loop`; compiled code is cached on (denoise_fn, shapes, schedule, precision, k,
-    sharding), so pass the same denoise_fn object to avoid retracing. stats["nfe"] counts the
+    sharding), so pass the same denoise_fn object to avoid retracing; a `jax.tree_util.Partial`
+    (what `models.adapters.denoise_fn` returns) is keyed on its function only, its params are
+    traced arguments (see `sampling.fn_args`). stats["nfe"] counts the
     network calls made (= loop length; each runs on the whole batch).
     """
     check_precision(precision)
@@ -61,7 +64,8 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
     num_iters = math.ceil(max_masks / k)
     with sampler_scope(precision, batch_sharding):
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
-        tokens = _fhs(key, init_arr, jnp.float32(temperature), denoise_fn=denoise_fn,
+        fn_static, fn_leaves = fn_args.split(denoise_fn)
+        tokens = _fhs(key, init_arr, jnp.float32(temperature), fn_leaves, denoise_fn=fn_static,
                       batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, sched=sched,
                       precision=precision, k=k, num_iters=num_iters, batch_sharding=batch_sharding)
     stats = dict(method="first_hitting", precision=precision, nfe=num_iters, num_steps=num_iters,
@@ -73,8 +77,9 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
 @functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
                                              "sched", "precision", "k", "num_iters",
                                              "batch_sharding"))
-def _fhs(key, init, temperature, *, denoise_fn, batch_size, seq_len, mask_id, sched, precision,
-         k, num_iters, batch_sharding):
+def _fhs(key, init, temperature, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_id, sched,
+         precision, k, num_iters, batch_sharding):
+    denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     schedule = sched.schedule
     # Times in float64 under the float64 policy (x64 is on), float32 otherwise.
     tdtype = jnp.float64 if precision == "float64" else jnp.float32
