@@ -139,7 +139,9 @@ def runs(tmp_path_factory):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out) as f:
-        return json.load(f)
+        res = json.load(f)
+    res["stderr"] = proc.stderr
+    return res
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -184,6 +186,12 @@ def test_sharded_state_is_really_sharded(runs):
     assert runs["d2f2t2"]["embedding_shard"] == [full[0] // 2, full[1] // 2]
     assert runs["d4t2_accum2"]["embedding_shard"] == [full[0] // 2, full[1]]
     assert runs["data8"]["embedding_shard"] == full   # pure data parallelism: replicated
+
+
+def test_no_involuntary_rematerialization(runs):
+    # XLA warns when it cannot reshard efficiently and copies a whole array to every device: the
+    # embedding lookup on the d2f2t2 mesh did, before the table was gathered explicitly (FSDP).
+    assert "Involuntary full rematerialization" not in runs["stderr"], runs["stderr"][-3000:]
 
 
 def test_batch_not_divisible_by_data_parallel_size(runs):

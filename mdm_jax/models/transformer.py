@@ -51,6 +51,19 @@ def _constrain(x, *axes):
     return nn.with_logical_constraint(x, axes)
 
 
+class _GatheredEmbed(nn.Embed):
+    """nn.Embed (same parameter) whose table is gathered in full before the lookup, as FSDP
+    gathers every weight before use. A row gather from a table stored (vocab over "tensor", embed
+    over "fsdp") into batch-sharded activations is a resharding XLA's SPMD partitioner cannot do
+    efficiently: it falls back to an involuntary full rematerialisation."""
+
+    def __call__(self, inputs):
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("input token ids must be integers")
+        table = nn.with_logical_constraint(jnp.asarray(self.embedding, self.dtype), (None, None))
+        return jnp.take(table, inputs, axis=0)
+
+
 def rope_tables(positions: jax.Array, head_dim: int, base: float):
     """(sin, cos) float32[..., T, head_dim // 2] for integer positions: computed once per forward
     and shared by every layer."""
@@ -255,8 +268,9 @@ class Transformer(nn.Module):
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
         b, length = tokens.shape
         tokens = _constrain(tokens, A_BATCH, A_LEN)
-        x = nn.Embed(padded_vocab(self.vocab_size + 1), self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="embed", embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED))(tokens)
+        x = _GatheredEmbed(padded_vocab(self.vocab_size + 1), self.emb_dim, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="embed",
+                           embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED))(tokens)
         x = _constrain(x, A_BATCH, A_LEN, A_EMBED)
 
         cond = None
