@@ -41,7 +41,7 @@ import numpy as np
 
 from mdm_jax import precision as precision_lib
 from mdm_jax import rng, sampling, schedules
-from mdm_jax.experiments import reference_models as refm
+from mdm_jax.reference import head_tail as refm
 
 # The module, not the function `sampling.categorical` that shadows its name in the package.
 cat = importlib.import_module("mdm_jax.sampling.categorical")

@@ -74,7 +74,7 @@ def test_generative_perplexity_batching_and_errors():
 def test_generative_perplexity_of_exact_reference_arm_equals_joint_likelihood():
     # Under the exact ARM of an enumerable joint, the NLL of a sequence is -log p(sequence):
     # the chain rule of the ARM's conditionals must reproduce the joint table exactly.
-    from reference import ReferenceJoint  # tests/ is on sys.path (pytest rootdir-less modules)
+    from mdm_jax.reference.joint import ReferenceJoint  # tests/ is on sys.path (pytest rootdir-less modules)
 
     ref = ReferenceJoint(vocab=3, length=4, seed=3)
     tokens = ref.seqs[np.random.default_rng(1).choice(len(ref.seqs), size=12, p=ref.probs)]

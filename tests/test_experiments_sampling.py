@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mdm_jax import experiments, schedules
-from mdm_jax.experiments import reference_models as refm
+from mdm_jax.reference import head_tail as refm
 from mdm_jax.sampling.ancestral import step_coefficients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

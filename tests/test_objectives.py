@@ -1,4 +1,4 @@
-"""Objectives against exact enumerable models (tests/reference.py).
+"""Objectives against exact enumerable models (mdm_jax/reference/joint.py).
 
 Statistical tests use fixed seeds; Monte Carlo means must match the exact value within 4 standard
 errors (computed from the draws themselves: batch means of independent batches when the draws
@@ -20,7 +20,7 @@ import pytest
 from scipy import special
 
 from mdm_jax import config as config_lib, objectives, schedules
-from reference import ReferenceJoint
+from mdm_jax.reference.joint import ReferenceJoint
 
 V, L = 3, 4
 DATA = ReferenceJoint(vocab=V, length=L, seed=0)     # the data distribution p

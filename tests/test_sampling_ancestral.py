@@ -7,7 +7,7 @@ import pytest
 
 from mdm_jax import sampling, schedules
 from mdm_jax.sampling.ancestral import step_coefficients
-from reference import ReferenceJoint, ancestral_law, chisquare_pvalue
+from mdm_jax.reference.joint import ReferenceJoint, ancestral_law, chisquare_pvalue
 
 ALPHA, REJECT = 1e-3, 1e-8
 V, L, B = 3, 3, 20000

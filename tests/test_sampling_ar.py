@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax import sampling
-from reference import ReferenceJoint, chisquare_pvalue
+from mdm_jax.reference.joint import ReferenceJoint, chisquare_pvalue
 
 ALPHA, REJECT = 1e-3, 1e-8
 V, L, B = 3, 3, 20000

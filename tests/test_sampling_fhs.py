@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from mdm_jax import sampling, schedules
-from reference import ReferenceJoint, chisquare_pvalue, parallel_fhs_law
+from mdm_jax.reference.joint import ReferenceJoint, chisquare_pvalue, parallel_fhs_law
 
 ALPHA = 1e-3     # a correct sampler is rejected at this level with probability 1e-3 (fixed seeds)
 REJECT = 1e-8    # a wrong law must be rejected at least this strongly

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax import sampling, schedules
-from reference import ReferenceJoint
+from mdm_jax.reference.joint import ReferenceJoint
 
 B, V, L = 16, 3, 3
 
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp
     sys.path.insert(0, {tests!r})
-    from reference import ReferenceJoint
+    from mdm_jax.reference.joint import ReferenceJoint
     from mdm_jax import sampling, schedules
     assert jax.device_count() == 8, jax.devices()
     out = {{}}

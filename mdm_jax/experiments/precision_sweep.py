@@ -51,7 +51,7 @@ import numpy as np
 
 from mdm_jax import evaluate, rng, sampling, schedules
 from mdm_jax.experiments import parse_list, report
-from mdm_jax.experiments import reference_models as refm
+from mdm_jax.reference import head_tail as refm
 from mdm_jax.sampling.ancestral import step_coefficients
 
 SAMPLERS = ("ancestral", "factorized", "first_hitting", "parallel")

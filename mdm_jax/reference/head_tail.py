@@ -13,8 +13,8 @@ The tail is what the paper's effect acts on: in an ancestral step with k steps l
 has probability tail_mass / ((V - head) k) against the mask class, which float32 under-samples
 once that falls near the 2^-24 grid of its uniforms (`mdm_jax.precision`).
 
-Package code must not import tests/, so this is separate from tests/reference.py (an enumerable
-joint with dependencies, for the samplers' own exactness tests).
+`mdm_jax.reference.joint` holds the other reference: an enumerable joint with dependencies between
+positions, for the samplers' own exactness tests.
 """
 
 from __future__ import annotations
