@@ -1,8 +1,8 @@
 """Experiment mdm_vs_arm: the decision page for an MDM and an ARM trained at the same budget.
 
 Command (from the repository root; trains the quickstart MDM, its ARM twin and a second ARM as
-evaluator for 300 steps x batch 16 each, then samples and times them; minutes on an idle 2-core
-CPU, not timed idle here: the box was shared):
+evaluator for 300 steps x batch 16 each, then samples and times them; 7 min 42 s on the 2-core
+development CPU at load 1.7-2.4):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/mdm_vs_arm.py \
       --workdir=workdirs/mdm_vs_arm
 To use already trained runs instead (e.g. the quickstart pair):
@@ -13,11 +13,11 @@ throughput.png, mdm_vs_arm.json and CSVs): the ARM ahead on validation perplexit
 is a bound) and on gen PPL at matched entropy, FHS slower per sequence than the KV-cached ARM with
 the gap growing with L (FHS re-runs the full sequence L times), similar training tokens/s, and a
 verdict computed from those numbers.
-Measured on the 2-core development CPU (shared with other jobs: timings are noisy) on the
-time_agnostic experiment's pair (quickstart model, L=128, 150 steps x batch 16; evaluator = a
-second ARM, seed 1): ARM perplexity 11.0 vs MDM bound 26.4; at the real-text entropy (2.80 nats)
-gen PPL 9.5 (ARM) vs 59.6 (MDM, FHS float64); per sequence at L=128, 0.16 s (ARM, KV cache) vs
-6.5 s (FHS), the ratio growing from ~1x at L=16; verdict: the ARM wins all three criteria.
+Measured with this command (2026-11-27, the quickstart recipe: L=64, discrete ELBO, time-free;
+evaluator = a second ARM, seed 1): ARM perplexity 7.7 vs MDM bound 24.9; at the real-text entropy
+(2.66 nats) gen PPL 7.4 (ARM) vs 64.0 (MDM, FHS float64); per sequence at L=64, 46 ms (ARM, KV
+cache) vs 282 ms (FHS), the ratio growing from 2.2x at L=16; training 2,818 vs 2,800 tokens/s;
+verdict: the ARM wins all three criteria.
 
 Fields (config.experiment.*): mdm_workdir / arm_workdir ("" = train the pair in workdir/runs),
 num_steps (budget of each trained model; 0 = train.num_steps), evaluator ("train": a second ARM

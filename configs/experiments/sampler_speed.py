@@ -1,11 +1,16 @@
 """Experiment sampler_speed (the paper's 20x claim): first-hitting vs cached ancestral, ARM cache.
 
-Command (from the repository root, about 5 minutes on 2 CPU cores):
+Command (from the repository root; 3 min 36 s on the 2-core development CPU at load 3.4):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py \\
       --workdir=workdirs/sampler_speed
 Accelerators (the full owt_mdm_small shape, L=1024, N up to 10^4 at both vocabularies):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py:owt \\
       --workdir=DIR
+
+Measured (2026-11-27): on the CPU, FHS 74x faster than cached ancestral at N=10^4 (V=256) and 86x at
+N=1,024 (V=50,257). On one H200 (`:owt` with vocab_sizes=256,50257, steps '1024;10000' for each,
+batch_size=1, repeats=1, precision=float64, arm_lengths=256,1024: benchmarks/accelerator.sh):
+11.2x at N=10^4 with V=50,257 and 1.25x with V=256; docs/results/nvidia-h200/.
 
 What you should see: see mdm_jax/experiments/sampler_speed.py. On the CPU the GPT-2 vocabulary
 runs only up to N = 1024 (one ancestral step draws L x 50,258 categories); the cost model

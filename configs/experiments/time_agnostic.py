@@ -1,21 +1,18 @@
 """Experiment time_agnostic (PAPER.md section 2): same-budget MDM variants with/without t, and the ARM.
 
 Command (from the repository root; four quickstart-sized models of 300 steps x batch 16 x L=64,
-then their evaluation; minutes on an idle 2-core CPU, not timed idle here: the box was shared):
+then their evaluation; 12 min 49 s on the 2-core development CPU at load 2.4-3.4):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/time_agnostic.py \
       --workdir=workdirs/time_agnostic
 
 Outputs: summary.md, nelbo.png, kl_vs_t.png, learning_curves.png, time_agnostic.json and CSVs in the
 workdir; the models in workdir/runs/<variant> (reused on a rerun with the same config).
-Measured on the 2-core development CPU (heavily shared, so ~500 tokens/s; 1 hour) with the
-quickstart model at L=128 and 150 steps per variant (--config.experiment.num_steps=150
---config.model.max_len=128 --config.data.seq_len=128 --config.train.warmup_steps=100):
-validation bits/token (continuous NELBO, 8 x 16 sequences x 4 draws, stderr 0.057) 4.728 with t,
-4.725 time-free, 4.718 discrete (time-free), all within 0.010 of each other; the ARM 3.459 (exact).
-The time-conditioned network's output moves by at most ~0.002 nats mean KL when t moves within
-the Beta band the mask ratio implies (<= 0.05% of its ~3.2-nat loss per masked token) and by
-<= 0.004 nats over all of t in (0, 1): after this budget it has learned to all but ignore t
-(its adaLN-Zero gates start at zero; Prop. 3.2 says it loses nothing by doing so).
+Measured with this command (2026-11-27): validation bits/token (continuous NELBO, 8,192 tokens x 4
+draws, standard error 0.075-0.084) 4.784 with t, 4.690 time-free, 4.684 discrete (time-free), all
+within about one standard error; the ARM 2.948 (exact). The time-conditioned network's output moves
+by at most 0.0013 nats mean KL when t moves within the Beta band the mask ratio implies (<= 0.05%
+of its ~3.1-nat loss per masked token) and by <= 0.006 nats over all of t in (0, 1): it has learned
+to all but ignore t (its adaLN-Zero gates start at zero; Prop. 3.2 says it loses nothing by doing so).
 
 Fields (config.experiment.*): variants (comma list of tc_continuous, tf_continuous, tf_discrete,
 tc_discrete, arm), num_steps (training budget per variant; 0 = train.num_steps), kl_ratios (mask
