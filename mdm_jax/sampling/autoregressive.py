@@ -63,9 +63,10 @@ def autoregressive(step_fn, init_state, key, *, batch_size: int, seq_len: int,
     with sampler_scope(precision, batch_sharding):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
         fn_static, fn_leaves = fn_args.split(step_fn)
-        tokens = _ar_cached(key, init_state, forced, jnp.float32(temperature), fn_leaves, step_fn=fn_static,
-                            batch_size=batch_size, seq_len=seq_len, precision=precision,
-                            prompt_len=plen, bos_id=int(bos_id), batch_sharding=batch_sharding)
+        tokens = _ar_cached(key, init_state, forced, jnp.float32(temperature), fn_leaves,
+                            step_fn=fn_static, batch_size=batch_size, seq_len=seq_len,
+                            precision=precision, prompt_len=plen, bos_id=int(bos_id),
+                            batch_sharding=batch_sharding)
     return tokens, _stats("autoregressive", precision, batch_size, seq_len, plen, temperature)
 
 
