@@ -309,3 +309,23 @@ def test_samplers_take_adapter_params_as_traced_arguments():
         np.testing.assert_array_equal(toks[-1], np.asarray(full))
     assert ar_mod._ar_cached._cache_size() == before + 1
     assert not np.array_equal(toks[0], toks[1])
+
+
+def test_adapters_cast_weight_matrices_once_without_changing_outputs():
+    # A bf16 network: the adapters hold its matrices in bf16 (so a sampler loop does not re-cast
+    # the float32 weights on every call) and give bitwise the outputs of apply on the float32 params.
+    model = tiny(time_conditioning=True, dtype=jnp.bfloat16, mlp_type="glu")
+    params = random_params(model, 6)
+    fn = adapters.denoise_fn(model, params)
+    held = jax.tree.leaves(fn.args[0]["params"])
+    assert {str(x.dtype) for x in held if x.ndim >= 2} == {"bfloat16"}
+    assert {str(x.dtype) for x in held if x.ndim < 2} == {"float32"}
+    x, t = tokens_of(7), jnp.linspace(0.1, 0.9, B, dtype=jnp.float32)
+    # Both jitted: XLA's bf16 fusion differs between eager and compiled code, not between the two.
+    want = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, deterministic=True))(params, x, t)
+    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(x, t)), np.asarray(want))
+    arm = tiny(causal=True, dtype=jnp.bfloat16)
+    ap = random_params(arm, 8)
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(adapters.ar_logits_fn(arm, ap))(x)),
+        np.asarray(jax.jit(lambda p, x: arm.apply({"params": p}, x, None, deterministic=True))(ap, x)))

@@ -29,11 +29,26 @@ import jax.numpy as jnp
 from mdm_jax.models.transformer import Transformer
 
 
-def _variables(params) -> dict:
+def _variables(params, model: Transformer) -> dict:
+    """{"params": ...} with every weight matrix already in the compute dtype.
+
+    Every layer casts its matrices (ndim >= 2: kernels, the embedding table) to `model.dtype` at
+    use, so casting them once here changes no result. It matters because the params are traced
+    arguments of the samplers' loops: without it, a bf16 network re-reads and re-casts its float32
+    weights on every one of the L network calls (+30% per FHS call on an H200 at owt_mdm_small).
+    Vectors (norm scales, biases) keep their dtype: some layers use them in float32.
+    """
     params = nn.unbox(params)
     if isinstance(params, dict) and set(params) == {"params"}:
-        return params
-    return {"params": params}
+        params = params["params"]
+    dtype = jnp.dtype(model.dtype)
+
+    def cast(x):
+        if jnp.ndim(x) >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            return jnp.asarray(x, dtype)
+        return x
+
+    return {"params": jax.tree.map(cast, params)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +64,7 @@ class _Denoise:
 
 def denoise_fn(model: Transformer, params) -> Callable:
     """The MDM denoiser x_t, t -> logits over the V real tokens; t is ignored by a time-free network."""
-    return jax.tree_util.Partial(_Denoise(model), _variables(params))
+    return jax.tree_util.Partial(_Denoise(model), _variables(params, model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +82,7 @@ def ar_logits_fn(model: Transformer, params) -> Callable:
     scores x_0..x_{T-1}.
     """
     _require_causal(model)
-    return jax.tree_util.Partial(_ArLogits(model), _variables(params))
+    return jax.tree_util.Partial(_ArLogits(model), _variables(params, model))
 
 
 def ar_step_fn(model: Transformer, params, batch_size: int):
@@ -80,7 +95,7 @@ def ar_step_fn(model: Transformer, params, batch_size: int):
     re-feed positions and the result is always the causal forward over inputs [0..pos].
     """
     _require_causal(model)
-    variables = _variables(params)
+    variables = _variables(params, model)
     dummy = jnp.zeros((batch_size, 1), jnp.int32)
     # The first decode=True call creates the cache: all zeros (keys, values, index 0), so only its
     # shapes are needed; eval_shape gets them without running (or compiling) the network.
