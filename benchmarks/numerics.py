@@ -52,7 +52,10 @@ flags.DEFINE_string("out", "", "Write the results as JSON here.")
 flags.DEFINE_string("compare", "", "JSON from another backend: report the fraction of identical token ids.")
 flags.DEFINE_float("eps", 1e-3, "Unmask mass of the tail test.")
 
+# Display order (widest first); the fixed keys fold in the index, so the order is part of the
+# committed benchmarks/numerics_cpu.json. Every sampling policy must be audited:
 POLICIES = ("float64", "float32", "float32-high", "float32-pytorch", "bfloat16", "float16")
+assert set(POLICIES) == set(cat.PRECISIONS), "benchmarks/numerics.py: audit every sampling policy"
 VOCAB = 50257
 CHUNK = 2**22
 
@@ -61,8 +64,7 @@ def _noise(key, precision, n):
     """n noise values of the policy, as the draw adds them to the logits (float32 result)."""
     dtype = cat.policy_dtype(precision)
     if precision == "float32-pytorch":
-        bits = jax.random.bits(key, (n,), jnp.uint32)
-        u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+        u = cat.grid_uniform(key, (n,), 24)
         g = -jnp.log(jnp.float32(1e-10) - jnp.log(u + jnp.float32(1e-10)))
     else:
         mode = "high" if precision == "float32-high" else "low"

@@ -106,6 +106,15 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def load_variant(variant: str, bases: dict, *, relative_to: str):
+    """The base config of a `--config=file.py:variant`: `bases` maps each variant to a config file
+    beside `relative_to` (e.g. {"quickstart": "../quickstart.py"}); an unknown variant names the
+    valid ones."""
+    if variant not in bases:
+        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(bases)}")
+    return load_file(bases[variant], relative_to=relative_to)
+
+
 def load_file(path: str, arg: str | None = None, *, relative_to: str | None = None):
     """`get_config(arg)` of a config file; `relative_to=__file__` resolves `path` beside the caller.
 

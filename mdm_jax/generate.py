@@ -91,7 +91,7 @@ def make_sampler(config, params, mesh):
     dp = sharding.data_parallel_size(mesh)
 
     if method in ARM_METHODS:
-        step_fns = {}  # one step_fn object per batch size: the decoding loop is compiled once
+        step_fns = {}  # one adapter per batch size: params cast and cache shapes built once
 
         def run(key, batch_size):
             bs = sharding.batch_sharding(mesh, ndim=1) if batch_size % dp == 0 else None
@@ -104,7 +104,7 @@ def make_sampler(config, params, mesh):
                 temperature=float(s.temperature), prompt=p, bos_id=vocab, batch_sharding=bs)
         return run, seq_len, prompt
 
-    # One denoise_fn object for all batches: the samplers' compiled loops are cached on it.
+    # One adapter for all batches: its params are cast to the compute dtype once.
     denoise = adapters.denoise_fn(model, params)
 
     def run(key, batch_size):

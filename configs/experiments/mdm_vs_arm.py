@@ -31,21 +31,13 @@ trained owt_mdm_small / owt_arm_small runs (training them here would take the fu
 --config.data.gpt2_vocab_dir.
 """
 
-import os
-
 from mdm_jax import config as config_lib
 
-_BASES = {"quickstart": "quickstart.py", "owt": "owt_mdm_small.py"}
-
-
-def _base_config(name):
-    return config_lib.load_file(os.path.join("..", _BASES[name]), relative_to=__file__)
+_BASES = {"quickstart": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    if variant not in _BASES:
-        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_BASES)}")
-    c = _base_config(variant)
+    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
     c.experiment.name = "mdm_vs_arm"
     c.experiment.mdm_workdir = ""
     c.experiment.arm_workdir = ""

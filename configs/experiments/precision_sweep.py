@@ -24,21 +24,14 @@ collapses in entropy and gen PPL as N grows; float64, factorized and first-hitti
 32-bit effect needs V N near 2^24, i.e. the GPT-2 vocabulary). `:tiny` is the CI size.
 """
 
-import os
-
 from mdm_jax import config as config_lib
 
-_VARIANTS = ("quickstart", "reference", "reference_gpt2", "tiny", "owt")
-
-
-def _base(name):
-    return config_lib.load_file(os.path.join("..", name), relative_to=__file__)
+_BASES = {"quickstart": "../quickstart.py", "reference": "../quickstart.py",
+          "reference_gpt2": "../quickstart.py", "tiny": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    if variant not in _VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_VARIANTS)}")
-    c = _base("owt_mdm_small.py" if variant == "owt" else "quickstart.py")
+    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
     e = c.experiment
     e.name = "precision_sweep"
     e.model = "checkpoint"

@@ -25,21 +25,13 @@ configs/owt_mdm_small.py (12 layers, width 768, L=1024, GPT-2 vocabulary; needs
 variant (--config.experiment.num_steps=...).
 """
 
-import os
-
 from mdm_jax import config as config_lib
 
-_BASES = {"quickstart": "quickstart.py", "owt": "owt_mdm_small.py"}
-
-
-def _base_config(name):
-    return config_lib.load_file(os.path.join("..", _BASES[name]), relative_to=__file__)
+_BASES = {"quickstart": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    if variant not in _BASES:
-        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use one of {', '.join(_BASES)}")
-    c = _base_config(variant)
+    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
     c.experiment.name = "time_agnostic"
     c.experiment.variants = "tc_continuous,tf_continuous,tf_discrete,arm"
     c.experiment.kl_ratios = "0.15,0.5,0.85"

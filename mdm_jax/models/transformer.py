@@ -17,6 +17,7 @@ The module is x64-safe: all constants have explicit dtypes, so tracing it under
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -125,8 +126,11 @@ def _dot_product_attention(q, k, v, *, is_causal=False, mask=None):
     if impl is not None:
         try:
             return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
-        except (NotImplementedError, ValueError, RuntimeError):  # unsupported shape: plain XLA
-            pass
+        except (NotImplementedError, ValueError, RuntimeError) as e:
+            # cuDNN rejects some shapes/dtypes at trace time; XLA's attention is correct but
+            # slower, so say so (once per traced shape) rather than lose MFU silently.
+            logging.warning("cuDNN attention unavailable for q%s %s (%s); using XLA's attention",
+                            tuple(q.shape), q.dtype, e)
     return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask)
 
 

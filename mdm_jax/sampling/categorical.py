@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["PRECISIONS", "categorical", "policy_dtype", "check_precision", "x64_scope",
-           "sampler_scope", "exponential_race", "row_keys", "step_keys", "constrain", "StaticSchedule",
-           "rowwise_categorical"]
+           "sampler_scope", "exponential_race", "grid_uniform", "row_keys", "step_keys", "constrain",
+           "StaticSchedule", "rowwise_categorical"]
 
 PRECISIONS = ("float64", "float32", "float32-high", "bfloat16", "float16", "float32-pytorch")
 
@@ -89,6 +89,12 @@ def _draw(key, logits, precision):
     return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
 
+def grid_uniform(key, shape, uniform_bits: int = 24):
+    """float32 uniforms k 2^-uniform_bits in [0, 1): torch.rand's float32 for uniform_bits=24."""
+    bits = jax.random.bits(key, shape, jnp.uint32)
+    return (bits >> (32 - uniform_bits)).astype(jnp.float32) * jnp.float32(2.0 ** -uniform_bits)
+
+
 def exponential_race(key, logits, uniform_bits: int = 24):
     """MDLM/SEDD's draw: argmax(p / (1e-10 - log(u + 1e-10))), float32, u = k 2^-uniform_bits.
 
@@ -96,8 +102,7 @@ def exponential_race(key, logits, uniform_bits: int = 24):
     bits give a coarser grid with the same arithmetic (used to test the grid law cheaply).
     """
     lg = logits.astype(jnp.float32)
-    bits = jax.random.bits(key, lg.shape, jnp.uint32)
-    u = (bits >> (32 - uniform_bits)).astype(jnp.float32) * jnp.float32(2.0 ** -uniform_bits)
+    u = grid_uniform(key, lg.shape, uniform_bits)
     probs = jax.nn.softmax(lg, axis=-1)
     denom = jnp.float32(1e-10) - jnp.log(u + jnp.float32(1e-10))
     return jnp.argmax(probs / denom, axis=-1).astype(jnp.int32)
