@@ -27,6 +27,7 @@ def base() -> ml_collections.ConfigDict:
     c.objective.t_min = 1e-5             # continuous NELBO: t ~ U[t_min, 1]
 
     c.model = ml_collections.ConfigDict()
+    c.model.family = "transformer"       # the architecture: a key of mdm_jax.models.FAMILIES
     c.model.vocab_size = 256             # V real tokens; the mask token is id V
     c.model.max_len = 256                # longest sequence the model accepts
     c.model.num_layers = 6

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 import scipy.stats
 
-from mdm_jax import rng
+from mdm_jax import rng, runs
 
 LOG2 = math.log(2.0)
 
@@ -118,64 +118,7 @@ def reference_entropy(config, seq_len: int, num_sequences: int, split: str = "va
     return sequence_entropy(batch)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _merge(node, values: Mapping):
-    for k, v in values.items():
-        if k in node and hasattr(node[k], "keys") and isinstance(v, Mapping):
-            _merge(node[k], v)
-        else:
-            node[k] = v
-
-
-def save_workdir_config(config, workdir: str) -> str:
-    """Writes workdir/config.json so that tools can rebuild the model of a workdir later."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json(indent=2))
-    return path
-
-
-def workdir_config(workdir: str, fallback=None):
-    """The config a workdir was trained with, from its `config.json`, else `fallback`.
-
-    The JSON is merged into `config.base()`, so fields added to the schema later get defaults.
-    """
-    from mdm_jax import config as config_lib
-
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            values = json.load(f)
-        c = config_lib.base()
-        with c.unlocked():
-            _merge(c, values)
-        return c
-    if fallback is None:
-        raise FileNotFoundError(f"{workdir} has no config.json: pass the config it was trained with")
-    return fallback
-
-
-def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | None = None):
-    """(params, checkpoint step, mesh, params shardings) of the latest (or given) checkpoint."""
-    from mdm_jax import checkpoint, sharding, train
-
-    mesh = sharding.make_mesh(config.mesh)
-    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-    try:
-        latest = ckpt.latest_step() if step is None else step
-        if latest is None:
-            raise FileNotFoundError(
-                f"no checkpoint in {workdir}: train first (python -m mdm_jax.main --mode=train "
-                f"--config=... --workdir={workdir}) or point --workdir at a trained run")
-        abstract, shardings = train.abstract_train_state(config, mesh)
-        state, _ = ckpt.restore(abstract, step=latest)
-    finally:
-        ckpt.close()
-    params = state.ema_params if use_ema else state.params
-    return params, int(latest), mesh, shardings.params
+# ----------------------------------------------------------------------------- evaluator
 
 
 def load_evaluator(config, evaluator_workdir: str | None = None):
@@ -196,13 +139,13 @@ def load_evaluator(config, evaluator_workdir: str | None = None):
     fallback = copy.deepcopy(config)
     with fallback.unlocked():
         fallback.objective.kind = "arm"
-    ecfg = workdir_config(wd, fallback)
+    ecfg = runs.workdir_config(wd, fallback)
     if ecfg.objective.kind != "arm":
         raise ValueError(f"eval.evaluator_workdir={wd} holds a {ecfg.objective.kind!r} model, not an ARM")
     if ecfg.model.vocab_size != config.model.vocab_size or ecfg.data.tokenizer != config.data.tokenizer:
         raise ValueError(f"evaluator {wd} uses tokenizer {ecfg.data.tokenizer} / V={ecfg.model.vocab_size}, "
                          f"the samples {config.data.tokenizer} / V={config.model.vocab_size}")
-    params, step, _, _ = restore_params(ecfg, wd, use_ema=bool(ecfg.eval.use_ema))
+    params, step, _, _ = runs.restore_params(ecfg, wd, use_ema=bool(ecfg.eval.use_ema))
     fn = adapters.ar_logits_fn(models.build(ecfg), params)
     info = {"evaluator_workdir": os.path.abspath(wd), "evaluator_step": step,
             "evaluator_objective": "arm", "evaluator_bos_id": ecfg.model.vocab_size}
@@ -251,10 +194,10 @@ def validation_metrics(config, params, mesh, params_shardings, *, num_batches: i
 
 def evaluate(config, workdir: str) -> dict:
     """--mode=eval: validation NELBO (MDM) or exact NLL (ARM) of the latest checkpoint."""
-    from mdm_jax.experiments import report
+    from mdm_jax import report
 
     use_ema = bool(config.eval.use_ema)
-    params, step, mesh, pshard = restore_params(config, workdir, use_ema=use_ema)
+    params, step, mesh, pshard = runs.restore_params(config, workdir, use_ema=use_ema)
     t0 = time.perf_counter()
     m = validation_metrics(config, params, mesh, pshard, num_batches=int(config.eval.num_batches),
                            mc_draws=int(config.eval.mc_draws))
@@ -347,7 +290,7 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
     (logits_fn, bos_id, info) or None to load `eval.evaluator_workdir`.
     Writes workdir/eval/<name>.json and <name>.md; returns the result dict.
     """
-    from mdm_jax.experiments import report
+    from mdm_jax import report
 
     if len(samples) and isinstance(samples[0], Mapping):
         tokens = np.asarray([r["tokens"] for r in samples], np.int32)

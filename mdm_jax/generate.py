@@ -125,7 +125,7 @@ def make_sampler(config, params, mesh):
 
 def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
     """Samples from the latest checkpoint in `workdir`; writes and returns the JSONL records."""
-    from mdm_jax import evaluate
+    from mdm_jax import runs
     from mdm_jax.data import tokenizers
 
     check_method(config)
@@ -134,7 +134,7 @@ def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
         raise ValueError(f"sampling.num_samples={s.num_samples} and sampling.batch_size={s.batch_size} "
                          "must be >= 1")
     use_ema = bool(s.use_ema)
-    params, ckpt_step, mesh, _ = evaluate.restore_params(config, workdir, use_ema=use_ema)
+    params, ckpt_step, mesh, _ = runs.restore_params(config, workdir, use_ema=use_ema)
     run, seq_len, prompt = make_sampler(config, params, mesh)
     tok = tokenizers.get(config.data)
     root = rng.root_key(config.seed)

@@ -153,11 +153,11 @@ def run(mode: str, config, workdir: str):
     if mode == "train":
         import jax
 
-        from mdm_jax import checkpoint, evaluate, train
+        from mdm_jax import checkpoint, runs, train
         checkpoint.ensure_writable(workdir)  # fail in seconds, before data and compilation
         if jax.process_index() == 0:
             # config.json lets eval/experiments rebuild this workdir's model (e.g. as an evaluator).
-            evaluate.save_workdir_config(config, workdir)
+            runs.save_workdir_config(config, workdir)
         result = train.train_and_evaluate(config, workdir)
         if config.train.get("sample_at_end", False):
             # The quickstart ends by showing what the model generates (first-hitting samples).

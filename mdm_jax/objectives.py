@@ -30,6 +30,7 @@ Key streams (below the caller's key): "t" (t or n), "mask" (which positions), "d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -39,7 +40,6 @@ import optax
 
 from mdm_jax import rng, schedules
 
-KINDS = ("continuous", "discrete", "arm")
 LN2 = math.log(2.0)
 
 
@@ -53,11 +53,6 @@ class Corrupted(NamedTuple):
     t: Optional[jax.Array]       # float32[B] time for a time-conditioned net (None for the ARM)
 
 
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown objective {kind!r} (config field objective.kind): "
-                         f"choose one of {', '.join(KINDS)}")
-    return kind
 
 
 def schedule_of(objective) -> schedules.Schedule:
@@ -118,19 +113,80 @@ def corrupt_arm(x0, *, bos_id: int) -> Corrupted:
                      weights=jnp.ones(x0.shape, jnp.float32), scored=jnp.ones(x0.shape, bool), t=None)
 
 
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One training objective and every property the rest of the package asks of it.
+
+    Code outside this module never compares `objective.kind` with a string: it asks the object
+    (`objectives.of(config).causal`, `.metric`, ...), so a new objective is one entry in `OBJECTIVES`.
+    """
+
+    name: str                 # the value of config.objective.kind
+    causal: bool              # the network sees only the past (ARM) instead of the whole masked sequence
+    time_input: bool          # a time-conditioned network is given t (MDMs); the ARM never is
+    random_estimate: bool     # the eval estimate is random (Monte Carlo draws reduce its variance)
+    metric: str               # metric key of the per-token likelihood: "nelbo" (a bound) or "nll" (exact)
+    likelihood: str           # how reports name that number: "NELBO bound" or "exact NLL"
+    perplexity: str           # how reports name exp(metric): "ppl bound" or "ppl"
+    sampling_methods: tuple   # the samplers that can draw from a model trained with this objective
+    draw: Callable            # (x0, key, config.objective, mask_id, low_discrepancy) -> Corrupted
+
+
+def _draw_continuous(x0, key, objective, mask_id, low_discrepancy):
+    return corrupt_continuous(x0, key, schedule_of(objective), mask_id=mask_id,
+                              t_min=float(objective.t_min), low_discrepancy=low_discrepancy)
+
+
+def _draw_discrete(x0, key, objective, mask_id, low_discrepancy):
+    del objective
+    return corrupt_discrete(x0, key, mask_id=mask_id, low_discrepancy=low_discrepancy)
+
+
+def _draw_arm(x0, key, objective, mask_id, low_discrepancy):
+    del key, objective, low_discrepancy
+    return corrupt_arm(x0, bos_id=mask_id)
+
+
+_MDM = dict(causal=False, time_input=True, random_estimate=True, metric="nelbo",
+            likelihood="NELBO bound", perplexity="ppl bound",
+            sampling_methods=("first_hitting", "ancestral"))
+OBJECTIVES = {o.name: o for o in (
+    Objective(name="continuous", draw=_draw_continuous, **_MDM),
+    Objective(name="discrete", draw=_draw_discrete, **_MDM),
+    Objective(name="arm", causal=True, time_input=False, random_estimate=False, metric="nll",
+              likelihood="exact NLL", perplexity="ppl", sampling_methods=("autoregressive",),
+              draw=_draw_arm),
+)}
+KINDS = tuple(OBJECTIVES)
+
+
+def get(kind: str) -> Objective:
+    """The objective named `kind` (config field objective.kind), or an error listing the valid ones."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective {kind!r} (config field objective.kind): "
+                         f"choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[kind]
+
+
+def of(config) -> Objective:
+    """The objective of a full config."""
+    return get(config.objective.kind)
+
+
+def check_kind(kind: str) -> str:
+    return get(kind).name
+
+
 def corrupt(x0, key, objective, *, vocab_size: int, low_discrepancy: Optional[bool] = None) -> Corrupted:
     """The estimator's random draws for `objective` (a config.objective); mask/BOS id = vocab_size.
 
     `low_discrepancy=None` uses objective.low_discrepancy (evaluation forces True).
     """
-    kind = check_kind(objective.kind)
     ld = bool(objective.low_discrepancy if low_discrepancy is None else low_discrepancy)
-    if kind == "arm":
-        return corrupt_arm(x0, bos_id=vocab_size)
-    if kind == "discrete":
-        return corrupt_discrete(x0, key, mask_id=vocab_size, low_discrepancy=ld)
-    return corrupt_continuous(x0, key, schedule_of(objective), mask_id=vocab_size,
-                              t_min=float(objective.t_min), low_discrepancy=ld)
+    return get(objective.kind).draw(x0, key, objective, vocab_size, ld)
 
 
 def sequence_losses(logits: jax.Array, c: Corrupted) -> jax.Array:
@@ -140,7 +196,7 @@ def sequence_losses(logits: jax.Array, c: Corrupted) -> jax.Array:
 
 
 def uses_time(config) -> bool:
-    return bool(config.model.time_conditioning) and config.objective.kind != "arm"
+    return bool(config.model.time_conditioning) and of(config).time_input
 
 
 def logits_fn_of(apply_fn: Callable, params, config, *, train: bool,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mdm_jax import experiments
-from mdm_jax.experiments import mdm_vs_arm, report
+from mdm_jax import report
+from mdm_jax.experiments import mdm_vs_arm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

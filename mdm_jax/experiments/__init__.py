@@ -2,7 +2,7 @@
 
 `run(config, workdir)` dispatches on `config.experiment.name`; every experiment module exposes
 `run(config, workdir) -> dict` and writes its JSON, CSV, plots and summary.md through
-`mdm_jax.experiments.report`. Modules are imported lazily: an experiment's heavy imports
+`mdm_jax.report`. Modules are imported lazily: an experiment's heavy imports
 (samplers, training) load only when it runs.
 
 Shared helpers for experiments that train their own models: `train_run` (train a derived
@@ -67,12 +67,12 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     """
     import time
 
-    from mdm_jax import checkpoint, evaluate, train
+    from mdm_jax import checkpoint, runs, train
 
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, "config.json")):
-        _check_same_model(evaluate.workdir_config(workdir), config, workdir)
-    evaluate.save_workdir_config(config, workdir)
+        _check_same_model(runs.workdir_config(workdir), config, workdir)
+    runs.save_workdir_config(config, workdir)
     ckpt = checkpoint.Checkpointer(workdir)
     try:
         latest = ckpt.latest_step()

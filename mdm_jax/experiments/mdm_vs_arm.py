@@ -35,8 +35,9 @@ import time
 import jax
 import numpy as np
 
-from mdm_jax import evaluate, rng
-from mdm_jax.experiments import derive, parse_list, report, train_run
+from mdm_jax import evaluate, rng, runs
+from mdm_jax import report
+from mdm_jax.experiments import derive, parse_list, train_run
 
 
 def _pair_configs(config):
@@ -52,7 +53,7 @@ def _pair_configs(config):
 def _model(cfg, workdir):
     from mdm_jax import models
 
-    params, step, mesh, pshard = evaluate.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
+    params, step, mesh, pshard = runs.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
     return {"cfg": cfg, "workdir": workdir, "params": params, "step": step, "mesh": mesh,
             "pshard": pshard, "model": models.build(cfg)}
 
@@ -251,18 +252,18 @@ def run(config, workdir: str) -> dict:
     temps = parse_list(exp.temperatures, float, "experiment.temperatures")
     t_start = time.perf_counter()
     mdm_cfg, arm_cfg = _pair_configs(config)
-    runs = {}
+    models = {}
     for which, cfg, given in (("mdm", mdm_cfg, exp.mdm_workdir), ("arm", arm_cfg, exp.arm_workdir)):
         if given:
             # The workdir's own model; the experiment's validation settings, so both see the same data.
-            cfg = derive(evaluate.workdir_config(given, cfg), **{
+            cfg = derive(runs.workdir_config(given, cfg), **{
                 "eval.num_batches": config.eval.num_batches, "eval.mc_draws": config.eval.mc_draws})
             wd = given
         else:
             wd = os.path.join(workdir, "runs", which)
             train_run(cfg, wd)
-        runs[which] = _model(cfg, wd)
-    mdm, arm = runs["mdm"], runs["arm"]
+        models[which] = _model(cfg, wd)
+    mdm, arm = models["mdm"], models["arm"]
     max_len = min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len)
     if str(exp.speed_lengths) == "auto":  # powers of two from 16 up to the models' max_len
         lengths = sorted({min(16 * 2 ** i, max_len) for i in range(max(1, int(math.log2(max(max_len, 16) / 16)) + 1))})
@@ -274,7 +275,7 @@ def run(config, workdir: str) -> dict:
 
     # 1. validation perplexity on the same batches.
     val = {}
-    for which, m in runs.items():
+    for which, m in models.items():
         val[which] = evaluate.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
                                                  num_batches=int(m["cfg"].eval.num_batches),
                                                  mc_draws=int(m["cfg"].eval.mc_draws))
@@ -297,7 +298,7 @@ def run(config, workdir: str) -> dict:
             quality.append({"model": which, "sampler": "first_hitting" if which == "mdm" else "autoregressive",
                             "temperature": temp, "entropy": ent, "gen_ppl": gppl, "num_samples": n, "seq_len": L,
                             "precision": prec, "tokens_per_step": 1, "steps": L, "nfe_total": nfe,
-                            "wall_time_s_incl_compile": wall, "checkpoint_step": runs[which]["step"],
+                            "wall_time_s_incl_compile": wall, "checkpoint_step": models[which]["step"],
                             "seed": int(config.seed)})
 
     # 3. sampling time per sequence vs L (compile excluded: one warm-up call per shape).

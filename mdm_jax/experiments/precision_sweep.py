@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import evaluate, rng, sampling, schedules
-from mdm_jax.experiments import parse_list, report
+from mdm_jax import evaluate, rng, runs, sampling, schedules
+from mdm_jax import report
+from mdm_jax.experiments import parse_list
 from mdm_jax.reference import head_tail as refm
 from mdm_jax.sampling.ancestral import step_coefficients
 
@@ -87,10 +88,10 @@ def _source(config) -> dict:
             f"experiment.checkpoint_workdir={wd!r} is not a directory: train the MDM first "
             "(python -m mdm_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart) "
             "or use --config=configs/experiments/precision_sweep.py:reference")
-    cfg = evaluate.workdir_config(wd, config)
+    cfg = runs.workdir_config(wd, config)
     if cfg.objective.kind == "arm":
         raise ValueError(f"experiment.checkpoint_workdir={wd} holds an ARM; the sweep needs an MDM")
-    params, step, _, _ = evaluate.restore_params(cfg, wd, use_ema=bool(config.sampling.use_ema))
+    params, step, _, _ = runs.restore_params(cfg, wd, use_ema=bool(config.sampling.use_ema))
     model = models.build(cfg)
     denoise = adapters.denoise_fn(model, params)
     if not exp.evaluator_workdir:

@@ -42,7 +42,8 @@ import numpy as np
 import scipy.optimize
 
 from mdm_jax import models, rng, sampling, schedules
-from mdm_jax.experiments import parse_list, report
+from mdm_jax import report
+from mdm_jax.experiments import parse_list
 from mdm_jax.models import adapters
 
 

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from mdm_jax import evaluate, rng
-from mdm_jax.experiments import derive, parse_list, report, train_run
+from mdm_jax import evaluate, rng, runs
+from mdm_jax import report
+from mdm_jax.experiments import derive, parse_list, train_run
 
 VARIANTS = {
     # name: (objective.kind, model.time_conditioning, label)
@@ -250,7 +251,7 @@ def run(config, workdir: str) -> dict:
         kind = vcfg.objective.kind
         # One estimator for all MDMs (continuous NELBO, same keys); the ARM's exact NLL.
         ecfg = vcfg if kind == "arm" else derive(vcfg, **{"objective.kind": "continuous"})
-        params, step, mesh, pshard = evaluate.restore_params(vcfg, wd, use_ema=bool(vcfg.eval.use_ema))
+        params, step, mesh, pshard = runs.restore_params(vcfg, wd, use_ema=bool(vcfg.eval.use_ema))
         m = evaluate.validation_metrics(ecfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
                                         mc_draws=int(vcfg.eval.mc_draws))
         row = {"variant": name, "label": VARIANTS[name][2], "objective": kind,

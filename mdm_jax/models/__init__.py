@@ -1,9 +1,19 @@
-"""Networks. `build(config)` is the one place a config becomes a module."""
+"""Networks, and the registry of model families: `build(config)` is the one place a config becomes
+a module.
+
+A family is one architecture with the properties the rest of the package asks of it (can it be
+causal, does it take t). Code outside this module never tests a family's name: a new architecture
+is one entry in `FAMILIES` (its module, its `build`, its properties).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax.numpy as jnp
 
+from mdm_jax import objectives
 from mdm_jax.models.transformer import Transformer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -15,14 +25,51 @@ def dtype_of(name: str, field: str):
     return _DTYPES[name]
 
 
-def build(config) -> Transformer:
-    """The backbone for config.objective.kind: causal for "arm", bidirectional otherwise."""
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model architecture: how a config builds it and what it can do."""
+
+    name: str                   # the value of config.model.family
+    build: Callable             # (config, objective: objectives.Objective) -> flax module
+    causal: tuple               # attention modes it supports: (False,), (True,) or (False, True)
+    time_conditioned: Callable  # config -> whether the built network takes t
+
+
+def _build_transformer(config, objective) -> Transformer:
     m = config.model
-    arm = config.objective.kind == "arm"
     return Transformer(
         vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
         emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, mlp_type=m.mlp_type, dropout=m.dropout,
-        causal=arm, time_conditioning=bool(m.time_conditioning) and not arm,
+        causal=objective.causal, time_conditioning=_transformer_takes_time(config),
         time_emb_dim=m.time_emb_dim, rope_base=m.rope_base,
         dtype=dtype_of(config.dtype.compute, "dtype.compute"),
         param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+
+
+def _transformer_takes_time(config) -> bool:
+    return bool(config.model.time_conditioning) and objectives.of(config).time_input
+
+
+FAMILIES = {f.name: f for f in (
+    Family(name="transformer", build=_build_transformer, causal=(False, True),
+           time_conditioned=_transformer_takes_time),
+)}
+
+
+def family_of(config) -> Family:
+    """The family named by config.model.family, checked against the objective's attention mode."""
+    name = config.model.get("family", "transformer")
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model.family {name!r}: choose one of {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    objective = objectives.of(config)
+    if objective.causal not in family.causal:
+        mode = "causal" if objective.causal else "bidirectional"
+        raise ValueError(f"model.family={name!r} has no {mode} form, which objective.kind="
+                         f"{objective.name!r} needs; choose another --config.model.family or objective")
+    return family
+
+
+def build(config):
+    """The network for `config`: its family's module, causal exactly when the objective is."""
+    return family_of(config).build(config, objectives.of(config))

@@ -3,7 +3,7 @@
 One call, `write(...)`, turns an experiment's numbers into the files issue 4 asks for, always
 carrying the settings that produced them (device kind, JAX version, config):
 
-    from mdm_jax.experiments import report
+    from mdm_jax import report
     paths = report.write(
         workdir, "precision_sweep", config=config,
         results={"float64_entropy": 4.1, ...},          # headline numbers (JSON only)
