@@ -90,19 +90,19 @@ def _floor(denoise, batch, seq_len, vocab):
 
 def _fhs_compiled_memory(denoise, batch, seq_len, vocab, sched, precision):
     """XLA's memory analysis of the compiled first-hitting loop (bytes), or None if unavailable."""
+    import importlib
+
     import jax
     import jax.numpy as jnp
-
-    import importlib
     try:
         # The package re-exports functions under these names: import the modules themselves.
-        categorical = importlib.import_module("mdm_jax.sampling.categorical")
+        plumbing = importlib.import_module("mdm_jax.sampling.plumbing")
         first_hitting = importlib.import_module("mdm_jax.sampling.first_hitting")
-        with categorical.sampler_scope(precision):
+        with plumbing.sampler_scope(precision):
             lowered = first_hitting._fhs.lower(
                 jax.random.key(0), jnp.full((batch, seq_len), vocab, jnp.int32), jnp.float32(1.0),
                 denoise_fn=denoise, batch_size=batch, seq_len=seq_len, mask_id=vocab,
-                sched=categorical.StaticSchedule(sched), precision=precision, k=1,
+                sched=plumbing.StaticSchedule(sched), precision=precision, k=1,
                 num_iters=seq_len, batch_sharding=None)
             m = lowered.compile().memory_analysis()
         return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
@@ -122,13 +122,12 @@ def one(name, config, batch, seq_len, steps, k, repeats, warmup):
     import jax
     import jax.numpy as jnp
 
-    from mdm_jax import sampling, schedules
+    from mdm_jax import objectives, sampling
 
     vocab = int(config.model.vocab_size)
     arm = name.startswith("arm")
     c, model, params, adapters = _build(config, seq_len, arm=arm)
-    o = c.objective
-    sched = schedules.get(o.schedule, k=o.schedule_k, eps=o.schedule_eps)
+    sched = objectives.schedule_of(c.objective)
     compiled_mem = None
     if name == "baseline":
         denoise = adapters.denoise_fn(model, params)
@@ -211,9 +210,8 @@ def _machine():
 
 def main(argv):
     del argv
-    from absl import flags
-
     import jax
+    from absl import flags
     f = flags.FLAGS
     config = f.config
     seq_len = int(f.seq_len or config.data.seq_len)

@@ -117,7 +117,7 @@ def run(config, steps: int, matmul_steps: int, parts: bool = True) -> dict:
     state, shardings = train.create_train_state(config, mesh)
     flops_token, n_matmul = model_flops_per_token(config, state.params)
     n_total = sum(x.size for x in jax.tree.leaves(state.params))
-    root = jax.random.wrap_key_data(jnp.array(state.key, copy=True))  # state.key gets donated
+    root = rng.root_key(config.seed)  # the run's root key (state.key holds its data)
     keys = [rng.fold(root, "train", i) for i in range(steps + 2)]
     out = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
            "params": n_total, "n_matmul": n_matmul, "flops_per_token": flops_token,

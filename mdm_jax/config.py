@@ -7,6 +7,9 @@ against each other and the devices before anything expensive runs.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -121,9 +124,6 @@ def load_file(path: str, arg: str | None = None, *, relative_to: str | None = No
 
     Lets one config build on another (e.g. the ARM twin of an MDM config) without copying fields.
     """
-    import importlib.util
-    import os
-
     if relative_to is not None:
         path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
     name = "_mdm_config_" + os.path.splitext(os.path.basename(path))[0]

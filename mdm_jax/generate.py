@@ -11,9 +11,9 @@ settings, batch index). An optional text prompt (`sampling.prompt`) is tokenized
 tokenizer and fixed as the first positions (MDM: `init`, ARM: `prompt`).
 
 Output: `workdir/samples/<method>_<precision>_<steps>.jsonl`, one record per sample with the
-token ids, decoded text and every setting that produced it (the fields `evaluate.sample_quality`
-reads). `wall_time_s` is per sampler batch (all its samples share it) and the first batch's
-includes compilation (`includes_compile`).
+token ids, decoded text and every setting that produced it (the fields
+`sample_quality.sample_quality` reads). `wall_time_s` is per sampler batch (all its samples share
+it) and the first batch's includes compilation (`includes_compile`).
 """
 
 from __future__ import annotations
@@ -25,26 +25,24 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from mdm_jax import models, rng, schedules, sharding
-
-MDM_METHODS = ("first_hitting", "ancestral")
-ARM_METHODS = ("autoregressive",)
-METHODS = MDM_METHODS + ARM_METHODS
+from mdm_jax import models, objectives, rng, runs, sampling, sharding
+from mdm_jax.data import tokenizers
+from mdm_jax.models import adapters
 
 
 def check_method(config) -> str:
-    """The sampler name, checked against the model kind (an ARM cannot denoise, an MDM has no cache)."""
+    """The sampler name, checked against the objective (an ARM cannot denoise, an MDM is not causal)."""
     method = config.sampling.method
-    arm = config.objective.kind == "arm"
-    if method not in METHODS:
-        raise ValueError(f"unknown sampling.method {method!r}: choose one of {', '.join(METHODS)}")
-    if arm and method not in ARM_METHODS:
-        raise ValueError(f"sampling.method={method!r} needs a masked diffusion model, but this config "
-                         "trains an ARM (objective.kind='arm'): use --config.sampling.method=autoregressive")
-    if not arm and method in ARM_METHODS:
-        raise ValueError(f"sampling.method={method!r} needs an ARM (objective.kind='arm'); for this MDM "
-                         "use --config.sampling.method=first_hitting or ancestral")
+    objective = objectives.of(config)
+    if method not in objectives.SAMPLING_METHODS:
+        raise ValueError(f"unknown sampling.method {method!r}: choose one of "
+                         f"{', '.join(objectives.SAMPLING_METHODS)}")
+    if method not in objective.sampling_methods:
+        raise ValueError(f"sampling.method={method!r} cannot sample a model trained with objective.kind="
+                         f"{objective.name!r}: use --config.sampling.method="
+                         f"{' or '.join(objective.sampling_methods)}")
     return method
 
 
@@ -69,28 +67,27 @@ def _prompt_ids(config, tok, seq_len: int) -> np.ndarray:
 def _gather(x) -> np.ndarray:
     """A (possibly multi-host sharded) global array as one host numpy array on every process."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 
 def make_sampler(config, params, mesh):
-    """(run(key, batch_size) -> (tokens, stats), steps): the configured sampler over `params`."""
-    from mdm_jax import sampling
-    from mdm_jax.data import tokenizers
-    from mdm_jax.models import adapters
+    """(run, seq_len, prompt): the configured sampler over `params`.
 
+    run(key, batch_size) -> (tokens int32[batch_size, seq_len], stats) draws one batch; seq_len is
+    the sample length (`sampling.seq_len`, else `data.seq_len`) and prompt the int32 ids of
+    `sampling.prompt` that every sample starts with (empty without one).
+    """
     method = check_method(config)
     s = config.sampling
     model = models.build(config)
     seq_len = _seq_len(config)
     vocab = int(config.model.vocab_size)
     prompt = _prompt_ids(config, tokenizers.get(config.data), seq_len)
-    schedule = schedules.get(config.objective.schedule, k=config.objective.schedule_k,
-                             eps=config.objective.schedule_eps)
+    schedule = objectives.schedule_of(config.objective)
     dp = sharding.data_parallel_size(mesh)
 
-    if method in ARM_METHODS:
+    if objectives.of(config).causal:
         step_fns = {}  # one adapter per batch size: params cast and cache shapes built once
 
         def run(key, batch_size):
@@ -125,9 +122,6 @@ def make_sampler(config, params, mesh):
 
 def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
     """Samples from the latest checkpoint in `workdir`; writes and returns the JSONL records."""
-    from mdm_jax import runs
-    from mdm_jax.data import tokenizers
-
     check_method(config)
     s = config.sampling
     if s.num_samples < 1 or s.batch_size < 1:

@@ -1,7 +1,9 @@
 """Metrics I/O: one JSON line per write in `workdir/metrics.jsonl`, TensorBoard events in `workdir/tb`.
 
 A record is `{"step": int, "prefix": str, "wall_time": float, <name>: value, ...}` (flat, so that
-`jq`/pandas read it directly). Only process 0 writes by default: on multi-host runs every process
+`jq`/pandas read it directly; values go through `report.to_jsonable`, so a non-finite value is
+written as null, strict JSON, and is left out of TensorBoard). Only process 0 writes by default:
+on multi-host runs every process
 computes the same (global) metrics, and one writer per workdir keeps the files consistent.
 After a restart the replayed steps are appended again; `read_metrics` keeps the last record per
 (prefix, step), which is what a resumed run computed.
@@ -15,23 +17,14 @@ import os
 import time
 
 import jax
-import numpy as np
+from matplotlib.figure import Figure
+from tensorboardX import SummaryWriter
+
+from mdm_jax import report
 
 __all__ = ["MetricsWriter", "read_metrics", "plot_loss_curve"]
 
 _RESERVED = ("step", "prefix", "wall_time")
-
-
-def _to_python(v):
-    """jax/numpy scalars -> float/int; strings and other JSON values pass through."""
-    if isinstance(v, (jax.Array, np.ndarray, np.generic)):
-        a = np.asarray(v)
-        if a.size != 1:
-            return a.tolist()
-        v = a.item()
-    if isinstance(v, bool) or not isinstance(v, numbers.Number):
-        return v
-    return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
 class MetricsWriter:
@@ -44,14 +37,12 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(self.workdir, exist_ok=True)
-            # tensorboardX is imported lazily: it is only needed by the process that writes.
-            from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(self.workdir, "tb"))
 
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        values = {k: _to_python(v) for k, v in metrics.items()}
+        values = report.to_jsonable(dict(metrics))
         clash = [k for k in values if k in _RESERVED]
         if clash:
             raise ValueError(f"metric names {clash} are reserved in metrics.jsonl; rename them")
@@ -103,15 +94,14 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
     """
     # A bare Figure needs no backend: no display on servers, and no global backend switch that
     # would stop a notebook from showing its own plots after training.
-    from matplotlib.figure import Figure
-
     records = read_metrics(workdir)
     train = [r for r in records if r["prefix"] == "train"]
     evals = [r for r in records if r["prefix"] == "eval"]
     fig = Figure(figsize=(6.4, 4.0), dpi=120)
     ax = fig.subplots()
     plotted = []
-    for recs, keys, label, style in ((train, train_keys, "train", "-"), (evals, eval_keys, "validation", "o-")):
+    curves = ((train, train_keys, "train", "-"), (evals, eval_keys, "validation", "o-"))
+    for recs, keys, label, style in curves:
         for key in keys:
             xs, ys = _series(recs, key)
             if xs:
@@ -119,7 +109,8 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
                 plotted.append(key)
                 break
     if not plotted:
-        raise ValueError(f"{workdir}/metrics.jsonl has no train {train_keys} or eval {eval_keys} values to plot")
+        raise ValueError(f"{workdir}/metrics.jsonl has no train {train_keys} or eval {eval_keys} values "
+                         "to plot")
     ax.set_xlabel("step")
     ax.set_ylabel("bits/token" if all("bits" in k for k in plotted) else "loss / bits per token")
     ax.grid(alpha=0.3)

@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mdm_jax import rng, schedules
+from mdm_jax.sampling.autoregressive import shift_right
 
 LN2 = math.log(2.0)
 
@@ -50,9 +53,7 @@ class Corrupted(NamedTuple):
     targets: jax.Array           # int32 tokens to predict
     weights: jax.Array           # float32 per-token weight of the cross-entropy
     scored: jax.Array            # bool: positions that contribute to the loss
-    t: Optional[jax.Array]       # float32[B] time for a time-conditioned net (None for the ARM)
-
-
+    t: jax.Array | None       # float32[B] time for a time-conditioned net (None for the ARM)
 
 
 def schedule_of(objective) -> schedules.Schedule:
@@ -89,23 +90,25 @@ def corrupt_continuous(x0, key, schedule: schedules.Schedule, *, mask_id: int, t
                      weights=jnp.where(masked, w[:, None], 0.0), scored=masked, t=t)
 
 
+def mask_exactly(key, shape, n) -> jax.Array:
+    """bool[B, L]: exactly n[b] (or n, an int) positions of each row, chosen uniformly.
+
+    The positions of the n smallest of L iid uniforms. Ranks (double argsort) rather than a
+    threshold, because float32 ties would mask more than n positions.
+    """
+    u = jax.random.uniform(key, shape)
+    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    return ranks < jnp.reshape(jnp.asarray(n), (-1, 1))
+
+
 def corrupt_discrete(x0, key, *, mask_id: int, low_discrepancy: bool) -> Corrupted:
     b, length = x0.shape
     n = sample_num_masked(rng.fold(key, "t"), b, length, low_discrepancy)
-    # Exactly n masks, uniformly: the positions of the n smallest of L iid uniforms. Ranks (double
-    # argsort) rather than a threshold, because float32 ties would mask more than n positions.
-    u = jax.random.uniform(rng.fold(key, "mask"), (b, length))
-    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-    masked = ranks < n[:, None]
+    masked = mask_exactly(rng.fold(key, "mask"), (b, length), n)
     w = (length / n).astype(jnp.float32)
     return Corrupted(inputs=jnp.where(masked, mask_id, x0).astype(jnp.int32), targets=x0,
                      weights=jnp.where(masked, w[:, None], 0.0), scored=masked,
                      t=(n / length).astype(jnp.float32))
-
-
-def shift_right(x0, bos_id: int):
-    """[x_0..x_{L-1}] -> [BOS, x_0..x_{L-2}]: the causal model's input."""
-    return jnp.concatenate([jnp.full_like(x0[:, :1], bos_id), x0[:, :-1]], axis=1)
 
 
 def corrupt_arm(x0, *, bos_id: int) -> Corrupted:
@@ -122,15 +125,18 @@ class Objective:
 
     Code outside this module never compares `objective.kind` with a string: it asks the object
     (`objectives.of(config).causal`, `.metric`, ...), so a new objective is one entry in `OBJECTIVES`.
+    Metric keys are the same for every objective (`likelihood_metrics`: nats_per_token,
+    bits_per_token, perplexity); `.likelihood` and `.perplexity` say whether they are bounds.
     """
 
     name: str                 # the value of config.objective.kind
     causal: bool              # the network sees only the past (ARM) instead of the whole masked sequence
     time_input: bool          # a time-conditioned network is given t (MDMs); the ARM never is
+    uses_schedule: bool       # objective.schedule / t_min govern its masks and its samplers (MDMs)
     random_estimate: bool     # the eval estimate is random (Monte Carlo draws reduce its variance)
-    metric: str               # metric key of the per-token likelihood: "nelbo" (a bound) or "nll" (exact)
-    likelihood: str           # how reports name that number: "NELBO bound" or "exact NLL"
-    perplexity: str           # how reports name exp(metric): "ppl bound" or "ppl"
+    metric: str               # short name of the per-token likelihood in logs: "nelbo" or "nll"
+    likelihood: str           # what that number is: "NELBO bound" or "exact NLL"
+    perplexity: str           # what exp(it) is: "ppl bound" or "ppl"
     sampling_methods: tuple   # the samplers that can draw from a model trained with this objective
     draw: Callable            # (x0, key, config.objective, mask_id, low_discrepancy) -> Corrupted
 
@@ -150,17 +156,18 @@ def _draw_arm(x0, key, objective, mask_id, low_discrepancy):
     return corrupt_arm(x0, bos_id=mask_id)
 
 
-_MDM = dict(causal=False, time_input=True, random_estimate=True, metric="nelbo",
+_MDM = dict(causal=False, time_input=True, uses_schedule=True, random_estimate=True, metric="nelbo",
             likelihood="NELBO bound", perplexity="ppl bound",
             sampling_methods=("first_hitting", "ancestral"))
 OBJECTIVES = {o.name: o for o in (
     Objective(name="continuous", draw=_draw_continuous, **_MDM),
     Objective(name="discrete", draw=_draw_discrete, **_MDM),
-    Objective(name="arm", causal=True, time_input=False, random_estimate=False, metric="nll",
-              likelihood="exact NLL", perplexity="ppl", sampling_methods=("autoregressive",),
-              draw=_draw_arm),
+    Objective(name="arm", causal=True, time_input=False, uses_schedule=False, random_estimate=False,
+              metric="nll", likelihood="exact NLL", perplexity="ppl",
+              sampling_methods=("autoregressive",), draw=_draw_arm),
 )}
 KINDS = tuple(OBJECTIVES)
+SAMPLING_METHODS = tuple(dict.fromkeys(m for o in OBJECTIVES.values() for m in o.sampling_methods))
 
 
 def get(kind: str) -> Objective:
@@ -176,11 +183,13 @@ def of(config) -> Objective:
     return get(config.objective.kind)
 
 
-def check_kind(kind: str) -> str:
-    return get(kind).name
+def causal() -> Objective:
+    """The causal objective (the ARM): what an evaluator of generative perplexity is trained with."""
+    (objective,) = [o for o in OBJECTIVES.values() if o.causal]
+    return objective
 
 
-def corrupt(x0, key, objective, *, vocab_size: int, low_discrepancy: Optional[bool] = None) -> Corrupted:
+def corrupt(x0, key, objective, *, vocab_size: int, low_discrepancy: bool | None = None) -> Corrupted:
     """The estimator's random draws for `objective` (a config.objective); mask/BOS id = vocab_size.
 
     `low_discrepancy=None` uses objective.low_discrepancy (evaluation forces True).
@@ -200,7 +209,7 @@ def uses_time(config) -> bool:
 
 
 def logits_fn_of(apply_fn: Callable, params, config, *, train: bool,
-                 dropout_key: Optional[jax.Array] = None) -> Callable:
+                 dropout_key: jax.Array | None = None) -> Callable:
     """model.apply + params -> logits_fn(tokens, t); t is dropped for time-free networks."""
     time_input = uses_time(config)
 
@@ -212,14 +221,29 @@ def logits_fn_of(apply_fn: Callable, params, config, *, train: bool,
     return logits_fn
 
 
+def likelihood_metrics(nats_per_token) -> dict:
+    """nats/token, bits/token and perplexity of a per-token likelihood (NELBO or exact NLL).
+
+    Apply it to a MEAN over batches: the mean of per-batch perplexities would be biased. A Python
+    float gives Python floats, an array gives arrays (inside jit).
+    """
+    if isinstance(nats_per_token, float):
+        with np.errstate(over="ignore"):  # a diverged run's perplexity is inf, not an error
+            perplexity = float(np.exp(nats_per_token))
+    else:
+        perplexity = jnp.exp(nats_per_token)
+    return {"nats_per_token": nats_per_token, "bits_per_token": nats_per_token / LN2,
+            "perplexity": perplexity}
+
+
 def summarize(nll_per_token: jax.Array, c: Corrupted) -> dict:
     """Metrics of a NELBO/NLL estimate in nats/token."""
-    return {"nelbo": nll_per_token, "bits_per_token": nll_per_token / LN2,
-            "ppl_bound": jnp.exp(nll_per_token), "masked_fraction": jnp.mean(c.scored.astype(jnp.float32))}
+    return {**likelihood_metrics(nll_per_token),
+            "masked_fraction": jnp.mean(c.scored.astype(jnp.float32))}
 
 
 def loss_fn(apply_fn: Callable, params, batch: jax.Array, key: jax.Array, config, *,
-            train: bool, low_discrepancy: Optional[bool] = None):
+            train: bool, low_discrepancy: bool | None = None):
     """(loss, aux) for one batch int32[B, L]: loss = NELBO (or ARM NLL) in nats/token.
 
     `apply_fn` is `model.apply` (called as apply_fn({'params': p}, tokens, t, deterministic, rngs)).

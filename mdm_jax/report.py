@@ -1,6 +1,6 @@
 """The shared results writer of every experiment (and of the sample-quality report).
 
-One call, `write(...)`, turns an experiment's numbers into the files issue 4 asks for, always
+One call, `write(...)`, turns an experiment's numbers into its result files, always
 carrying the settings that produced them (device kind, JAX version, config):
 
     from mdm_jax import report
@@ -33,8 +33,11 @@ import math
 import os
 import platform
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+import flax
+import jax
 import numpy as np
 
 __all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", "markdown_table",
@@ -43,8 +46,6 @@ __all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", 
 
 def device_kind() -> str:
     """e.g. 'cpu', 'NVIDIA H100 80GB HBM3', 'TPU v5 lite' (of the first device)."""
-    import jax
-
     return str(jax.devices()[0].device_kind)
 
 
@@ -58,9 +59,6 @@ def _config_dict(config) -> Any:
 
 def metadata(config=None, **extra) -> dict:
     """Run metadata recorded with every result: device, software versions, time, full config."""
-    import flax
-    import jax
-
     meta = {
         "device_kind": device_kind(),
         "platform": jax.default_backend(),
@@ -70,7 +68,7 @@ def metadata(config=None, **extra) -> dict:
         "flax_version": flax.__version__,
         "python_version": platform.python_version(),
         "hostname": platform.node(),
-        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
     meta.update(extra)
@@ -153,6 +151,8 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
 
 def save_figure(fig, workdir: str, filename: str, dpi: int = 120) -> str:
     """Saves a matplotlib figure into workdir, closes it, returns `filename` (for findings)."""
+    # Lazy: pyplot (a second of start-up and a backend choice) is only for code that draws; the
+    # training loop imports this module for its JSON writer alone.
     import matplotlib.pyplot as plt
 
     os.makedirs(workdir, exist_ok=True)

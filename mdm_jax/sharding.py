@@ -17,6 +17,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -66,7 +67,6 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(mesh_config, len(devices))
     try:  # topology-aware device order on TPU/GPU; falls back to the plain order on CPU
-        from jax.experimental import mesh_utils
         arr = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # noqa: BLE001 - any topology error: a plain reshape is always valid
         arr = np.asarray(devices).reshape(shape)

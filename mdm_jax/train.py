@@ -3,10 +3,11 @@
 Steps are pure functions compiled with `jax.jit` and explicit shardings:
   train_step(state, batch, key) -> (state, metrics)   state donated, batch sharded over (data, fsdp)
   eval_step(params, batch, key) -> metrics
-The caller passes the step's key: `rng.fold(root, "train", step)` with `root` the key stored in the
-state (so a resumed run replays the same draws); the eval loop uses `rng.fold(root, "eval", 0, i)`
-for its i-th batch at every evaluation, so successive evals compare checkpoints on the same
-t/mask draws (common random numbers: less noise in the curve).
+The caller passes the step's key: `rng.fold(root, "train", step)` with `root = rng.root_key(seed)`,
+the one root key of a run (see `mdm_jax/rng.py`), so a resumed run replays the same draws; the
+state carries the root key's data and a resume under another seed is refused. `eval_metrics` uses
+`rng.fold(root, "eval", d, i)` for draw d of its i-th batch at every evaluation, so successive
+evals compare checkpoints on the same t/mask draws (common random numbers: less noise in the curve).
 
 Parameters, optimizer moments and EMA carry the model's logical axis names; they are initialised
 directly sharded (`jax.eval_shape` of the init -> `sharding.logical_shardings` -> `jax.jit(init,
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,8 +28,10 @@ import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
-from mdm_jax import models, objectives, rng, sharding
+from mdm_jax import checkpoint, metrics, models, objectives, rng, sharding
+from mdm_jax.data import pipeline
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -38,19 +41,16 @@ class TrainState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     ema_params: Any          # EMA of params: what eval and sampling use
-    key: jax.Array           # uint32 key data of the root key (checkpointed with the state)
-
-    def root_key(self) -> jax.Array:
-        """The root key as a typed key, a copy: the state's buffers are donated to the next step."""
-        return jax.random.wrap_key_data(jnp.array(self.key, copy=True))
+    key: jax.Array           # uint32 key data of rng.root_key(config.seed): the checkpoint records
+                             # which run it belongs to (`check_root_key`); draws use rng.root_key
 
 
 # ----------------------------------------------------------------------------- config checks
 
 def check_config(config, mesh=None) -> None:
     """Early, actionable errors for the objective/optimizer/batch fields (data: pipeline.validate)."""
-    objectives.check_kind(config.objective.kind)
-    if config.objective.kind != "arm":
+    models.family_of(config)  # also checks objective.kind
+    if objectives.of(config).uses_schedule:
         objectives.schedule_of(config.objective)
         if not 0.0 <= config.objective.t_min < 1.0:
             raise ValueError(f"objective.t_min={config.objective.t_min} must be in [0, 1)")
@@ -242,28 +242,40 @@ def make_eval_step(config, mesh, params_shardings):
                    out_shardings=rep)
 
 
-def evaluate(eval_step, params, batches, root, mesh) -> dict:
-    """Mean metrics over equal-size eval batches (host numpy arrays), keys fold(root, "eval", 0, i)."""
-    totals: dict = {}
-    for i, local in enumerate(batches):
-        m = eval_step(params, sharding.global_batch(local, mesh), rng.fold(root, "eval", 0, i))
-        for k, v in m.items():
-            totals[k] = totals.get(k, 0.0) + v
-    means = {k: float(v) / len(batches) for k, v in jax.device_get(totals).items()}
-    means.update(_derived(means["nelbo"]))
-    return means
+def eval_metrics(eval_step, params, batches, root, mesh, *, draws: int = 1) -> dict:
+    """Mean eval metrics over equal-size batches (host numpy arrays) x `draws` estimator draws.
+
+    Draw d of batch b uses the key rng.fold(root, "eval", d, b): independent of the device count,
+    and the same at every evaluation of a run. Every (batch, draw) has the same number of tokens,
+    so the mean of their means is the token-weighted mean; `nats_per_token_stderr` is the standard
+    error over them, and bits/token and perplexity are derived from the mean (`likelihood_metrics`).
+    """
+    per = []
+    for b, local in enumerate(batches):
+        batch = sharding.global_batch(local, mesh)
+        per += [eval_step(params, batch, rng.fold(root, "eval", d, b)) for d in range(draws)]
+    host = jax.device_get(per)  # one transfer for all of them
+    out = {k: float(np.mean([float(h[k]) for h in host])) for k in host[0]}
+    nats = np.array([float(h["nats_per_token"]) for h in host])
+    out["nats_per_token_stderr"] = float(nats.std(ddof=1) / np.sqrt(len(nats))) if len(nats) > 1 else 0.0
+    out.update(objectives.likelihood_metrics(out["nats_per_token"]))
+    return out
 
 
-def _derived(nelbo: float) -> dict:
-    """bits/token and the perplexity bound of a MEAN nelbo (not the mean of per-batch values)."""
-    return {"bits_per_token": nelbo / objectives.LN2, "ppl_bound": float(np.exp(nelbo))}
+def format_eval(step: int, m: dict, objective: objectives.Objective) -> str:
+    """The eval line, e.g. `eval step 600: nelbo 2.9 nats/token = 4.2 bits/token (ppl bound 18)`."""
+    return (f"eval step {step}: {objective.metric} {m['nats_per_token']:.4g} nats/token = "
+            f"{m['bits_per_token']:.4g} bits/token ({objective.perplexity} {m['perplexity']:.4g})")
 
 
-def format_eval(step: int, m: dict, kind: str) -> str:
-    name = "nll" if kind == "arm" else "nelbo"
-    ppl = "ppl" if kind == "arm" else "ppl bound"
-    return (f"eval step {step}: {name} {m['nelbo']:.4g} nats/token = {m['bits_per_token']:.4g} "
-            f"bits/token ({ppl} {m['ppl_bound']:.4g})")
+def check_root_key(state: TrainState, config, workdir) -> None:
+    """A restored state must belong to this config's seed: resuming under another seed would mix
+    two runs' random streams (train draws, data order)."""
+    expected = np.asarray(jax.random.key_data(rng.root_key(config.seed)))
+    if not np.array_equal(np.asarray(jax.device_get(state.key)), expected):
+        raise ValueError(
+            f"the checkpoint in {workdir} was trained with another config.seed than {config.seed}: "
+            "resume with the seed it was trained with (see its config.json), or use a new --workdir")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -275,9 +287,6 @@ def train_and_evaluate(config, workdir) -> dict:
     every eval_every steps and at the end, checkpoints every checkpoint_every steps and at the end.
     Returns the final metrics: {"step", "train/<name>", "eval/<name>"}.
     """
-    from mdm_jax import checkpoint, metrics
-    from mdm_jax.data import pipeline
-
     tc = config.train
     mesh = sharding.make_mesh(config.mesh)
     check_config(config, mesh)
@@ -290,6 +299,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if ckpt.latest_step() is not None:
         abstract, shardings = abstract_train_state(config, mesh)
         state, data_state = ckpt.restore(abstract)
+        check_root_key(state, config, workdir)
         it.set_state(data_state)
         if lead:
             print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
@@ -298,22 +308,22 @@ def train_and_evaluate(config, workdir) -> dict:
 
     train_step = make_train_step(config, mesh, shardings)
     eval_step = make_eval_step(config, mesh, shardings.params)
-    root = state.root_key()
+    root = rng.root_key(config.seed)
+    objective = objectives.of(config)
     writer = metrics.MetricsWriter(workdir)
     step = int(state.step)
     tokens_per_step = tc.batch_size * config.data.seq_len
     final: dict = {"step": step}
 
     def run_eval(step):
-        m = evaluate(eval_step, state.ema_params, eval_data, root, mesh)
+        m = eval_metrics(eval_step, state.ema_params, eval_data, root, mesh)
         writer.write(step, m, prefix="eval")
         if lead:
-            print(format_eval(step, m, config.objective.kind), flush=True)
+            print(format_eval(step, m, objective), flush=True)
         final.update({f"eval/{k}": v for k, v in m.items()})
 
     bar = None
     if lead and sys.stderr.isatty():
-        from tqdm import tqdm
         bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
     # tokens/s counts only training: the clock restarts after the first step of this process
     # (compilation) and after every eval / checkpoint; each log point syncs with the device.
@@ -333,7 +343,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 # One device->host transfer per log interval keeps the host from stalling dispatch.
                 host = jax.device_get(pending)
                 logged = {k: float(np.mean([h[k] for h in host])) for k in host[-1]}
-                logged.update(_derived(logged["nelbo"]))
+                logged.update(objectives.likelihood_metrics(logged["nats_per_token"]))
                 if timed_steps:
                     logged["tokens_per_s"] = timed_steps * tokens_per_step / (time.perf_counter() - t0)
                 writer.write(step, logged, prefix="train")

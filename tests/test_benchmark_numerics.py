@@ -10,11 +10,11 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import precision as precision_lib
-from mdm_jax import rng
+from conftest import ROOT
+from mdm_jax import precision as precision_lib, rng
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("bench_numerics", os.path.join(ROOT, "benchmarks", "numerics.py"))
+_spec = importlib.util.spec_from_file_location("bench_numerics",
+                                              os.path.join(ROOT, "benchmarks", "numerics.py"))
 numerics = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(numerics)
 

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +23,10 @@ import numpy as np
 import optax
 import pytest
 from flax import struct as flax_struct
+from tensorboardX.proto import event_pb2
 
-from mdm_jax import checkpoint, metrics
+from conftest import tiny
+from mdm_jax import checkpoint, config as config_lib, metrics, sharding, train
 
 
 @flax_struct.dataclass
@@ -103,9 +107,6 @@ os._exit(9)  # the process dies mid-write, like a preempted or OOM-killed job
 
 def test_interrupted_save_keeps_last_good_checkpoint(tmp_path):
     """A process killed while an async save is in flight leaves only an uncommitted tmp dir."""
-    import subprocess
-    import sys
-
     run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 9 and "save 2 started" in run.stdout, run.stderr[-2000:]
@@ -135,7 +136,8 @@ def test_shape_mismatch_names_paths(tmp_path):
         with pytest.raises(ValueError) as e:
             ck.restore(wider)
     msg = str(e.value)
-    assert "this workdir was trained with a different config: use a new --workdir or the matching config" in msg
+    assert ("this workdir was trained with a different config: use a new --workdir or the matching "
+            "config") in msg
     for path in ("params/dense/kernel", "ema_params/dense/kernel", "opt_state/1/0/mu/dense/kernel"):
         assert path in msg and "(4, 3)" in msg and "(8, 3)" in msg
     assert "params/bias" not in msg.replace("ema_params/bias", "")  # unchanged leaves are not listed
@@ -188,8 +190,6 @@ def test_read_only_restore_writes_nothing(tmp_path, monkeypatch):
 
 def _tb_scalars(tb_dir) -> dict:
     """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing + Event protos)."""
-    from tensorboardX.proto import event_pb2
-
     out: dict = {}
     for name in sorted(os.listdir(tb_dir)):
         data = open(os.path.join(tb_dir, name), "rb").read()
@@ -212,7 +212,8 @@ def test_metrics_writer_jsonl_tensorboard_and_plot(tmp_path):
         with pytest.raises(ValueError, match="reserved"):
             w.write(40, {"step": 1})
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [(r["step"], r["prefix"]) for r in lines] == [(10, "train"), (20, "train"), (30, "train"), (30, "eval")]
+    assert [(r["step"], r["prefix"]) for r in lines] == [(10, "train"), (20, "train"), (30, "train"),
+                                                         (30, "eval")]
     assert lines[0]["loss"] == pytest.approx(0.5) and isinstance(lines[0]["wall_time"], float)
     assert lines[3]["nelbo"] == 3.1 and lines[0]["note"] == "x"
 
@@ -250,13 +251,10 @@ def test_metrics_writer_disabled_and_empty_plot(tmp_path):
 
 
 def tiny_config(num_steps: int = 8):
-    """A 1-layer width-32 MDM on the embedded corpus (L=32, batch 8): compiles and trains in seconds."""
-    from mdm_jax import config as config_lib
-
-    c = config_lib.base()
-    c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32, time_conditioning=False)
-    c.data.seq_len = 32
-    c.train.update(batch_size=8, num_steps=num_steps, warmup_steps=2, lr=3e-3, log_every=2,
+    """The tiny time-free MDM on the embedded corpus: compiles and trains in seconds."""
+    c = tiny(config_lib.base())
+    c.model.time_conditioning = False
+    c.train.update(num_steps=num_steps, warmup_steps=2, lr=3e-3, log_every=2,
                    eval_every=1000, eval_batches=1, checkpoint_every=num_steps // 2, plot=False)
     c.eval.num_batches = 1
     c.sampling.update(num_samples=3, batch_size=2, precision="float32")
@@ -271,8 +269,6 @@ def test_resume_is_exact(tmp_path):
     data position) with the identical config (so the learning-rate schedule is the same), as
     after a preemption, and must reproduce the deleted checkpoint bit for bit.
     """
-    from mdm_jax import sharding, train
-
     config = tiny_config(8)
     abstract, _ = train.abstract_train_state(config, sharding.make_mesh(config.mesh))
     train.train_and_evaluate(config, tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -12,18 +13,17 @@ import pytest
 from absl import flags
 from ml_collections import config_dict
 
-from mdm_jax import config as config_lib
-from mdm_jax import main as cli
-from mdm_jax import sharding
+from conftest import ROOT, load_config
+from mdm_jax import cli, config as config_lib, sharding, train
+from mdm_jax.data import pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 NAMES = [os.path.basename(p)[:-3] for p in CONFIGS]
 GPT2_VOCAB = 50257
 
 
 def _load(name):
-    return cli._load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
+    return load_config(f"configs/{name}.py")
 
 
 def _leaves(c, prefix=""):
@@ -57,9 +57,6 @@ def test_all_expected_configs_exist():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_uses_schema_fields_and_validates(name, gpt2_dir):
-    from mdm_jax import train
-    from mdm_jax.data import pipeline
-
     c = _load(name)
     base = _leaves(config_lib.base())
     leaves = _leaves(c)
@@ -86,8 +83,6 @@ def test_config_uses_schema_fields_and_validates(name, gpt2_dir):
 
 
 def _docstring_commands(path) -> list[list[str]]:
-    import ast
-
     doc = ast.get_docstring(ast.parse(open(path).read())) or ""
     doc = doc.replace("\\\n", " ")
     return [shlex.split(m.group(0)) for m in re.finditer(r"python -m mdm_jax\.main[^\n]*", doc)]

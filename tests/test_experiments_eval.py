@@ -4,7 +4,6 @@ at a tiny size (the mdm_vs_arm run reuses the time_agnostic run's models through
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -12,19 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from mdm_jax import experiments
-from mdm_jax import report
+from conftest import load_config, tiny
+from mdm_jax import experiments, report
 from mdm_jax.experiments import mdm_vs_arm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(name, arg=None):
-    path = os.path.join(ROOT, "configs", "experiments", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return load_config(f"configs/experiments/{name}.py", arg)
 
 
 # ---------------------------------------------------------------- report / dispatcher / pure helpers
@@ -113,9 +106,8 @@ def test_experiment_configs_load():
 
 
 def _tiny(c):
-    c.model.update(dict(max_len=32, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64))
-    c.data.seq_len = 32
-    c.train.update(dict(batch_size=8, log_every=10, eval_every=10, eval_batches=1, checkpoint_every=1000,
+    tiny(c)
+    c.train.update(dict(log_every=10, eval_every=10, eval_batches=1, checkpoint_every=1000,
                         plot=False, warmup_steps=2, lr=3e-3))
     c.eval.update(dict(num_batches=2, mc_draws=2))
     return c
@@ -135,7 +127,8 @@ def time_agnostic_run(tmp_path_factory):
 def test_time_agnostic_end_to_end(time_agnostic_run):
     c, wd, res = time_agnostic_run
     for f in ("time_agnostic.json", "time_agnostic_nelbo.csv", "time_agnostic_kl.csv",
-              "time_agnostic_kl_summary.csv", "nelbo.png", "kl_vs_t.png", "learning_curves.png", "summary.md"):
+              "time_agnostic_kl_summary.csv", "nelbo.png", "kl_vs_t.png", "learning_curves.png",
+              "summary.md"):
         assert os.path.getsize(os.path.join(wd, f)) > 0, f
     variants = res["variants"]
     assert set(variants) == {"tc_continuous", "tf_continuous", "tf_discrete", "arm"}

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 PY = sys.executable
 MAIN_ARGS = ["--config=configs/quickstart.py", "--workdir=/tmp/run dir", "--config.train.lr=1e-3"]
 

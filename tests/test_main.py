@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from mdm_jax import main as cli
+from conftest import ROOT, run_main as _run, tiny_flags
+from mdm_jax import cli, distributed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A 1-layer width-32 model on the embedded corpus: the whole round trip takes seconds per mode.
+# The tiny model on the embedded corpus: the whole round trip takes seconds per mode.
 TINY = [
-    "--config=configs/quickstart.py",
-    "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64", "--config.model.max_len=32", "--config.data.seq_len=32",
-    "--config.train.batch_size=8", "--config.train.num_steps=12", "--config.train.warmup_steps=2",
+    "--config=configs/quickstart.py", *tiny_flags(),
+    "--config.train.num_steps=12", "--config.train.warmup_steps=2",
     "--config.train.log_every=3", "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
     "--config.train.eval_batches=1", "--config.eval.num_batches=2",
     "--config.sampling.num_samples=3", "--config.sampling.batch_size=2",
 ]
-
-
-def _run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "mdm_jax.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("override, field, parent_listing", [
@@ -43,20 +33,21 @@ def test_unknown_config_field_stops_early(tmp_path, override, field, parent_list
 
 
 def test_unknown_override_message_is_none_for_valid_fields():
-    argv = ["m", f"--config={ROOT}/configs/quickstart.py", "--config.train.lr=0.1", "--config.model.dropout=0.1"]
+    argv = ["m", f"--config={ROOT}/configs/quickstart.py", "--config.train.lr=0.1",
+            "--config.model.dropout=0.1"]
     assert cli.unknown_override_message(argv) is None
     bad = cli.unknown_override_message(argv + ["--config.model.dropout.rate=1"])
     assert "config.model.dropout is a value, not a group" in bad
 
 
 def test_multi_process_detection():
-    assert not cli.multi_process_requested({})
-    assert not cli.multi_process_requested({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "localhost"})
-    assert cli.multi_process_requested({"SLURM_NTASKS": "4"})
-    assert cli.multi_process_requested({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
-    assert cli.multi_process_requested({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
-    assert cli.multi_process_requested({"OMPI_COMM_WORLD_SIZE": "2"})
-    assert cli.init_distributed(env={}) is False  # single process: nothing to initialise
+    assert not distributed.multi_process_requested({})
+    assert not distributed.multi_process_requested({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "localhost"})
+    assert distributed.multi_process_requested({"SLURM_NTASKS": "4"})
+    assert distributed.multi_process_requested({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+    assert distributed.multi_process_requested({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
+    assert distributed.multi_process_requested({"OMPI_COMM_WORLD_SIZE": "2"})
+    assert distributed.init_distributed(env={}) is False  # single process: nothing to initialise
 
 
 def test_unwritable_workdir_cli(tmp_path):

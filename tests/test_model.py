@@ -18,14 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax import config as config_lib
-from mdm_jax import models
+from conftest import ROOT, load_config
+from mdm_jax import config as config_lib, models
 from mdm_jax.models import adapters
 from mdm_jax.models.transformer import Transformer, padded_vocab
 
 V, L, B = 13, 12, 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tiny(**kw) -> Transformer:
     args = dict(vocab_size=V, max_len=16, num_layers=2, num_heads=2, emb_dim=32, mlp_dim=48)
@@ -151,12 +149,10 @@ def test_param_count_of_owt_mdm_small_shape():
     """MDLM's small DiT has ~169M parameters (untied input/output embeddings of the GPT-2 vocabulary,
     12 x 768 blocks with GELU 3072, adaLN from a 128-d time embedding). Ours: 169.7M, of which
     0.07M are the unused padding of the two vocabulary tables to 50,304."""
-    sys.path.insert(0, ROOT)
-    from configs import owt_mdm_small
-    config = owt_mdm_small.get_config()
+    config = load_config("configs/owt_mdm_small.py")
     n = _param_count(config)
-    d, v, layers = 768, 50257, 12
-    embeddings = 50304 * d + d * 50304  # V + 1 rows and V columns, each padded to 128k
+    d, layers = 768, 12
+    embeddings = 50304 * d + d * 50304  # V + 1 = 50,258 rows and V = 50,257 columns, each padded to 128k
     block = 4 * d * d + 2 * d * 3072 + 128 * 6 * d + 6 * d
     time = 128 * 128 * 2 + 2 * 128 + 128 * 2 * d + 2 * d
     assert n == embeddings + layers * block + time
@@ -276,8 +272,9 @@ def test_samplers_take_adapter_params_as_traced_arguments():
     # Adapters return Partials: new params of the same model reuse the compiled sampler (sampling
     # during training must not recompile, and params must not be baked in as constants), yet the
     # new params are really used: each result equals a plain closure's over the same params.
-    from mdm_jax import sampling, schedules
     import importlib
+
+    from mdm_jax import sampling, schedules
     # The modules (the package re-exports functions of the same names).
     fhs_mod = importlib.import_module("mdm_jax.sampling.first_hitting")
     ar_mod = importlib.import_module("mdm_jax.sampling.autoregressive")

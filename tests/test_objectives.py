@@ -232,7 +232,7 @@ def test_arm_loss_is_the_exact_nll():
     nll = -np.log(DATA.probs[DATA.index(np.asarray(x0))])
     assert float(loss) == pytest.approx(nll.mean() / L, rel=1e-5)
     assert float(aux["bits_per_token"]) == pytest.approx(nll.mean() / L / math.log(2), rel=1e-5)
-    assert float(aux["ppl_bound"]) == pytest.approx(math.exp(nll.mean() / L), rel=1e-5)
+    assert float(aux["perplexity"]) == pytest.approx(math.exp(nll.mean() / L), rel=1e-5)
     # The input is [BOS = V, x_0 .. x_{L-2}]: every token is predicted.
     ca = objectives.corrupt(x0, None, c.objective, vocab_size=V)
     np.testing.assert_array_equal(np.asarray(ca.inputs[:, 0]), V)

@@ -19,9 +19,9 @@ import sys
 from absl import flags
 from ml_collections import config_dict
 
-from mdm_jax import main as cli
+from conftest import ROOT
+from mdm_jax import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = ".venv/bin/python -m mdm_jax.main"
 SHRINK = [
     "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",

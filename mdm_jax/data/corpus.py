@@ -17,10 +17,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import pydoc_data.topics
 import sys
 import warnings
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ def _module_text(modname: str) -> str:
 
 def documents() -> Iterator[tuple[str, str]]:
     """Yields (name, text) for every document in a fixed order; skips modules that fail to import."""
-    import pydoc_data.topics
-
     for name in sorted(pydoc_data.topics.topics):
         text = pydoc_data.topics.topics[name].strip()
         if text:

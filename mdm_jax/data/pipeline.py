@@ -28,12 +28,14 @@ import json
 import logging
 import os
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
+import jax
 import numpy as np
+from etils import epath
 
 from mdm_jax import rng
-from mdm_jax.data import tokenizers
+from mdm_jax.data import builders, tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ def _spec(config) -> DatasetSpec:
 
 def _process(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     return int(process_index), int(process_count)
@@ -140,8 +140,6 @@ def data_dir(config) -> str:
 def _check_writable(path: str, field: str) -> None:
     try:
         if _is_remote(path):  # e.g. gs:// through etils.epath (gcsfs)
-            from etils import epath
-
             probe = epath.Path(path) / f".mdm_jax_write_test.{os.getpid()}"
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.write_text("")
@@ -160,8 +158,6 @@ def _check_writable(path: str, field: str) -> None:
 # ----------------------------------------------------------------------------- packing
 
 def _builder(config):
-    from mdm_jax.data import builders
-
     cls = getattr(builders, _spec(config).builder)
     return cls(data_dir=data_dir(config), file_format="array_record")
 

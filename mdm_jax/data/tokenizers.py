@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer, decoders, models as hf_models, pre_tokenizers
 
 MASK_CHAR = "_"
 GPT2_EOT = "<|endoftext|>"
@@ -111,9 +113,6 @@ class GPT2Tokenizer:
     name = "gpt2"
 
     def __init__(self, vocab_dir: str):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
-
         vocab_dir = os.path.expanduser(vocab_dir or "")
         vocab, merges = (os.path.join(vocab_dir, f) for f in ("vocab.json", "merges.txt"))
         missing = [p for p in (vocab, merges) if not os.path.isfile(p)]
@@ -130,7 +129,7 @@ class GPT2Tokenizer:
                 f"config.data.gpt2_vocab_dir={vocab_dir!r}: vocab.json has no {GPT2_EOT!r} token "
                 "(the document separator); use the GPT-2 vocabulary files. " + GPT2_FILES_HELP
             )
-        tok = HFTokenizer(models.BPE.from_file(vocab, merges))
+        tok = HFTokenizer(hf_models.BPE.from_file(vocab, merges))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         self._tok = tok

@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import time
+
+from mdm_jax import checkpoint, runs, train
 
 EXPERIMENTS = ("precision_sweep", "time_agnostic", "sampler_speed", "mdm_vs_arm")
 
@@ -65,10 +68,6 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     partly trained workdir resumes (the train loop restores its latest checkpoint).
     Returns {"workdir", "step", "trained": bool, "train_seconds"}.
     """
-    import time
-
-    from mdm_jax import checkpoint, runs, train
-
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, "config.json")):
         _check_same_model(runs.workdir_config(workdir), config, workdir)

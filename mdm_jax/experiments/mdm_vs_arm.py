@@ -33,11 +33,13 @@ import os
 import time
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 
-from mdm_jax import evaluate, rng, runs
-from mdm_jax import report
+from mdm_jax import evaluators, likelihood, models, objectives, report, rng, runs, sample_metrics, sampling
 from mdm_jax.experiments import derive, parse_list, train_run
+from mdm_jax.experiments.time_agnostic import _throughput
+from mdm_jax.models import adapters
 
 
 def _pair_configs(config):
@@ -51,8 +53,6 @@ def _pair_configs(config):
 
 
 def _model(cfg, workdir):
-    from mdm_jax import models
-
     params, step, mesh, pshard = runs.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
     return {"cfg": cfg, "workdir": workdir, "params": params, "step": step, "mesh": mesh,
             "pshard": pshard, "model": models.build(cfg)}
@@ -60,8 +60,6 @@ def _model(cfg, workdir):
 
 def _evaluator(kind: str, arm, config, workdir):
     """(logits_fn, bos_id, info) following experiment.evaluator (see module docstring)."""
-    from mdm_jax.models import adapters
-
     if kind == "self":
         m = arm
         why = "the ARM under test itself (biased towards the ARM: it scores its own samples)"
@@ -73,7 +71,7 @@ def _evaluator(kind: str, arm, config, workdir):
         why = ("a second ARM, same size and budget, another seed (init and data order): neither "
                "model under test scores itself")
     else:
-        fn, bos, info = evaluate.load_evaluator(config, kind)
+        fn, bos, info = evaluators.load_evaluator(config, kind)
         return fn, bos, {**info, "evaluator": kind, "evaluator_why": "a separate ARM workdir given in the config"}
     jitted = jax.jit(lambda p, x: adapters.ar_logits_fn(m["model"], p)(x))
     fn = lambda x: jitted(m["params"], x)  # noqa: E731
@@ -87,26 +85,18 @@ class _Samplers:
     size so that the samplers' compile caches hit across temperatures and repeats."""
 
     def __init__(self, mdm, arm):
-        from mdm_jax import objectives
-        from mdm_jax.models import adapters
-
         self.mdm, self.arm = mdm, arm
         self.denoise = adapters.denoise_fn(mdm["model"], mdm["params"])
         self.sched = objectives.schedule_of(mdm["cfg"].objective)
         self._ar = {}
 
     def mdm_sample(self, key, batch, seq_len, temperature, precision):
-        from mdm_jax import sampling
-
         toks, stats = sampling.first_hitting(
             self.denoise, key, batch_size=batch, seq_len=seq_len, mask_id=self.mdm["cfg"].model.vocab_size,
             schedule=self.sched, precision=precision, tokens_per_step=1, temperature=temperature)
         return jax.block_until_ready(toks), stats
 
     def arm_sample(self, key, batch, seq_len, temperature, precision):
-        from mdm_jax import sampling
-        from mdm_jax.models import adapters
-
         if batch not in self._ar:
             self._ar[batch] = adapters.ar_step_fn(self.arm["model"], self.arm["params"], batch)
         step_fn, state = self._ar[batch]
@@ -198,8 +188,6 @@ def verdict(s: dict) -> dict[str, str]:
 
 
 def _plots(workdir, s, quality, speed):
-    import matplotlib.pyplot as plt
-
     files = {}
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar(["MDM (NELBO bound)", "ARM (exact)"], [s["mdm_val_ppl_bound"], s["arm_val_ppl"]],
@@ -246,8 +234,6 @@ def _plots(workdir, s, quality, speed):
 
 
 def run(config, workdir: str) -> dict:
-    from mdm_jax.experiments.time_agnostic import _throughput
-
     exp = config.experiment
     temps = parse_list(exp.temperatures, float, "experiment.temperatures")
     t_start = time.perf_counter()
@@ -276,7 +262,7 @@ def run(config, workdir: str) -> dict:
     # 1. validation perplexity on the same batches.
     val = {}
     for which, m in models.items():
-        val[which] = evaluate.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
+        val[which] = likelihood.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
                                                  num_batches=int(m["cfg"].eval.num_batches),
                                                  mc_draws=int(m["cfg"].eval.mc_draws))
 
@@ -287,13 +273,13 @@ def run(config, workdir: str) -> dict:
     # Samples as long as the pair's training sequences (the length their validation numbers refer to).
     L = min(int(mdm["cfg"].data.seq_len), int(arm["cfg"].data.seq_len), max_len)
     n, batch, prec = int(exp.num_samples), int(config.sampling.batch_size), str(config.sampling.precision)
-    ref_ent = evaluate.reference_entropy(mdm["cfg"], L, n)
+    ref_ent = sample_metrics.reference_entropy(mdm["cfg"], L, n)
     quality = []
     for ti, temp in enumerate(temps):
         for which in ("mdm", "arm"):
             toks, nfe, wall = _generate(samplers, which, root, ti, n, batch, L, temp, prec)
-            ent = evaluate.sequence_entropy(toks)
-            gppl = evaluate.generative_perplexity(eval_fn, toks, bos, vocab_size=config.model.vocab_size,
+            ent = sample_metrics.sequence_entropy(toks)
+            gppl = sample_metrics.generative_perplexity(eval_fn, toks, bos, vocab_size=config.model.vocab_size,
                                                   batch_size=batch)
             quality.append({"model": which, "sampler": "first_hitting" if which == "mdm" else "autoregressive",
                             "temperature": temp, "entropy": ent, "gen_ppl": gppl, "num_samples": n, "seq_len": L,
@@ -324,7 +310,7 @@ def run(config, workdir: str) -> dict:
         "mdm_step": mdm["step"], "arm_step": arm["step"], "mdm_objective": mdm["cfg"].objective.kind,
         "mdm_time_conditioning": bool(mdm["cfg"].model.time_conditioning),
         "mdm_val_bits_per_token": val["mdm"]["bits_per_token"], "arm_val_bits_per_token": val["arm"]["bits_per_token"],
-        "mdm_val_ppl_bound": val["mdm"]["ppl_bound"], "arm_val_ppl": val["arm"]["ppl_bound"],
+        "mdm_val_ppl_bound": val["mdm"]["perplexity"], "arm_val_ppl": val["arm"]["perplexity"],
         "val_tokens": val["mdm"]["num_tokens"], "mdm_mc_draws": val["mdm"]["mc_draws"],
         "reference_entropy": ref_ent, "matched_entropy": me, "mdm_gen_ppl_matched": pm,
         "arm_gen_ppl_matched": pa, "matched_how": how, **einfo,
@@ -346,7 +332,7 @@ def run(config, workdir: str) -> dict:
     notes = [
         f"Evaluator of gen PPL: {einfo['evaluator_workdir']} ({einfo['evaluator_why']}).",
         "Gen PPL = exp(total NLL / total tokens) over all samples; each sample scored as generated after the "
-        "evaluator's BOS, document separators scored like any token (mdm_jax/evaluate.py).",
+        "evaluator's BOS, document separators scored like any token (mdm_jax/sample_metrics.py).",
         f"Sampling: FHS with tokens_per_step=1 (L={L} network calls), ARM with KV cache; precision {prec}; "
         f"{n} samples per temperature, sampler batch {batch}; speed: batch {sb}, best of {reps}, compile excluded.",
         f"Validation: {s['val_tokens']} tokens; MDM bound with {s['mdm_mc_draws']} low-discrepancy draw(s) per "

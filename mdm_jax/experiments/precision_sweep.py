@@ -47,11 +47,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 
-from mdm_jax import evaluate, rng, runs, sampling, schedules
-from mdm_jax import report
+from mdm_jax import evaluators, models, objectives, report, rng, runs, sample_metrics, sampling
 from mdm_jax.experiments import parse_list
+from mdm_jax.models import adapters
 from mdm_jax.reference import head_tail as refm
 from mdm_jax.sampling.ancestral import step_coefficients
 
@@ -62,11 +64,6 @@ _LABEL = {"ancestral": "ancestral (V+1)-way", "factorized": "ancestral factorize
 
 # ----------------------------------------------------------------------------- model sources
 
-def _schedule(config):
-    o = config.objective
-    return schedules.get(o.schedule, k=o.schedule_k, eps=o.schedule_eps)
-
-
 def _source(config) -> dict:
     """denoise_fn, V, L, schedule, evaluator and the mu used for predictions, for either source."""
     exp = config.experiment
@@ -75,13 +72,11 @@ def _source(config) -> dict:
                                      float(exp.reference_tail_mass), int(exp.reference_seed))
         seq_len = int(exp.seq_len) or int(config.data.seq_len)
         return dict(kind="reference", denoise_fn=ref.denoise_fn, vocab=ref.V, seq_len=seq_len,
-                    schedule=_schedule(config), evaluator=ref.arm_logits_fn, bos_id=ref.bos_id,
+                    schedule=objectives.schedule_of(config.objective), evaluator=ref.arm_logits_fn, bos_id=ref.bos_id,
                     mu=ref.probs, reference=ref, info={"reference": ref.describe()})
     if exp.model != "checkpoint":
         raise ValueError(f"experiment.model={exp.model!r}: use 'checkpoint' (a trained MDM workdir "
                          "in experiment.checkpoint_workdir) or 'reference' (exact reference model)")
-    from mdm_jax import models
-    from mdm_jax.models import adapters
     wd = exp.checkpoint_workdir
     if not wd or not os.path.isdir(wd):
         raise FileNotFoundError(
@@ -97,9 +92,9 @@ def _source(config) -> dict:
     if not exp.evaluator_workdir:
         raise ValueError("generative perplexity needs an evaluator ARM: set "
                          "--config.experiment.evaluator_workdir (e.g. workdirs/quickstart_arm)")
-    ev_fn, bos_id, ev_info = evaluate.load_evaluator(cfg, exp.evaluator_workdir)
+    ev_fn, bos_id, ev_info = evaluators.load_evaluator(cfg, exp.evaluator_workdir)
     seq_len = int(exp.seq_len) or int(cfg.data.seq_len)
-    sched = _schedule(cfg)
+    sched = objectives.schedule_of(cfg.objective)
     v = int(cfg.model.vocab_size)
     # mu for the one-step prediction: the network's own prediction for a fully masked sequence at
     # t = predict_t, averaged over positions (what the first ancestral steps race against).
@@ -135,8 +130,8 @@ def _run_sampler(src, sampler, prec, num_steps, exp, key):
 
 
 def _metrics(src, tokens) -> dict:
-    ent = evaluate.sequence_entropies(tokens)
-    nll = evaluate.sequence_nlls(src["evaluator"], tokens, src["bos_id"], vocab_size=src["vocab"])
+    ent = sample_metrics.sequence_entropies(tokens)
+    nll = sample_metrics.sequence_nlls(src["evaluator"], tokens, src["bos_id"], vocab_size=src["vocab"])
     per_tok = nll / tokens.shape[1]
     mean_nll = float(nll.sum() / tokens.size)
     # Delta-method standard error of gen PPL from the spread of per-sequence mean NLLs.
@@ -180,14 +175,11 @@ def _tail_fraction(src, tokens):
 # ----------------------------------------------------------------------------- plots and findings
 
 def _log_x(ax):
-    import matplotlib.ticker as mticker
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
-    import matplotlib.pyplot as plt
-
     colors = dict(zip(precisions, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     files = {}
     for metric, fname, ylabel in (("entropy", "entropy_vs_steps.png", "sequence entropy (nats)"),

@@ -32,17 +32,17 @@ uncached ARM's time grows ~quadratically in L while the cached one grows ~linear
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import scipy.optimize
 
-from mdm_jax import models, rng, sampling, schedules
-from mdm_jax import report
+from mdm_jax import models, objectives, report, rng, sampling
 from mdm_jax.experiments import parse_list
 from mdm_jax.models import adapters
 
@@ -99,8 +99,7 @@ def _mdm_timings(config, exp, root, vocab: int, steps, log):
     cfg = _model_config(config, vocab, L, arm=False)
     model, params = _init(cfg, L, rng.fold(root, "params_mdm", vocab))
     denoise = adapters.denoise_fn(model, params)
-    o = cfg.objective
-    sched = schedules.get(o.schedule, k=o.schedule_k, eps=o.schedule_eps)
+    sched = objectives.schedule_of(cfg.objective)
     prec = str(exp.precision)
     repeats = int(exp.repeats)
     rows = []
@@ -148,9 +147,6 @@ def _arm_timings(config, exp, root, log):
 
 
 def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker as mticker
-
     def logx(ax):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(mticker.NullFormatter())

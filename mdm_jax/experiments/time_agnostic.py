@@ -26,12 +26,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import scipy.stats
 
-from mdm_jax import evaluate, rng, runs
-from mdm_jax import report
+from mdm_jax import likelihood, metrics, models, objectives, report, rng, runs
+from mdm_jax.data import pipeline
 from mdm_jax.experiments import derive, parse_list, train_run
+from mdm_jax.models import adapters
 
 VARIANTS = {
     # name: (objective.kind, model.time_conditioning, label)
@@ -61,8 +63,6 @@ def _num_params(params) -> int:
 
 def _throughput(workdir: str) -> float | None:
     """Median training tokens/s of a run, without its first log interval (compilation)."""
-    from mdm_jax import metrics
-
     try:
         recs = [r["tokens_per_s"] for r in metrics.read_metrics(workdir, "train") if "tokens_per_s" in r]
     except FileNotFoundError:
@@ -72,8 +72,6 @@ def _throughput(workdir: str) -> float | None:
 
 
 def _learning_curve(workdir: str):
-    from mdm_jax import metrics
-
     try:
         recs = metrics.read_metrics(workdir, "eval")
     except FileNotFoundError:
@@ -83,17 +81,11 @@ def _learning_curve(workdir: str):
 
 def mask_exactly(x0: np.ndarray, n: int, key, mask_id: int) -> np.ndarray:
     """x0 with exactly n uniformly chosen positions per row set to mask_id."""
-    u = jax.random.uniform(key, x0.shape)
-    ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
-    return np.where(np.asarray(ranks) < n, mask_id, x0).astype(np.int32)
+    return np.where(np.asarray(objectives.mask_exactly(key, x0.shape, n)), mask_id, x0).astype(np.int32)
 
 
 def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequences: int):
     """Rows of mean KL(mu(x, t*) || mu(x, t)) over a t grid, and one summary row per ratio."""
-    from mdm_jax import models, objectives
-    from mdm_jax.data import pipeline
-    from mdm_jax.models import adapters
-
     model = models.build(vcfg)
     sched = objectives.schedule_of(vcfg.objective)
     V, L = vcfg.model.vocab_size, vcfg.data.seq_len
@@ -148,8 +140,6 @@ def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequ
 
 
 def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
-    import matplotlib.pyplot as plt
-
     files = {}
     fig, ax = plt.subplots(figsize=(7, 3.8))
     labels = [r["label"] for r in nelbo_rows]
@@ -252,17 +242,17 @@ def run(config, workdir: str) -> dict:
         # One estimator for all MDMs (continuous NELBO, same keys); the ARM's exact NLL.
         ecfg = vcfg if kind == "arm" else derive(vcfg, **{"objective.kind": "continuous"})
         params, step, mesh, pshard = runs.restore_params(vcfg, wd, use_ema=bool(vcfg.eval.use_ema))
-        m = evaluate.validation_metrics(ecfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
+        m = likelihood.validation_metrics(ecfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
                                         mc_draws=int(vcfg.eval.mc_draws))
         row = {"variant": name, "label": VARIANTS[name][2], "objective": kind,
                "time_conditioning": bool(vcfg.model.time_conditioning) and kind != "arm",
                "num_params": _num_params(params), "checkpoint_step": step,
-               "val_bits_per_token": m["bits_per_token"], "val_stderr_bits": m["nelbo_stderr"] / evaluate.LOG2,
-               "val_ppl" if kind == "arm" else "val_ppl_bound": m["ppl_bound"],
+               "val_bits_per_token": m["bits_per_token"], "val_stderr_bits": m["nats_per_token_stderr"] / objectives.LN2,
+               "val_ppl" if kind == "arm" else "val_ppl_bound": m["perplexity"],
                "estimator": "exact NLL" if kind == "arm" else "continuous NELBO",
                "num_tokens": m["num_tokens"], "mc_draws": m["mc_draws"]}
         if kind == "discrete":
-            own = evaluate.validation_metrics(vcfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
+            own = likelihood.validation_metrics(vcfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
                                               mc_draws=int(vcfg.eval.mc_draws))
             row["own_estimator_bits_per_token"] = own["bits_per_token"]
         row["train_tokens_per_s"] = _throughput(wd)

@@ -9,7 +9,7 @@ is one entry in `FAMILIES` (its module, its `build`, its properties).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
@@ -40,19 +40,15 @@ def _build_transformer(config, objective) -> Transformer:
     return Transformer(
         vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
         emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, mlp_type=m.mlp_type, dropout=m.dropout,
-        causal=objective.causal, time_conditioning=_transformer_takes_time(config),
+        causal=objective.causal, time_conditioning=objectives.uses_time(config),
         time_emb_dim=m.time_emb_dim, rope_base=m.rope_base,
         dtype=dtype_of(config.dtype.compute, "dtype.compute"),
         param_dtype=dtype_of(config.dtype.param, "dtype.param"))
 
 
-def _transformer_takes_time(config) -> bool:
-    return bool(config.model.time_conditioning) and objectives.of(config).time_input
-
-
 FAMILIES = {f.name: f for f in (
     Family(name="transformer", build=_build_transformer, causal=(False, True),
-           time_conditioned=_transformer_takes_time),
+           time_conditioned=objectives.uses_time),
 )}
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from mdm_jax import precision as precision_lib
 
-__all__ = ["HeadTailReference", "ancestral_token_law", "fast_grid_law", "one_step_stats", "expected_sequence_entropy",
-           "generative_perplexity_of_law"]
+__all__ = ["HeadTailReference", "ancestral_token_law", "fast_grid_law", "one_step_stats",
+           "expected_sequence_entropy", "generative_perplexity_of_law"]
 
 
 class HeadTailReference:
@@ -185,20 +185,6 @@ def generative_perplexity_of_law(q, probs) -> float:
 
 
 def one_step_stats(mu, num_steps: int, t: float, schedule, prec: str) -> dict:
-    """One ancestral step t -> t - 1/N: unmask probability and unmasked-token entropy, true vs laws.
-
-    The quantities of `precision.original_step_stats`, with the grid law from `fast_grid_law`
-    (the exact series there is too slow for a sweep over many N).
-    """
-    mu = np.asarray(mu, np.float64)
-    mu = mu / mu.sum()
-    s = max(t - 1.0 / num_steps, 0.0)
-    a_t, a_s = float(schedule.alpha(np.float64(t))), float(schedule.alpha(np.float64(s)))
-    probs = np.concatenate([(a_s - a_t) / (1 - a_t) * mu, [(1 - a_s) / (1 - a_t)]])
-    out = {"precision": prec, "num_steps": int(num_steps), "t": float(t),
-           "unmask_true": float(1.0 - probs[-1]), "entropy_true": precision_lib.entropy(mu)}
-    for name in ("prop52", "grid"):
-        law = _law(probs, name, prec)
-        out[f"unmask_ratio_{name}"] = float(law[:-1].sum() / out["unmask_true"])
-        out[f"entropy_{name}"] = precision_lib.entropy(law[:-1])
-    return out
+    """One ancestral step t -> t - 1/N: `precision.original_step_stats` with the grid law from
+    `fast_grid_law` (the exact series there is too slow for a sweep over many N)."""
+    return precision_lib.original_step_stats(mu, num_steps, t, schedule, prec, grid_law_fn=fast_grid_law)

@@ -15,9 +15,11 @@ methods (same function objects, so the samplers' compile caches hit).
 
 from __future__ import annotations
 
-import numpy as np
+import itertools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from scipy import stats
 
 LOG_FLOOR = 1e-30
@@ -141,7 +143,6 @@ def ancestral_law(ref: ReferenceJoint, p_unmask, init=None) -> np.ndarray:
 
     Each masked position independently stays masked (1 - p) or takes token v (p mu_l(v | x)).
     """
-    import itertools
     start = tuple([ref.V] * ref.L) if init is None else tuple(int(v) for v in init)
     dist = {start: 1.0}
     for p in p_unmask:
@@ -164,7 +165,6 @@ def ancestral_law(ref: ReferenceJoint, p_unmask, init=None) -> np.ndarray:
 
 def parallel_fhs_law(ref: ReferenceJoint, k: int, init=None) -> np.ndarray:
     """Exact law of first-hitting with k tokens per step (uniform k-subsets, independent draws)."""
-    import itertools
     start = tuple([ref.V] * ref.L) if init is None else tuple(int(v) for v in init)
     dist = {start: 1.0}
     while any(ref.V in x for x in dist):

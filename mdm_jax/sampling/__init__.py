@@ -8,13 +8,15 @@
 
 denoise_fn(tokens int32[B, L], t float32[B]) -> logits [B, L, V], mask id = V. Nothing here
 imports models, training or data code: a sampler only needs a denoising (or next-token) function.
+Modules: `categorical` (the precision policies of one draw), `plumbing` (per-row keys, batch
+sharding, the set-up around every sampler's loop), `fn_args` (model functions as traced
+arguments), and one module per sampler.
 """
 
 from mdm_jax.sampling.ancestral import ancestral
-from mdm_jax.sampling.autoregressive import autoregressive, autoregressive_uncached
-from mdm_jax.sampling.categorical import PRECISIONS, categorical, policy_dtype
-from mdm_jax.sampling.categorical import x64_scope as categorical_scope
+from mdm_jax.sampling.autoregressive import autoregressive, autoregressive_uncached, shift_right
+from mdm_jax.sampling.categorical import PRECISIONS, categorical, policy_dtype, x64_scope as categorical_scope
 from mdm_jax.sampling.first_hitting import first_hitting
 
-__all__ = ["first_hitting", "ancestral", "autoregressive", "autoregressive_uncached",
+__all__ = ["first_hitting", "ancestral", "autoregressive", "autoregressive_uncached", "shift_right",
            "categorical", "categorical_scope", "policy_dtype", "PRECISIONS"]

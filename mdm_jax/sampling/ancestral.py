@@ -28,9 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.sampling import fn_args
-from mdm_jax.sampling.categorical import (
-    StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
-    step_keys, sampler_scope)
+from mdm_jax.sampling.categorical import policy_dtype, rowwise_categorical
+from mdm_jax.sampling.plumbing import (
+    StaticSchedule,
+    constrain,
+    initial_tokens,
+    row_bits,
+    row_keys,
+    sampler_call,
+    step_keys,
+    tempered,
+)
 
 __all__ = ["ancestral", "step_coefficients"]
 
@@ -67,7 +75,6 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
     init: optional int32[B, L]; set positions never change. stats["nfe"] is the number of real
     network calls (N without cache).
     """
-    check_precision(precision)
     n = int(num_steps)
     if n < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -77,13 +84,12 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
     thr = np.minimum(np.round(p_unmask * 2.0**32), 2.0**32 - 1).astype(np.uint32)
     always = p_unmask >= 1.0
     cdtype = np.float64 if precision == "float64" else np.float32
-    with sampler_scope(precision, batch_sharding):
+    with sampler_call(denoise_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
         coefs = (jnp.asarray(t.astype(np.float32)), jnp.asarray(log_mask.astype(cdtype)),
                  jnp.asarray(log_tok.astype(cdtype)), jnp.asarray(thr), jnp.asarray(always))
-        fn_static, fn_leaves = fn_args.split(denoise_fn)
         tokens, nfe, changes = _ancestral(
-            key, init_arr, jnp.float32(temperature), coefs, fn_leaves, denoise_fn=fn_static,
+            key, init_arr, temp, coefs, fn_leaves, denoise_fn=fn_static,
             batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, num_steps=n,
             precision=precision, cache=bool(cache), factorized=bool(factorized),
             batch_sharding=batch_sharding)
@@ -122,11 +128,10 @@ def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_si
             call = jnp.bool_(True)
             logits, placeholder = net(x, i), logits
         keys_i = step_keys(keys, i)
-        lg = logits.astype(dtype) / temperature.astype(dtype)
+        lg = tempered(logits, temperature, precision)
         if factorized:
             tok = rowwise_categorical(step_keys(keys_i, 0), lg, precision)
-            bits = jax.vmap(lambda kk: jax.random.bits(kk, (seq_len,), jnp.uint32))(
-                step_keys(keys_i, 1))
+            bits = row_bits(step_keys(keys_i, 1), seq_len)
             unmask = jnp.logical_or(bits < thr[i], always[i])
             new = jnp.where(unmask, tok, mask_id)
         else:

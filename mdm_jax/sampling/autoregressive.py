@@ -21,10 +21,20 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.sampling import fn_args
-from mdm_jax.sampling.categorical import (
-    check_precision, constrain, policy_dtype, row_keys, rowwise_categorical, step_keys, sampler_scope)
+from mdm_jax.sampling.categorical import rowwise_categorical
+from mdm_jax.sampling.plumbing import constrain, row_keys, sampler_call, step_keys, tempered
 
-__all__ = ["autoregressive", "autoregressive_uncached"]
+__all__ = ["autoregressive", "autoregressive_uncached", "shift_right"]
+
+
+def shift_right(tokens, bos_id: int):
+    """[x_0..x_{L-1}] -> [BOS, x_0..x_{L-2}]: a causal model's input for targets x_0..x_{L-1}.
+
+    The one definition of the convention above: the ARM objective trains on it
+    (`objectives.corrupt_arm`), generative perplexity scores with it (`sample_metrics`) and the
+    uncached sampler feeds it.
+    """
+    return jnp.concatenate([jnp.full_like(tokens[:, :1], bos_id), tokens[:, :-1]], axis=1)
 
 
 def _prompt_array(prompt, batch_size, seq_len):
@@ -44,8 +54,7 @@ def _stats(method, precision, batch_size, seq_len, prompt_len, temperature):
 
 
 def _pick(row_keys_, logits, p, forced, prompt_len, temperature, precision):
-    lg = logits.astype(policy_dtype(precision)) / temperature.astype(policy_dtype(precision))
-    draw = rowwise_categorical(step_keys(row_keys_, p), lg, precision)
+    draw = rowwise_categorical(step_keys(row_keys_, p), tempered(logits, temperature, precision), precision)
     return jnp.where(p < prompt_len, forced[:, p], draw)
 
 
@@ -59,11 +68,9 @@ def autoregressive(step_fn, init_state, key, *, batch_size: int, seq_len: int,
     With `batch_sharding` on a mesh with Explicit axes, `init_state` should already be placed
     with its batch axis sharded (e.g. `jax.device_put`), as the sampler cannot know its layout.
     """
-    check_precision(precision)
-    with sampler_scope(precision, batch_sharding):
+    with sampler_call(step_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        fn_static, fn_leaves = fn_args.split(step_fn)
-        tokens = _ar_cached(key, init_state, forced, jnp.float32(temperature), fn_leaves,
+        tokens = _ar_cached(key, init_state, forced, temp, fn_leaves,
                             step_fn=fn_static, batch_size=batch_size, seq_len=seq_len,
                             precision=precision, prompt_len=plen, bos_id=int(bos_id),
                             batch_sharding=batch_sharding)
@@ -74,11 +81,9 @@ def autoregressive_uncached(logits_fn, key, *, batch_size: int, seq_len: int,
                             precision: str = "float64", temperature: float = 1.0, prompt=None,
                             bos_id: int = 0, batch_sharding=None):
     """Decoding with a full causal forward per token (no cache); same tokens as `autoregressive`."""
-    check_precision(precision)
-    with sampler_scope(precision, batch_sharding):
+    with sampler_call(logits_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        fn_static, fn_leaves = fn_args.split(logits_fn)
-        tokens = _ar_uncached(key, forced, jnp.float32(temperature), fn_leaves, logits_fn=fn_static,
+        tokens = _ar_uncached(key, forced, temp, fn_leaves, logits_fn=fn_static,
                               batch_size=batch_size, seq_len=seq_len, precision=precision,
                               prompt_len=plen, bos_id=int(bos_id), batch_sharding=batch_sharding)
     return tokens, _stats("autoregressive_uncached", precision, batch_size, seq_len, plen,
@@ -115,11 +120,9 @@ def _ar_uncached(key, forced, temperature, fn_leaves, *, logits_fn, batch_size, 
     logits_fn = fn_args.join(logits_fn, fn_leaves)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
     forced = constrain(forced, batch_sharding)
-    bos = constrain(jnp.full((batch_size, 1), bos_id, jnp.int32), batch_sharding)
 
     def body(p, tokens):
-        inputs = jnp.concatenate([bos, tokens[:, :-1]], axis=1)
-        logits = logits_fn(inputs)
+        logits = logits_fn(constrain(shift_right(tokens, bos_id), batch_sharding))
         logits_p = jax.lax.dynamic_index_in_dim(logits, p, axis=1, keepdims=False)
         tok = _pick(keys, logits_p, p, forced, prompt_len, temperature, precision)
         return constrain(jax.lax.dynamic_update_index_in_dim(tokens, tok, p, axis=1),

@@ -18,14 +18,14 @@ finite-precision uniform can produce) is what makes tiny probabilities under-sam
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 
 __all__ = ["PRECISIONS", "categorical", "policy_dtype", "check_precision", "x64_scope",
-           "sampler_scope", "exponential_race", "grid_uniform", "row_keys", "step_keys", "constrain",
-           "StaticSchedule", "rowwise_categorical"]
+           "exponential_race", "grid_uniform", "rowwise_categorical"]
 
 PRECISIONS = ("float64", "float32", "float32-high", "bfloat16", "float16", "float32-pytorch")
 
@@ -57,7 +57,6 @@ def x64_scope(precision: str):
     Entering it for every call keeps the jit cache keyed consistently; for other policies x64 is
     left as the caller has it.
     """
-    import contextlib
     if check_precision(precision) == "float64":
         return jax.enable_x64(True)
     return contextlib.nullcontext()
@@ -136,76 +135,3 @@ def rowwise_categorical(row_keys, logits, precision):
     the batch is split over devices and of the batch size.
     """
     return jax.vmap(lambda k, lg: _draw(k, lg, precision))(row_keys, logits)
-
-
-# --- plumbing shared by the samplers --------------------------------------------------------
-
-def row_keys(key, batch_size: int):
-    """Per-row keys fold_in(key, row): a row's randomness does not depend on sharding or on B."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch_size, dtype=jnp.int32))
-
-
-def step_keys(keys, step):
-    """fold_in(row_key, step) for every row (step: int scalar, may be traced)."""
-    return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-
-
-def constrain(x, batch_sharding):
-    """Pins a per-row array (leading axis = batch) to the batch sharding, if one is given.
-
-    Other arrays follow by propagation; the results never depend on the sharding because every
-    random draw is per row (`row_keys`).
-    """
-    if batch_sharding is None:
-        return x
-    # Meshes with Explicit axes (jax.make_mesh's default) carry sharding in the types: reshard.
-    if _explicit(batch_sharding):
-        return jax.sharding.reshard(x, batch_sharding)
-    return jax.lax.with_sharding_constraint(x, batch_sharding)
-
-
-def _explicit(batch_sharding) -> bool:
-    axis_types = getattr(batch_sharding.mesh, "axis_types", ())
-    return any(t == jax.sharding.AxisType.Explicit for t in axis_types)
-
-
-def sampler_scope(precision: str, batch_sharding=None):
-    """What a sampler enters around its trace and call: x64 for "float64", and the mesh when the
-    batch sharding has Explicit axes (jit needs it as context there)."""
-    import contextlib
-    stack = contextlib.ExitStack()
-    stack.enter_context(x64_scope(precision))
-    if batch_sharding is not None and _explicit(batch_sharding):
-        stack.enter_context(jax.set_mesh(batch_sharding.mesh))
-    return stack
-
-
-class StaticSchedule:
-    """Hashable wrapper so a schedule can be a static jit argument.
-
-    `schedules.get(...)` builds new lambdas on every call, so the dataclass itself compares
-    unequal between calls and would force a retrace; the built-in schedules are fully named by
-    (name, params), so those are the key. Custom schedules fall back to object identity.
-    """
-
-    def __init__(self, schedule):
-        from mdm_jax import schedules as _schedules
-        self.schedule = _schedules.get(schedule) if isinstance(schedule, str) else schedule
-        named = self.schedule.name in _schedules.NAMES
-        self._key = (self.schedule.name, self.schedule.params) if named else id(self.schedule)
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __eq__(self, other):
-        return isinstance(other, StaticSchedule) and self._key == other._key
-
-
-def initial_tokens(init, batch_size: int, seq_len: int, mask_id: int) -> jax.Array:
-    """The sampler's starting tokens: all masks, or `init` (prompts / infilling) checked for shape."""
-    if init is None:
-        return jnp.full((batch_size, seq_len), mask_id, jnp.int32)
-    arr = jnp.asarray(init, jnp.int32)
-    if arr.shape != (batch_size, seq_len):
-        raise ValueError(f"init has shape {arr.shape}, expected {(batch_size, seq_len)}")
-    return arr

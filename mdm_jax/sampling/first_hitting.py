@@ -26,9 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.sampling import fn_args
-from mdm_jax.sampling.categorical import (
-    StaticSchedule, check_precision, constrain, initial_tokens, policy_dtype, row_keys, rowwise_categorical,
-    step_keys, sampler_scope)
+from mdm_jax.sampling.categorical import rowwise_categorical
+from mdm_jax.sampling.plumbing import (
+    StaticSchedule,
+    constrain,
+    initial_tokens,
+    row_bits,
+    row_keys,
+    sampler_call,
+    step_keys,
+    tempered,
+)
 
 __all__ = ["first_hitting"]
 
@@ -55,17 +63,15 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
     traced arguments (see `sampling.fn_args`). stats["nfe"] counts the
     network calls made (= loop length; each runs on the whole batch).
     """
-    check_precision(precision)
     k = int(tokens_per_step)
     if k < 1:
         raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
     sched = StaticSchedule(schedule)
     max_masks = _max_masks(init, mask_id, seq_len)
     num_iters = math.ceil(max_masks / k)
-    with sampler_scope(precision, batch_sharding):
+    with sampler_call(denoise_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
-        fn_static, fn_leaves = fn_args.split(denoise_fn)
-        tokens = _fhs(key, init_arr, jnp.float32(temperature), fn_leaves, denoise_fn=fn_static,
+        tokens = _fhs(key, init_arr, temp, fn_leaves, denoise_fn=fn_static,
                       batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, sched=sched,
                       precision=precision, k=k, num_iters=num_iters, batch_sharding=batch_sharding)
     stats = dict(method="first_hitting", precision=precision, nfe=num_iters, num_steps=num_iters,
@@ -83,7 +89,6 @@ def _fhs(key, init, temperature, fn_leaves, *, denoise_fn, batch_size, seq_len, 
     schedule = sched.schedule
     # Times in float64 under the float64 policy (x64 is on), float32 otherwise.
     tdtype = jnp.float64 if precision == "float64" else jnp.float32
-    dtype = policy_dtype(precision)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
     k_time = step_keys(keys, 0)
     k_pos = step_keys(keys, 1)
@@ -107,12 +112,11 @@ def _fhs(key, init, temperature, fn_leaves, *, denoise_fn, batch_size, seq_len, 
         tau = schedule.time_of_mask_level(jnp.exp(logm_hit)).astype(jnp.float32)
         logits = denoise_fn(x, tau)                                         # [B, L, V]
         # k distinct positions uniformly among the masked ones (random 31-bit scores, top-k).
-        bits = jax.vmap(lambda kk: jax.random.bits(kk, (seq_len,), jnp.uint32))(
-            step_keys(k_pos, i))
+        bits = row_bits(step_keys(k_pos, i), seq_len)
         score = jnp.where(masked, (bits >> 1).astype(jnp.int32), -1)
         top, pos = jax.lax.top_k(score, k)                                  # [B, k]
         sel = jnp.take_along_axis(logits, pos[:, :, None], axis=1)          # [B, k, V]
-        sel = sel.astype(dtype) / temperature.astype(dtype)
+        sel = tempered(sel, temperature, precision)
         tok = rowwise_categorical(step_keys(k_tok, i), sel, precision)       # [B, k]
         # Write back as a one-hot select rather than a scatter (partitions cleanly over rows).
         hit = (pos[:, :, None] == jnp.arange(seq_len, dtype=jnp.int32)) & (top >= 0)[:, :, None]

@@ -1,0 +1,123 @@
+"""Sample-quality reports: entropy, reference entropy and gen PPL of samples, with their settings.
+
+`sample_quality(config, workdir, samples)` scores samples (generate.sample's records, or token
+ids plus settings) with `mdm_jax.sample_metrics` under an evaluator from `mdm_jax.evaluators`,
+and writes `workdir/eval/<name>.json` and `<name>.md` recording every sampler setting;
+`score_sample_files` does it for every `workdir/samples/*.jsonl` of `--mode=sample` (what
+`--mode=eval` runs when `eval.evaluator_workdir` is set).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from mdm_jax import evaluators, report, sample_metrics
+
+__all__ = ["SETTINGS", "sample_quality", "score_sample_files"]
+
+SETTINGS = ("checkpoint_step", "sampler", "steps", "tokens_per_step", "precision", "temperature",
+            "num_samples", "seed", "nfe", "wall_time_s", "device_kind", "jax_version")
+# The settings generate.sample writes into each record that must agree across a report's records.
+_TABLE = (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")   # the report's settings table
+_RECORD_SETTINGS = ("checkpoint_step", "sampler", "steps", "tokens_per_step", "precision", "temperature",
+                    "seed", "device_kind", "jax_version")
+
+
+def _settings_from_records(records: Sequence[Mapping]) -> dict:
+    """The sampler settings shared by generate.sample's records (must agree across records)."""
+    out = {}
+    for k in _RECORD_SETTINGS:
+        vals = {json.dumps(r.get(k)) for r in records}
+        if len(vals) > 1:
+            raise ValueError(f"sample records disagree on {k!r}: {sorted(vals)}; report them separately")
+        out[k] = records[0].get(k)
+    # NFE and wall time are recorded per sampler batch; sum over distinct batches.
+    batches = {}
+    for r in records:
+        batches.setdefault(r.get("batch_index", len(batches)), (r.get("nfe"), r.get("wall_time_s")))
+    nfes = [v[0] for v in batches.values() if v[0] is not None]
+    walls = [v[1] for v in batches.values() if v[1] is not None]
+    out["nfe"] = float(np.mean(nfes)) if nfes else None
+    out["wall_time_s"] = float(np.sum(walls)) if walls else None
+    out["wall_time_includes_compile"] = any(bool(r.get("includes_compile")) for r in records)
+    return out
+
+
+def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = None,
+                   evaluator: tuple | None = None, name: str | None = None,
+                   reference_split: str = "validation") -> dict:
+    """Entropy, reference entropy and gen PPL of samples, written with all their settings.
+
+    samples: generate.sample's records (dicts with "tokens") or an int array [N, L] plus
+    `settings` (keys of SETTINGS; anything missing is recorded as None). evaluator:
+    (logits_fn, bos_id, info) or None to load `eval.evaluator_workdir`.
+    Writes workdir/eval/<name>.json and <name>.md; returns the result dict.
+    """
+    if len(samples) and isinstance(samples[0], Mapping):
+        tokens = np.asarray([r["tokens"] for r in samples], np.int32)
+        s = _settings_from_records(samples)
+    else:
+        tokens = np.asarray(samples, np.int32)
+        s = {}
+    s.update(dict(settings or {}))
+    s["num_samples"] = int(tokens.shape[0])
+    s.setdefault("device_kind", report.device_kind())
+    s.setdefault("jax_version", jax.__version__)
+    for k in SETTINGS:
+        s.setdefault(k, None)
+    logits_fn, bos_id, info = evaluator if evaluator is not None else evaluators.load_evaluator(config)
+    ent = sample_metrics.sequence_entropies(tokens)
+    nll = sample_metrics.sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
+                                       batch_size=int(config.sampling.batch_size))
+    result = {
+        **s, "seq_len": int(tokens.shape[1]),
+        "entropy": float(ent.mean()), "entropy_std": float(ent.std()),
+        "reference_entropy": sample_metrics.reference_entropy(config, tokens.shape[1], tokens.shape[0],
+                                                              split=reference_split),
+        "gen_ppl": float(np.exp(nll.sum() / tokens.size)),
+        "gen_nll_per_token": float(nll.sum() / tokens.size),
+        "gen_ppl_definition": "exp(sum of NLL over all sampled tokens / their number); each sequence "
+                              "scored as sampled after the evaluator's BOS, separators scored like any token",
+        **info,
+    }
+    name = name or f"sample_quality_{s['sampler']}_{s['precision']}_{s['steps']}"
+    out_dir = os.path.join(workdir, "eval")
+    if jax.process_index() == 0:
+        finding = (f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats (real text "
+                   f"{result['reference_entropy']:.3f}), gen PPL {result['gen_ppl']:.3f} under the ARM at "
+                   f"{info.get('evaluator_workdir')}.")
+        report.write(out_dir, name, config=config, results=result,
+                     tables={"settings": [{k: result[k] for k in _TABLE}]}, findings=[(None, finding)],
+                     title=f"Sample quality: {s['sampler']}, {s['precision']}", summary_name=f"{name}.md")
+    result["path"] = os.path.join(out_dir, f"{name}.json")
+    return result
+
+
+def score_sample_files(config, workdir: str) -> list[dict]:
+    """Sample quality of every `workdir/samples/*.jsonl` written by `--mode=sample`, under the
+    evaluator of `eval.evaluator_workdir`: `--mode=eval` then reports likelihood and samples together."""
+    files = sorted(glob.glob(os.path.join(workdir, "samples", "*.jsonl")))
+    if not files:
+        if jax.process_index() == 0:
+            print(f"no samples in {workdir}/samples to score: run --mode=sample first")
+        return []
+    evaluator = evaluators.load_evaluator(config)
+    out = []
+    for path in files:
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        name = "sample_quality_" + os.path.splitext(os.path.basename(path))[0]
+        q = sample_quality(config, workdir, records, evaluator=evaluator, name=name)
+        if jax.process_index() == 0:
+            print(f"samples {os.path.basename(path)}: {q['num_samples']} x L={q['seq_len']}, entropy "
+                  f"{q['entropy']:.3f} nats (real text {q['reference_entropy']:.3f}), "
+                  f"gen PPL {q['gen_ppl']:.3f} ({q['sampler']}, {q['precision']}, {q['steps']} steps) "
+                  f"-> {q['path']}")
+        out.append(q)
+    return out

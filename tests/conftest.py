@@ -1,0 +1,47 @@
+"""What the test files share: the repository root, config loading, the tiny model, the CLI.
+
+Test modules import these names (`from conftest import ROOT, load_config, tiny`); pytest puts
+tests/ on sys.path. Tiers: `pytest -m "not slow"` is the fast tier a developer runs (end-to-end
+runs, notebooks and multi-process launches are marked `slow`); CI runs everything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mdm_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A 1-layer width-32 network on 32-token sequences in batches of 8: compiles and trains in seconds.
+TINY_MODEL = dict(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32)
+TINY_SEQ_LEN = 32
+TINY_BATCH = 8
+
+
+def load_config(path: str, arg: str | None = None):
+    """`get_config(arg)` of a config file given relative to the repository root."""
+    return config_lib.load_file(os.path.join(ROOT, path), arg)
+
+
+def tiny(config):
+    """`config` with the tiny network, sequence length and batch (in place; returned)."""
+    config.model.update(TINY_MODEL)
+    config.data.seq_len = TINY_SEQ_LEN
+    config.train.batch_size = TINY_BATCH
+    return config
+
+
+def tiny_flags() -> list[str]:
+    """The same tiny shape as `--config.*` overrides of `python -m mdm_jax.main`."""
+    values = {**{f"model.{k}": v for k, v in TINY_MODEL.items()}, "data.seq_len": TINY_SEQ_LEN,
+              "train.batch_size": TINY_BATCH}
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def run_main(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m mdm_jax.main ARGS` from the repository root, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "mdm_jax.main", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
