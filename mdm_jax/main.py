@@ -1,7 +1,12 @@
-"""Entry point: `python -m mdm_jax.main --mode=train|eval|sample|experiment --config=configs/X.py --workdir=DIR`.
+"""Entry point: `python -m mdm_jax.main --mode=MODE --config=configs/X.py --workdir=DIR`.
+
+MODE is train (the default), eval, sample, experiment (configs/experiments/) or report.
 
 Any config field can be overridden with `--config.<field>=<value>` (e.g. `--config.train.lr=1e-3`);
-an unknown field stops before anything runs, naming the field and listing the valid ones.
+an unknown field stops before anything runs, naming the field and listing the valid ones. Every
+field is described in mdm_jax/config.py; `--print_config` prints the resolved config with each
+field's description and exits. `--mode=report --workdir=W` redraws an experiment's plots and
+summary.md from the results JSON in W without recomputing (no --config needed).
 
 Multi-host: the same command runs on every host. `jax.distributed.initialize` is called when
 `--coordinator_address/--num_processes/--process_id` are given, when JAX_COORDINATOR_ADDRESS is
@@ -34,8 +39,11 @@ def define_flags(flag_values=flags.FLAGS, sys_argv=None) -> None:
         flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.",
                         flag_values=flag_values)
-    flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "experiment"], "What to run.",
+    flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "experiment", "report"],
+                      "What to run (report: redraw an experiment's plots and summary from its JSON).",
                       flag_values=flag_values)
+    flags.DEFINE_bool("print_config", False, "Print the resolved config with each field's description "
+                      "(mdm_jax/config.py) and exit.", flag_values=flag_values)
     flags.DEFINE_string("coordinator_address", None,
                         "host:port of process 0 for multi-process runs (jax.distributed).",
                         flag_values=flag_values)
@@ -159,7 +167,7 @@ def run(mode: str, config, workdir: str):
             # config.json lets eval/experiments rebuild this workdir's model (e.g. as an evaluator).
             runs.save_workdir_config(config, workdir)
         result = train.train_and_evaluate(config, workdir)
-        if config.train.get("sample_at_end", False):
+        if config.train.sample_at_end:
             # The quickstart ends by showing what the model generates (first-hitting samples).
             from mdm_jax import generate
             generate.sample(config, workdir)
@@ -173,16 +181,26 @@ def run(mode: str, config, workdir: str):
     if mode == "experiment":
         from mdm_jax import experiments
         return experiments.run(config, workdir)
-    raise ValueError(f"unknown --mode={mode!r}: use train, eval, sample or experiment")
+    if mode == "report":
+        from mdm_jax import experiments
+        return experiments.report(workdir, config.experiment.name if config is not None else None)
+    raise ValueError(f"unknown --mode={mode!r}: use train, eval, sample, experiment or report")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.config is None:
+    if FLAGS.print_config and FLAGS.config is not None:
+        from mdm_jax import config as config_lib
+        print(config_lib.describe(FLAGS.config), end="")
+        return
+    if FLAGS.config is None and FLAGS.mode != "report":
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required, e.g. --workdir=workdirs/quickstart")
+    if FLAGS.mode == "report":  # reads JSON, draws plots: no devices, no distributed set-up
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+        return
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every step at INFO; the progress bar and eval lines are the output.
         logging.set_verbosity(logging.WARNING)
