@@ -27,6 +27,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from mdm_jax import config as config_lib
+
 
 def define_flags(flag_values=flags.FLAGS, sys_argv=None) -> None:
     """Defines the CLI's flags on `flag_values`.
@@ -191,7 +193,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.print_config and FLAGS.config is not None:
-        from mdm_jax import config as config_lib
         print(config_lib.describe(FLAGS.config), end="")
         return
     if FLAGS.config is None and FLAGS.mode != "report":
