@@ -31,14 +31,14 @@ want sweep && { timeout ${T_SWEEP:-220} $PY -m mdm_jax.main --mode=experiment \
 
 want speed && { timeout ${T_SPEED:-150} $PY -m mdm_jax.main --mode=experiment \
   --config=configs/experiments/sampler_speed.py:owt --workdir="$W/sampler_speed_owt" \
-  --config.experiment.vocab_sizes=50257 --config.experiment.steps='1024;10000' \
-  --config.experiment.batch_size=1 --config.experiment.repeats=1 --config.experiment.arm_lengths='' \
+  --config.experiment.vocab_sizes=50257 --config.experiment.steps=1024,10000 \
+  --config.sampling.batch_size=1 --config.experiment.repeats=1 --config.experiment.arm_lengths='()' \
   > "$OUT/sampler_speed.log" 2>&1; echo "sampler_speed rc=$?" | tee -a "$OUT/env.log"; pack; }
 
 want speed64 && { timeout ${T_SPEED64:-330} $PY -m mdm_jax.main --mode=experiment \
   --config=configs/experiments/sampler_speed.py:owt --workdir="$W/sampler_speed_owt_float64" \
-  --config.experiment.precision=float64 --config.experiment.vocab_sizes=256,50257 \
-  --config.experiment.steps='1024;10000,1024;10000' --config.experiment.batch_size=1 \
+  --config.sampling.precision=float64 --config.experiment.vocab_sizes=256,50257 \
+  --config.experiment.steps=1024,10000 --config.sampling.batch_size=1 \
   --config.experiment.repeats=1 --config.experiment.arm_lengths=256,1024 \
   > "$OUT/sampler_speed_float64.log" 2>&1; echo "sampler_speed_float64 rc=$?" | tee -a "$OUT/env.log"; pack; }
 

@@ -5,9 +5,10 @@ byte, char and GPT-2 BPE tokenizers only, so this config uses GPT-2 (50,257 toke
 vocabulary files as OpenWebText). Perplexities are per GPT-2 token and therefore NOT comparable
 with MDLM's LM1B table (different token units); compare runs of this repository with each other
 (e.g. this config vs `--config.objective.kind=arm`). Sentences are packed to L=128 with the
-end-of-text separator. 12 layers, width 768, 12 heads (BERT-base-sized, as MDLM), batch 512,
-AdamW 3e-4, 2,500 warm-up steps then constant, EMA 0.9999, dropout 0.1, bf16 compute,
-log-linear schedule. Command (TFDS downloads lm1b once; needs the GPT-2 files locally):
+end-of-text separator. Everything else is configs/owt_mdm_small.py's (this file states only
+what differs): 12 layers, width 768, 12 heads (BERT-base-sized, as MDLM), batch 512, AdamW 3e-4,
+2,500 warm-up steps then constant, EMA 0.9999, dropout 0.1, bf16 compute, log-linear schedule.
+Command (TFDS downloads lm1b once; needs the GPT-2 files locally):
   python -m mdm_jax.main --config=configs/lm1b_mdm.py --workdir=workdirs/lm1b_mdm \\
       --config.data.gpt2_vocab_dir=/path/to/gpt2
 
@@ -20,40 +21,12 @@ from mdm_jax import config as config_lib
 
 
 def get_config():
-    c = config_lib.base()
-    c.objective.kind = "continuous"
-    c.objective.schedule = "loglinear"
-    c.objective.schedule_eps = 1e-3
-
-    c.model.vocab_size = 50257
+    c = config_lib.load_file("owt_mdm_small.py", relative_to=__file__)
     c.model.max_len = 128
-    c.model.num_layers = 12
-    c.model.num_heads = 12
-    c.model.emb_dim = 768
-    c.model.mlp_dim = 3072
-    c.model.mlp_type = "gelu"
-    c.model.dropout = 0.1
-    c.model.time_conditioning = True
-
-    c.dtype.compute = "bfloat16"
 
     c.data.dataset = "lm1b"
-    c.data.tokenizer = "gpt2"
     c.data.seq_len = 128
 
-    c.train.batch_size = 512
-    c.train.num_steps = 1_000_000
-    c.train.lr = 3e-4
-    c.train.lr_schedule = "constant"
-    c.train.warmup_steps = 2500
-    c.train.ema_decay = 0.9999
-    c.train.log_every = 100
-    c.train.eval_every = 10_000
-    c.train.eval_batches = 64
-    c.train.checkpoint_every = 5000
-
-    c.sampling.method = "first_hitting"
-    c.sampling.precision = "float64"
     c.sampling.num_samples = 16
     c.sampling.batch_size = 16
     c.eval.num_batches = 128

@@ -23,9 +23,7 @@ from mdm_jax import config as config_lib
 
 def get_config():
     c = config_lib.base()
-    c.objective.kind = "continuous"
     c.objective.schedule = "loglinear"
-    c.objective.schedule_eps = 1e-3
 
     c.model.vocab_size = 50257
     c.model.max_len = 1024
@@ -35,9 +33,7 @@ def get_config():
     c.model.mlp_dim = 3072
     c.model.mlp_type = "gelu"
     c.model.dropout = 0.1
-    c.model.time_conditioning = True
 
-    c.dtype.param = "float32"
     c.dtype.compute = "bfloat16"
 
     c.data.dataset = "openwebtext"
@@ -46,21 +42,13 @@ def get_config():
 
     c.train.batch_size = 512
     c.train.num_steps = 1_000_000
-    c.train.lr = 3e-4
     c.train.lr_schedule = "constant"
     c.train.warmup_steps = 2500
-    c.train.weight_decay = 0.0
-    c.train.grad_clip = 1.0
-    c.train.ema_decay = 0.9999
     c.train.log_every = 100
     c.train.eval_every = 10_000
     c.train.eval_batches = 64
     c.train.checkpoint_every = 5000
-    c.train.keep_checkpoints = 3
-    c.train.plot = True
 
-    c.sampling.method = "first_hitting"
-    c.sampling.precision = "float64"
     c.sampling.num_samples = 64
     c.sampling.batch_size = 64
     c.eval.num_batches = 256

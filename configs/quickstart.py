@@ -18,45 +18,38 @@ falling at the end. `--mode=eval --config.eval.mc_draws=4` then gives 3.83 bits/
 Model: 4 layers, width 256, 4 heads, SwiGLU 688 (3.3M parameters), time-free (the paper's point:
 the network need not see t). L=64 bytes, batch 32. The discrete (time-agnostic) ELBO with
 low-discrepancy n; AdamW 1e-3 with 50 warm-up steps and cosine decay; EMA 0.999, used for eval and
-sampling. Then sample from it and score it:
+sampling. Fields not set below keep their defaults in mdm_jax/config.py (add --print_config to a
+command to see the resolved config with each field's description). Then sample from it and score it:
   python -m mdm_jax.main --mode=sample --config=configs/quickstart.py --workdir=workdirs/quickstart
   python -m mdm_jax.main --mode=eval --config=configs/quickstart.py --workdir=workdirs/quickstart
 """
 
 from mdm_jax import config as config_lib
 
+
 def get_config():
     c = config_lib.base()
     c.objective.kind = "discrete"      # the time-agnostic ELBO: lowest-variance estimator
-    c.objective.schedule = "linear"
 
-    c.model.vocab_size = 256
     c.model.max_len = 64
     c.model.num_layers = 4
     c.model.num_heads = 4
     c.model.emb_dim = 256
     c.model.mlp_dim = 688
-    c.model.time_conditioning = False
+    c.model.time_conditioning = False  # the paper's point: the network need not see t
 
-    c.data.dataset = "embedded"
-    c.data.tokenizer = "byte"
     c.data.seq_len = 64
 
     c.train.batch_size = 32
     c.train.num_steps = 800
     c.train.lr = 1e-3
     c.train.warmup_steps = 50
-    c.train.min_lr_ratio = 0.1
     c.train.ema_decay = 0.999
     c.train.log_every = 20
     c.train.eval_every = 100
-    c.train.eval_batches = 8
     c.train.checkpoint_every = 200
     c.train.sample_at_end = True
 
-    c.sampling.method = "first_hitting"
-    c.sampling.precision = "float64"
     c.sampling.num_samples = 4
     c.sampling.batch_size = 4
-    c.eval.num_batches = 16
     return c

@@ -1,7 +1,7 @@
 """The command line of `python -m mdm_jax.main`: its flags and their parsing, before any JAX.
 
 - `define_flags(flag_values, sys_argv)`: --config (a configs/*.py file, optionally `file.py:ARG`),
-  --workdir, --mode and the multi-process flags;
+  --workdir, --mode, --print_config and the multi-process flags;
 - `parse_flags(argv)`: absl's parser, except that a `--config.<field>=...` override naming a
   field that does not exist stops with one line naming the field, its parent and the valid
   names (`unknown_override_message`) instead of config_flags' KeyError traceback.
@@ -22,7 +22,7 @@ from mdm_jax import config as config_lib
 
 __all__ = ["MODES", "define_flags", "unknown_override_message", "parse_flags"]
 
-MODES = ("train", "eval", "sample", "experiment")
+MODES = ("train", "eval", "sample", "experiment", "report")
 
 _OVERRIDE = re.compile(r"^--?config\.([^=]+)(?:=(.*))?$")
 
@@ -38,7 +38,11 @@ def define_flags(flag_values=flags.FLAGS, sys_argv=None) -> None:
         flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.",
                         flag_values=flag_values)
-    flags.DEFINE_enum("mode", "train", list(MODES), "What to run.", flag_values=flag_values)
+    flags.DEFINE_enum("mode", "train", list(MODES),
+                      "What to run (report: redraw an experiment's plots and summary from its JSON).",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("print_config", False, "Print the resolved config with each field's description "
+                      "(mdm_jax/config.py) and exit.", flag_values=flag_values)
     flags.DEFINE_string("coordinator_address", None,
                         "host:port of process 0 for multi-process runs (jax.distributed).",
                         flag_values=flag_values)

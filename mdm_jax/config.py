@@ -1,113 +1,309 @@
-"""The configuration schema: every field, its default, and validation with actionable errors.
+"""The configuration schema: every field with its type, default and a one-line description.
 
-Config files in `configs/` start from `base()` and override fields; the returned ConfigDict is
-locked, so a typo (`--config.trian.lr=...`) fails at parse time. `validate()` checks values
-against each other and the devices before anything expensive runs.
+`SCHEMA` (fields of every run) and `EXPERIMENT_FIELDS` (the `experiment.*` fields of each
+experiment) are the one place fields are declared; `base()` is built from them, so a field
+cannot exist without its description. A field's type is its default's type, and ml_collections
+enforces it on every override (`--config.train.lr=1e-3`; an int may replace a float).
+
+Config files in `configs/` start from `base()` (or from another config file, `load_file`) and state
+only what differs. The returned ConfigDict is locked by the CLI, so a typo (`--config.trian.lr=...`)
+fails at parse time. List-valued fields are tuples: `--config.experiment.steps=16,256` on the
+command line; a tuple of strings also accepts one comma-separated string
+(`--config.experiment.precisions=float32,float64`, read with `experiments.parse_list`).
+
+`describe(config)` renders a resolved config with each field's description (`--print_config`).
+Checks of values against each other and the devices live with the code that uses them
+(`train.check_config`, `data.pipeline.validate`), and run before anything expensive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from typing import Any, Mapping
 
 import ml_collections
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-PRECISIONS = ("float64", "float32", "float32-high", "bfloat16", "float16", "float32-pytorch")
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config field: its default (whose type is the field's type) and a one-line description."""
+
+    default: Any
+    doc: str
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, tuple):
+            inner = sorted({type(x).__name__ for x in _flat(self.default)})
+            return f"tuple[{'|'.join(inner)}]" if inner else "tuple"
+        return type(self.default).__name__
 
 
-def base() -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group of fields (`config.<group>.*`) with a one-line description."""
+
+    doc: str
+    fields: Mapping[str, Field]
+
+
+def _flat(t):
+    for x in t:
+        yield from (_flat(x) if isinstance(x, tuple) else (x,))
+
+
+F = Field
+SCHEMA: dict[str, Field | Group] = {
+    "seed": F(0, "root of every random stream: init, data order, training noise, sampling, eval"),
+    "objective": Group("what is trained and how its loss is estimated", {
+        "kind": F("continuous", "continuous (NELBO over t) | discrete (time-agnostic ELBO over n) | arm"),
+        "schedule": F("linear", "masking schedule alpha(t): linear | cosine | polynomial | loglinear"),
+        "schedule_k": F(2.0, "degree of the polynomial schedule"),
+        "schedule_eps": F(1e-3, "floor alpha(1) of the loglinear schedule"),
+        "low_discrepancy": F(True, "stratified t (or n) across the global batch, one shared uniform"),
+        "t_min": F(1e-5, "continuous NELBO: t ~ U[t_min, 1]"),
+    }),
+    "model": Group("the network", {
+        "family": F("transformer", "architecture: a key of mdm_jax.models.FAMILIES"),
+        "vocab_size": F(256, "V real tokens (must equal the tokenizer's); id V is the mask / BOS token"),
+        "max_len": F(256, "longest sequence the model accepts (>= data.seq_len)"),
+        "num_layers": F(6, "transformer blocks"),
+        "num_heads": F(8, "attention heads (must divide emb_dim)"),
+        "emb_dim": F(512, "width of the residual stream"),
+        "mlp_dim": F(1376, "hidden width of each MLP"),
+        "mlp_type": F("glu", "glu (SwiGLU) | gelu"),
+        "dropout": F(0.0, "dropout rate while training"),
+        "time_conditioning": F(True, "adaLN-Zero conditioning on t; False = time-free (ignored by the ARM)"),
+        "time_emb_dim": F(128, "width of the sinusoidal time embedding"),
+        "rope_base": F(10000.0, "base of the rotary position embedding frequencies"),
+    }),
+    "dtype": Group("parameter and compute precision (sampling precision: sampling.precision)", {
+        "param": F("float32", "storage of parameters and optimizer state: float32 | bfloat16 | float16"),
+        "compute": F("float32", "activations and matmuls: float32 | bfloat16 (accelerators) | float16"),
+    }),
+    "data": Group("the dataset and its tokenizer", {
+        "dataset": F("embedded", "embedded (offline English corpus) | text8 | lm1b | openwebtext"),
+        "tokenizer": F("byte", "byte | char (text8) | gpt2"),
+        "gpt2_vocab_dir": F("", "local directory with GPT-2's vocab.json and merges.txt"),
+        "data_dir": F("", "TFDS data_dir (\"\" = ~/tensorflow_datasets); gs:// needs the gcs extra"),
+        "packed_dir": F("", "local dir of the packed token files (\"\" = inside data_dir; needed if remote)"),
+        "seq_len": F(256, "training sequence length L"),
+        "shuffle": F(True, "shuffle the training sequences (seeded by seed)"),
+    }),
+    "train": Group("the optimisation loop", {
+        "batch_size": F(16, "global batch in sequences (all devices, all hosts)"),
+        "num_steps": F(1000, "optimizer steps"),
+        "lr": F(3e-4, "peak AdamW learning rate"),
+        "lr_schedule": F("cosine", "cosine | constant, both after the linear warm-up"),
+        "warmup_steps": F(100, "steps of linear warm-up from 0 to lr"),
+        "min_lr_ratio": F(0.1, "cosine: final learning rate as a fraction of lr"),
+        "weight_decay": F(0.0, "AdamW decoupled weight decay"),
+        "b1": F(0.9, "AdamW beta1"),
+        "b2": F(0.999, "AdamW beta2"),
+        "grad_clip": F(1.0, "clip the global gradient norm to this (0 = off)"),
+        "ema_decay": F(0.9999, "decay of the parameter EMA used by eval and sampling"),
+        "grad_accum_steps": F(1, "micro-batches per step (each batch_size / grad_accum_steps)"),
+        "log_every": F(25, "steps between training log lines / metrics records"),
+        "eval_every": F(500, "steps between validation evaluations (and at the end)"),
+        "eval_batches": F(8, "validation batches of each in-training evaluation"),
+        "checkpoint_every": F(500, "steps between checkpoints (and at the end)"),
+        "keep_checkpoints": F(3, "most recent checkpoints kept"),
+        "plot": F(True, "write loss_curve.png into the workdir at the end"),
+        "sample_at_end": F(False, "print a few samples (sampling.*) after training"),
+    }),
+    "mesh": Group("device mesh; -1 fills the remaining devices", {
+        "data": F(-1, "data-parallel axis"),
+        "fsdp": F(1, "fully sharded data-parallel axis: shards parameters and optimizer state"),
+        "tensor": F(1, "tensor-parallel axis: shards heads and MLP"),
+    }),
+    "sampling": Group("sampling (--mode=sample, and the experiments' samplers)", {
+        "method": F("first_hitting", "first_hitting | ancestral (MDMs) | autoregressive (ARM)"),
+        "precision": F("float64", "how categorical draws are made: one of mdm_jax.sampling.PRECISIONS"),
+        "num_steps": F(1024, "ancestral: steps N"),
+        "tokens_per_step": F(1, "first_hitting (and precision_sweep's parallel): tokens unmasked per call"),
+        "cache": F(True, "ancestral: reuse the network output when no token changed"),
+        "factorized": F(False, "ancestral: Bernoulli unmask then a V-way token draw"),
+        "temperature": F(1.0, "softmax temperature of the model's predictions"),
+        "num_samples": F(8, "sequences to draw (experiments: per cell)"),
+        "batch_size": F(8, "sequences per sampler call"),
+        "seq_len": F(0, "sample length (0 = data.seq_len)"),
+        "use_ema": F(True, "sample from the EMA parameters"),
+        "prompt": F("", "text prefix, tokenized with the data tokenizer"),
+    }),
+    "eval": Group("likelihood evaluation (--mode=eval) and generative perplexity", {
+        "num_batches": F(16, "validation batches"),
+        "mc_draws": F(1, "Monte Carlo draws of t (or n) per sequence for the NELBO"),
+        "evaluator_workdir": F("", "ARM workdir whose model scores samples (generative perplexity)"),
+        "use_ema": F(True, "evaluate the EMA parameters"),
+    }),
+    "experiment": Group("--mode=experiment; the fields of each experiment: EXPERIMENT_FIELDS", {
+        "name": F("", "the experiment: a key of EXPERIMENT_FIELDS (\"\" outside configs/experiments/)"),
+    }),
+}
+
+EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
+    "precision_sweep": {
+        "model": F("checkpoint", "checkpoint (a trained MDM workdir) | reference (exact head+tail model)"),
+        "checkpoint_workdir": F("workdirs/quickstart", "model=checkpoint: the MDM workdir"),
+        "evaluator_workdir": F("workdirs/quickstart_arm", "model=checkpoint: ARM workdir scoring gen PPL"),
+        "samplers": F(("ancestral", "factorized", "first_hitting", "parallel"),
+                      "ancestral ((V+1)-way) | factorized | first_hitting | parallel (k tokens per call)"),
+        "precisions": F(("float32-pytorch", "float32", "float32-high", "bfloat16", "float64"),
+                        "sampling precisions swept (mdm_jax.sampling.PRECISIONS)"),
+        "steps": F((128, 512, 1280), "ancestral steps N swept (first-hitting does not depend on N)"),
+        "predict_t": F(0.5, "time t of the one-step prediction"),
+        "predict_points": F(16, "law evaluations per predicted run"),
+        "predict_low_precision": F(True, "also predict bfloat16/float16 runs (exact enumeration, slow)"),
+        "reference_vocab": F(256, "model=reference: vocabulary size V"),
+        "reference_head": F(4, "model=reference: number of head tokens"),
+        "reference_tail_mass": F(0.5, "model=reference: probability of the tail"),
+        "reference_seed": F(0, "model=reference: seed of the law and of its entropy estimate"),
+    },
+    "sampler_speed": {
+        "vocab_sizes": F((256, 50257), "vocabulary sizes V timed"),
+        "steps": F(((16, 128, 1024, 10000), (16, 64, 256, 1024)),
+                   "ancestral N timed: one tuple per vocab_sizes entry, or one flat tuple for all"),
+        "predict_steps": F((10000,), "further N the fitted cost model extrapolates to (not run)"),
+        "repeats": F(2, "timed runs per cell after one warm-up run (the best is kept)"),
+        "arm_vocab": F(256, "vocabulary of the ARM cache timing"),
+        "arm_lengths": F((32, 64, 128, 256), "sequence lengths of the ARM cache timing (() = skip it)"),
+    },
+    "time_agnostic": {
+        "variants": F(("tc_continuous", "tf_continuous", "tf_discrete", "arm"),
+                      "models trained: tc_continuous, tf_continuous, tf_discrete, tc_discrete, arm"),
+        "num_steps": F(300, "training budget of each variant (0 = train.num_steps)"),
+        "kl_ratios": F((0.15, 0.5, 0.85), "mask ratios n/L of the fixed inputs of the KL-vs-t probe"),
+        "kl_num_times": F(24, "points of the t grid of the KL probe"),
+        "kl_num_sequences": F(16, "validation sequences per mask ratio in the KL probe"),
+    },
+    "mdm_vs_arm": {
+        "mdm_workdir": F("", "a trained MDM workdir (\"\" = train the config's MDM in workdir/runs/mdm)"),
+        "arm_workdir": F("", "a trained ARM workdir (\"\" = train the MDM's ARM twin in workdir/runs/arm)"),
+        "num_steps": F(300, "training budget of each model trained here (0 = train.num_steps)"),
+        "evaluator": F("train", "gen PPL scorer: train (a second ARM, another seed) | self | an ARM workdir"),
+        "temperatures": F((0.7, 0.8, 0.9, 1.0), "sampling temperatures of both models"),
+        "speed_lengths": F((), "lengths L of the timing (() = 16, 32, ... up to model.max_len)"),
+        "speed_batch": F(4, "sequences per sampler call in the timing"),
+        "speed_repeats": F(2, "timed runs per length after one warm-up run (the best is kept)"),
+    },
+}
+
+
+def _build(fields: Mapping[str, Field | Group]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    # What is trained: "mdm" (masked diffusion) or "arm" (autoregressive baseline, causal mask).
-    c.objective = ml_collections.ConfigDict()
-    c.objective.kind = "continuous"      # "continuous" NELBO | "discrete" (time-agnostic, over n) | "arm"
-    c.objective.schedule = "linear"      # linear | cosine | polynomial | loglinear
-    c.objective.schedule_k = 2.0         # polynomial degree
-    c.objective.schedule_eps = 1e-3      # log-linear floor alpha(1)
-    c.objective.low_discrepancy = True   # antithetic t (or n) across the global batch
-    c.objective.t_min = 1e-5             # continuous NELBO: t ~ U[t_min, 1]
-
-    c.model = ml_collections.ConfigDict()
-    c.model.family = "transformer"       # the architecture: a key of mdm_jax.models.FAMILIES
-    c.model.vocab_size = 256             # V real tokens; the mask token is id V
-    c.model.max_len = 256                # longest sequence the model accepts
-    c.model.num_layers = 6
-    c.model.num_heads = 8
-    c.model.emb_dim = 512
-    c.model.mlp_dim = 1376
-    c.model.mlp_type = "glu"             # "glu" (SwiGLU) | "gelu"
-    c.model.dropout = 0.0
-    c.model.time_conditioning = True     # adaLN conditioning on t (ignored for ARM)
-    c.model.time_emb_dim = 128
-    c.model.rope_base = 10000.0
-
-    # Dtype policy: three separate, named precisions.
-    c.dtype = ml_collections.ConfigDict()
-    c.dtype.param = "float32"            # parameter storage and optimizer
-    c.dtype.compute = "float32"          # activations/matmuls ("bfloat16" on accelerators)
-    c.dtype.sampling = "float64"         # categorical draws in samplers (see mdm_jax.precision)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "embedded"          # embedded | text8 | lm1b | openwebtext
-    c.data.tokenizer = "byte"            # byte | char | gpt2
-    c.data.gpt2_vocab_dir = ""           # local dir with GPT-2 vocab.json + merges.txt
-    c.data.data_dir = ""                 # TFDS data_dir ("" -> ~/tensorflow_datasets); gs:// needs gcsfs
-    c.data.packed_dir = ""               # local dir for the packed token files ("" -> inside
-                                         # data_dir; required when data_dir is remote, e.g. gs://)
-    c.data.seq_len = 256
-    c.data.shuffle = True
-
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 16              # global batch (all devices, all hosts)
-    c.train.num_steps = 1000
-    c.train.lr = 3e-4
-    c.train.lr_schedule = "cosine"       # cosine | constant (both after linear warm-up)
-    c.train.warmup_steps = 100
-    c.train.min_lr_ratio = 0.1
-    c.train.weight_decay = 0.0
-    c.train.b1 = 0.9
-    c.train.b2 = 0.999
-    c.train.grad_clip = 1.0
-    c.train.ema_decay = 0.9999
-    c.train.grad_accum_steps = 1
-    c.train.log_every = 25
-    c.train.eval_every = 500
-    c.train.eval_batches = 8
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 3
-    c.train.plot = True                  # write loss_curve.png at the end
-    c.train.sample_at_end = False        # print a few first-hitting samples after training
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1                     # -1 fills the remaining devices
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
-
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.method = "first_hitting"  # first_hitting | ancestral | autoregressive
-    c.sampling.precision = "float64"     # one of PRECISIONS
-    c.sampling.num_steps = 1024          # ancestral only
-    c.sampling.tokens_per_step = 1       # first_hitting parallel variant
-    c.sampling.cache = True              # ancestral: reuse output when nothing changed
-    c.sampling.factorized = False        # ancestral: Bernoulli unmask + V-way token
-    c.sampling.temperature = 1.0
-    c.sampling.num_samples = 8
-    c.sampling.batch_size = 8
-    c.sampling.seq_len = 0               # 0 -> data.seq_len
-    c.sampling.use_ema = True
-    c.sampling.prompt = ""               # text prompt (prefix), tokenized with the data tokenizer
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.num_batches = 16
-    c.eval.mc_draws = 1                  # Monte Carlo draws of t per sequence for the NELBO
-    c.eval.evaluator_workdir = ""        # ARM workdir used for generative perplexity
-    c.eval.use_ema = True
-
-    c.experiment = ml_collections.ConfigDict()
-    c.experiment.name = ""
+    for name, f in fields.items():
+        c[name] = _build(f.fields) if isinstance(f, Group) else f.default
     return c
+
+
+def _experiment_fields(name: str) -> dict[str, Field]:
+    if name not in EXPERIMENT_FIELDS:
+        raise ValueError(f"unknown experiment.name={name!r}: choose one of {', '.join(EXPERIMENT_FIELDS)} "
+                         "(use one of the configs in configs/experiments/)")
+    return {**SCHEMA["experiment"].fields, **EXPERIMENT_FIELDS[name]}
+
+
+def schema(experiment: str = "") -> dict[str, Field | Group]:
+    """The schema of a config: SCHEMA, plus the fields of `experiment` in the experiment group."""
+    if not experiment:
+        return SCHEMA
+    group = SCHEMA["experiment"]
+    return {**SCHEMA, "experiment": Group(group.doc, _experiment_fields(experiment))}
+
+
+def base(experiment: str = "") -> ml_collections.ConfigDict:
+    """Every field at its default; with `experiment`, also that experiment's fields (name set)."""
+    c = _build(schema(experiment))
+    c.experiment.name = experiment
+    return c
+
+
+def with_experiment(config, name: str) -> ml_collections.ConfigDict:
+    """`config` with its experiment group replaced by experiment `name`'s fields at their defaults."""
+    with config.unlocked():
+        config.experiment = base(name).experiment
+    return config
+
+
+def fields(experiment: str = "") -> dict[str, Field]:
+    """{"group.field": Field} of every leaf of the schema (with `experiment`'s fields)."""
+    out = {}
+    for name, f in schema(experiment).items():
+        if isinstance(f, Group):
+            out.update({f"{name}.{k}": v for k, v in f.fields.items()})
+        else:
+            out[name] = f
+    return out
+
+
+def _leaves(c, prefix=""):
+    for k, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def describe(config) -> str:
+    """The resolved config, one line per field in schema order: value, type, description, and the
+    default when the value differs from it; fields outside the schema are listed last."""
+    name = str(config.experiment.get("name", "")) if "experiment" in config else ""
+    name = name if name in EXPERIMENT_FIELDS else ""
+    defaults = dict(_leaves(base(name)))
+    values = dict(_leaves(config))
+    rows = []
+    for top, f in schema(name).items():
+        group = f.fields.items() if isinstance(f, Group) else [("", f)]
+        if isinstance(f, Group):
+            rows.append((f"# {top}: {f.doc}", None, None))
+        for k, field in group:
+            path = f"{top}.{k}" if k else top
+            if path not in values:
+                continue
+            value = _plain(values.pop(path))
+            note = f"{field.type_name}: {field.doc}"
+            if value != _plain(defaults[path]):
+                note += f" [default {_plain(defaults[path])!r}]"
+            rows.append((path, repr(value), note))
+    if values:
+        rows.append(("# not in the schema (no code reads them)", None, None))
+        rows += [(path, repr(v), type(v).__name__) for path, v in values.items()]
+    width = max(len(p) for p, v, _ in rows if v is not None)
+    vwidth = min(24, max(len(v) for _, v, _ in rows if v is not None))
+    return "\n".join(p if v is None else f"{p:<{width}} = {v:<{vwidth}}  # {n}" for p, v, n in rows) + "\n"
+
+
+def _plain(value):
+    """Tuples and lists compare (and print) alike: a config read back from JSON holds lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def from_dict(values: Mapping) -> ml_collections.ConfigDict:
+    """A config from its `to_dict()` / JSON form, on top of `base()` (fields added to the schema
+    since get their defaults; fields no longer in it are kept). JSON lists become tuples."""
+    exp = values.get("experiment", {}) if isinstance(values, Mapping) else {}
+    name = exp.get("name", "") if isinstance(exp, Mapping) else ""
+    c = base(name if name in EXPERIMENT_FIELDS else "")
+    with c.unlocked():
+        _merge(c, values)
+    return c
+
+
+def _merge(node, values: Mapping):
+    for k, v in values.items():
+        if k in node and isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, Mapping):
+            _merge(node[k], v)
+        else:
+            v = _plain(v) if isinstance(v, list) else v
+            try:
+                node[k] = v
+            except TypeError:  # recorded under an older schema (e.g. a list as a string): kept as is
+                with node.ignore_type():
+                    node[k] = v
 
 
 def load_variant(variant: str, bases: dict, *, relative_to: str):

@@ -6,7 +6,9 @@
 - eval: the validation likelihood (`likelihood.evaluate`) and, with `eval.evaluator_workdir`,
   the quality of every sample file of --mode=sample (`sample_quality.score_sample_files`);
 - sample: `generate.sample`;
-- experiment: `experiments.run` (config.experiment.name).
+- experiment: `experiments.run` (config.experiment.name);
+- report: `experiments.report`, the plots and summary.md of an experiment workdir redrawn from its
+  results JSON (the config is optional).
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ def _eval(config, workdir: str):
     return result
 
 
-_MODES = {"train": _train, "eval": _eval, "sample": generate.sample, "experiment": experiments.run}
+def _report(config, workdir: str):
+    return experiments.report(workdir, config.experiment.name if config is not None else None)
+
+
+_MODES = {"train": _train, "eval": _eval, "sample": generate.sample, "experiment": experiments.run,
+          "report": _report}
 
 
 def run(mode: str, config, workdir: str):

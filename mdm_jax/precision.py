@@ -47,10 +47,10 @@ from scipy.optimize import brentq
 
 from mdm_jax import schedules
 
+from mdm_jax.sampling import PRECISIONS
+
 __all__ = ["PolicyGrid", "policy_grid", "gumbel_cap", "prop52_law", "grid_law",
            "original_step_stats", "entropy", "zipf_with_entropy", "PRECISIONS"]
-
-PRECISIONS = ("float64", "float32", "float32-high", "bfloat16", "float16", "float32-pytorch")
 
 _MAX_TERMS = 2**25   # longest exact grid sum per group (a full float32-pytorch grid is 2^24)
 _MAX_GROUPS = 64     # more distinct probabilities than this -> mean-field grid law

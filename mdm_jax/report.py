@@ -1,27 +1,31 @@
 """The shared results writer of every experiment (and of the sample-quality report).
 
-One call, `write(...)`, turns an experiment's numbers into its result files, always
-carrying the settings that produced them (device kind, JAX version, config):
+An experiment computes, then writes what it computed, then draws from what it wrote:
 
     from mdm_jax import report
-    paths = report.write(
+    report.write_results(
         workdir, "precision_sweep", config=config,
-        results={"float64_entropy": 4.1, ...},          # headline numbers (JSON only)
-        tables={"sweep": rows},                         # list of flat dicts -> CSV + markdown table
-        findings=[("entropy_vs_steps.png", "float32 ancestral loses 0.4 nats of entropy at N=4096.")],
-        title="Sampling precision sweep", notes=["evaluator: quickstart_arm workdir"])
-    # paths == {"json": .../precision_sweep.json, "csv:sweep": .../precision_sweep_sweep.csv,
-    #           "summary": .../summary.md}
+        results={"float64_entropy": 4.1, ...},          # headline numbers
+        tables={"sweep": rows},                         # list of flat dicts -> CSV (+ markdown table)
+        notes=["evaluator: quickstart_arm workdir"])
+    data = report.read_results(workdir, "precision_sweep")     # what the plots and sentences use
+    report.write_summary(workdir, data, title="Sampling precision sweep", findings=[
+        ("entropy_vs_steps.png", "float32 ancestral loses 0.4 nats of entropy at N=4096.")])
+
+so that `--mode=report` can redraw the plots and summary.md from the JSON alone, and gets the
+same summary text as the run did. `write(...)` does all three at once for one-off reports.
 
 Files written into `workdir`:
-- `<name>.json`: {"name", "metadata", "results", "tables", "findings", "notes"}; numpy / jax
-  scalars and arrays become plain JSON, non-finite floats become null (strict JSON readers);
+- `<name>.json`: {"name", "metadata", "results", "tables", "notes"}; numpy / jax scalars and
+  arrays become plain JSON, non-finite floats become null (strict JSON readers); the metadata
+  carries the settings that produced the numbers (device kind, JAX version, full config);
 - `<name>_<table>.csv` for every table (columns = union of the rows' keys, in first-seen order);
 - `summary.md`: title, one sentence per plot (the plot embedded next to it), the tables, notes,
   and the run metadata. Findings are sentences the experiment derived from its numbers.
 
 `save_figure(fig, workdir, filename)` writes a matplotlib figure (Agg backend, closed after
-saving) and returns the file name to pass in `findings`.
+saving) and returns the file name to pass in `findings`; `log_x(ax)` is the log-scaled x axis of
+every "versus N / L" plot.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import jax
 import numpy as np
 
 __all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", "markdown_table",
-           "save_figure", "write", "fmt"]
+           "save_figure", "log_x", "write_results", "read_results", "write_summary", "write", "fmt"]
 
 
 def device_kind() -> str:
@@ -162,30 +166,51 @@ def save_figure(fig, workdir: str, filename: str, dpi: int = 120) -> str:
     return filename
 
 
-def write(workdir: str, name: str, *, config=None, results: Mapping | None = None,
-          tables: Mapping[str, Sequence[Mapping]] | None = None,
-          findings: Iterable[tuple[str | None, str]] = (), title: str | None = None,
-          notes: Iterable[str] = (), extra_metadata: Mapping | None = None,
-          summary_name: str = "summary.md", markdown_tables: Sequence[str] | None = None) -> dict[str, str]:
-    """Writes <name>.json, one CSV per table and the markdown summary; returns their paths.
+def log_x(ax, base: int = 10) -> None:
+    """A log-scaled x axis labelled at the powers of `base` only (minor labels would overlap)."""
+    import matplotlib.ticker as mticker  # matplotlib loads only when a figure is drawn
 
-    findings: (plot file name relative to workdir or None, one-sentence finding) pairs.
-    markdown_tables: names of the tables shown in the markdown (default all; long raw tables
-    are better left to their CSV, which the summary then links).
-    """
+    ax.set_xscale("log", base=base)
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def write_results(workdir: str, name: str, *, config=None, results: Mapping | None = None,
+                  tables: Mapping[str, Sequence[Mapping]] | None = None, notes: Iterable[str] = (),
+                  extra_metadata: Mapping | None = None) -> dict[str, str]:
+    """Writes <name>.json and one CSV per table (before anything is drawn); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     tables = dict(tables or {})
-    findings = [(p, s) for p, s in findings]
-    notes = list(notes)
     meta = metadata(config, **dict(extra_metadata or {}))
     paths = {}
     for tname, rows in tables.items():
         paths[f"csv:{tname}"] = write_csv(os.path.join(workdir, f"{name}_{tname}.csv"), rows)
     paths["json"] = write_json(os.path.join(workdir, f"{name}.json"), {
-        "name": name, "metadata": meta, "results": results or {}, "tables": tables,
-        "findings": [{"plot": p, "finding": s} for p, s in findings], "notes": notes})
+        "name": name, "metadata": meta, "results": results or {}, "tables": tables, "notes": list(notes)})
+    return paths
 
+
+def read_results(workdir: str, name: str) -> dict:
+    """The <name>.json that `write_results` wrote into workdir."""
+    path = os.path.join(workdir, f"{name}.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: run the experiment first "
+                                f"(--mode=experiment with --workdir={workdir})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_summary(workdir: str, data: Mapping, *, findings: Iterable[tuple[str | None, str]] = (),
+                  title: str | None = None, summary_name: str = "summary.md",
+                  markdown_tables: Sequence[str] | None = None) -> str:
+    """Writes the markdown summary of `data` (as `read_results` returns it); returns its path.
+
+    findings: (plot file name relative to workdir or None, one-sentence finding) pairs.
+    markdown_tables: names of the tables shown in the markdown (default all; long raw tables
+    are better left to their CSV, which the summary then links).
+    """
+    name, meta = data["name"], data["metadata"]
     md = [f"# {title or name}", ""]
+    findings = list(findings)
     if findings:
         md += ["## Findings", ""]
         for plot, sentence in findings:
@@ -193,19 +218,33 @@ def write(workdir: str, name: str, *, config=None, results: Mapping | None = Non
             if plot:
                 md += ["", f"  ![{plot}]({plot})"]
         md.append("")
-    for tname, rows in tables.items():
+    for tname, rows in data.get("tables", {}).items():
         if markdown_tables is None or tname in markdown_tables:
             md += [f"## {tname}", "", markdown_table(rows), f"(CSV: `{name}_{tname}.csv`)", ""]
         else:
             md += [f"## {tname}", "", f"{len(rows)} rows in `{name}_{tname}.csv`.", ""]
+    notes = list(data.get("notes", []))
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Run", "",
            f"device: {meta['device_kind']} x{meta['num_devices']} ({meta['platform']}), "
            f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['timestamp_utc']}; "
            f"full config and metadata in `{name}.json`.", ""]
+    os.makedirs(workdir, exist_ok=True)
     summary = os.path.join(workdir, summary_name)
     with open(summary, "w") as f:
         f.write("\n".join(md))
-    paths["summary"] = summary
+    return summary
+
+
+def write(workdir: str, name: str, *, config=None, results: Mapping | None = None,
+          tables: Mapping[str, Sequence[Mapping]] | None = None,
+          findings: Iterable[tuple[str | None, str]] = (), title: str | None = None,
+          notes: Iterable[str] = (), extra_metadata: Mapping | None = None,
+          summary_name: str = "summary.md", markdown_tables: Sequence[str] | None = None) -> dict[str, str]:
+    """`write_results` then `write_summary` with the given findings; returns the files' paths."""
+    paths = write_results(workdir, name, config=config, results=results, tables=tables, notes=notes,
+                          extra_metadata=extra_metadata)
+    paths["summary"] = write_summary(workdir, read_results(workdir, name), findings=findings, title=title,
+                                     summary_name=summary_name, markdown_tables=markdown_tables)
     return paths

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
 
 from mdm_jax import checkpoint, config as config_lib, sharding, train
-
-
-def _merge(node, values: Mapping):
-    for k, v in values.items():
-        if k in node and hasattr(node[k], "keys") and isinstance(v, Mapping):
-            _merge(node[k], v)
-        else:
-            node[k] = v
 
 
 def save_workdir_config(config, workdir: str) -> str:
@@ -34,16 +25,13 @@ def save_workdir_config(config, workdir: str) -> str:
 def workdir_config(workdir: str, fallback=None):
     """The config a workdir was trained with, from its `config.json`, else `fallback`.
 
-    The JSON is merged into `config.base()`, so fields added to the schema later get defaults.
+    The JSON is merged into `config.base()` (`config.from_dict`), so fields added to the schema
+    later get defaults.
     """
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            values = json.load(f)
-        c = config_lib.base()
-        with c.unlocked():
-            _merge(c, values)
-        return c
+            return config_lib.from_dict(json.load(f))
     if fallback is None:
         raise FileNotFoundError(f"{workdir} has no config.json: pass the config it was trained with")
     return fallback

@@ -1,5 +1,6 @@
 """The shared report writer, the dispatcher, and the time_agnostic / mdm_vs_arm experiments end to end
-at a tiny size (the mdm_vs_arm run reuses the time_agnostic run's models through its workdir fields)."""
+at a tiny size (the mdm_vs_arm run reuses the time_agnostic run's models through its workdir fields),
+each followed by a redraw of its plots and summary from the saved JSON (`--mode=report`)."""
 
 from __future__ import annotations
 
@@ -56,15 +57,26 @@ def test_report_write_json_csv_summary(tmp_path):
     assert "| n | x | y |" not in md and "2 rows in `demo_rows.csv`" in md
 
 
-def test_dispatcher_and_list_parsing():
+def test_dispatcher_and_list_parsing(tmp_path):
     from mdm_jax import config as config_lib
 
     c = config_lib.base()
     c.experiment.name = "nope"
     with pytest.raises(ValueError, match="unknown experiment.name='nope'"):
         experiments.run(c, "/tmp/unused")
+    # --mode=report needs an experiment's results JSON in the workdir, and says so.
+    with pytest.raises(FileNotFoundError, match="no experiment.*run --mode=experiment there first"):
+        experiments.report(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        experiments.report(str(tmp_path / "missing"))
     assert experiments.parse_list("0.5, 1,2e-1") == [0.5, 1.0, 0.2]
     assert experiments.parse_list("a,b", str) == ["a", "b"]
+    # Tuple fields: a tuple, or what `--config.f=a,b` gives for strings (one comma-joined element).
+    assert experiments.parse_list((16, 64), int) == [16, 64]
+    assert experiments.parse_list(("a,b",), str) == ["a", "b"]
+    assert experiments.parse_list(("",), int, allow_empty=True) == []
+    with pytest.raises(ValueError, match="experiment.arm_lengths is empty"):
+        experiments.parse_list(("",), int, "experiment.arm_lengths")
     with pytest.raises(ValueError, match="experiment.temperatures"):
         experiments.parse_list("0.5,x", float, "experiment.temperatures")
     d = experiments.derive(c, **{"objective.kind": "arm"})
@@ -105,6 +117,21 @@ def test_experiment_configs_load():
 # ---------------------------------------------------------------- end to end at tiny size
 
 
+def _assert_redraw_reproduces_summary(workdir, name, plots):
+    """`--mode=report` on the workdir redraws every plot and the same summary.md from the JSON alone."""
+    from mdm_jax import main as cli
+
+    summary = open(os.path.join(workdir, "summary.md")).read()
+    for f in (*plots, "summary.md"):
+        os.remove(os.path.join(workdir, f))
+    drawn = cli.run("report", None, workdir)   # the experiment is found from its <name>.json
+    assert open(os.path.join(workdir, "summary.md")).read() == summary
+    assert sorted(drawn["plots"].values()) == sorted(plots)
+    for f in plots:
+        assert os.path.getsize(os.path.join(workdir, f)) > 1000, f
+    assert experiments.report(workdir, name)["findings"] == drawn["findings"]
+
+
 def _tiny(c):
     tiny(c)
     c.train.update(dict(log_every=10, eval_every=10, eval_batches=1, checkpoint_every=1000,
@@ -117,7 +144,7 @@ def _tiny(c):
 def time_agnostic_run(tmp_path_factory):
     c = _tiny(_load_config("time_agnostic"))
     c.experiment.num_steps = 20
-    c.experiment.kl_ratios = "0.25,0.75"
+    c.experiment.kl_ratios = (0.25, 0.75)
     c.experiment.kl_num_times = 6
     c.experiment.kl_num_sequences = 4
     wd = str(tmp_path_factory.mktemp("time_agnostic"))
@@ -150,9 +177,17 @@ def test_time_agnostic_end_to_end(time_agnostic_run):
             assert abs(r["kl"]) < 1e-5  # same input, same t: zero by construction
     for srow in res["kl_summary"]:
         assert srow["band_lo"] <= srow["t_star"] <= srow["band_hi"]
-        assert srow["kl_band_max"] <= srow["kl_grid_max"] + 1e-9
+        rows = [r for r in kl_rows if r["ratio"] == srow["ratio"]]
+        # Every time evaluated (grid, t*, the 16 posterior quantiles) is a row; the whole-range maximum
+        # covers them all, so it bounds the band's maximum whatever the floats are.
+        assert len(rows) == srow["num_times"] and sum(r["posterior_quantile"] for r in rows) == 16
+        assert all(r["in_band"] for r in rows if r["posterior_quantile"])
+        assert srow["kl_max"] == max(r["kl"] for r in rows)
+        assert srow["kl_band_max"] == max(r["kl"] for r in rows if r["in_band"]) <= srow["kl_max"]
     md = open(os.path.join(wd, "summary.md")).read()
     assert md.count("- ") >= 4 and "continuous ELBO, with t" in md
+    assert f"{res['kl_summary'][0]['kl_max']:.2g} nats over all" in md
+    _assert_redraw_reproduces_summary(wd, "time_agnostic", ("nelbo.png", "kl_vs_t.png", "learning_curves.png"))
     # A rerun reuses a trained model (no retraining), and refuses a workdir of another model.
     from mdm_jax.experiments import time_agnostic
 
@@ -169,9 +204,9 @@ def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
     c.experiment.mdm_workdir = os.path.join(wd_ta, "runs", "tf_continuous")
     c.experiment.arm_workdir = os.path.join(wd_ta, "runs", "arm")
     c.experiment.evaluator = "self"
-    c.experiment.temperatures = "0.8,1.0"
-    c.experiment.num_samples = 4
-    c.experiment.speed_lengths = "8,16"
+    c.experiment.temperatures = (0.8, 1.0)
+    c.sampling.num_samples = 4
+    c.experiment.speed_lengths = (8, 16)
     c.experiment.speed_batch = 2
     c.experiment.speed_repeats = 1
     c.sampling.batch_size = 4
@@ -194,3 +229,5 @@ def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
     assert res["verdict"]["verdict"].startswith("Verdict:") and len(res["verdict"]) == 5
     md = open(tmp_path / "summary.md").read()
     assert "decision page" in md and res["verdict"]["likelihood"] in md
+    _assert_redraw_reproduces_summary(str(tmp_path), "mdm_vs_arm", (
+        "perplexity.png", "genppl_vs_entropy.png", "sampling_time.png", "throughput.png"))

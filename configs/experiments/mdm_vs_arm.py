@@ -19,11 +19,10 @@ evaluator = a second ARM, seed 1): ARM perplexity 7.7 vs MDM bound 24.9; at the 
 cache) vs 282 ms (FHS), the ratio growing from 2.2x at L=16; training 2,818 vs 2,800 tokens/s;
 verdict: the ARM wins all three criteria.
 
-Fields (config.experiment.*): mdm_workdir / arm_workdir ("" = train the pair in workdir/runs),
-num_steps (budget of each trained model; 0 = train.num_steps), evaluator ("train": a second ARM
-with another seed, "self": the ARM under test, or an ARM workdir), temperatures (comma list, both
-samplers), num_samples (per temperature and model), speed_lengths (comma list of L <=
-model.max_len, or "auto": 16, 32, ... up to model.max_len), speed_batch, speed_repeats. Sampling precision: sampling.precision.
+Fields: experiment.* (mdm_workdir, arm_workdir, num_steps, evaluator, temperatures, speed_lengths,
+speed_batch, speed_repeats), described with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS);
+sampling.num_samples (per temperature and model), sampling.batch_size and sampling.precision
+drive the samplers.
 
 Accelerators: `--config=configs/experiments/mdm_vs_arm.py:owt` starts from configs/owt_mdm_small.py
 (its ARM twin equals configs/owt_arm_small.py's backbone); point mdm_workdir / arm_workdir at the
@@ -37,31 +36,22 @@ _BASES = {"quickstart": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
-    c.experiment.name = "mdm_vs_arm"
-    c.experiment.mdm_workdir = ""
-    c.experiment.arm_workdir = ""
-    c.experiment.evaluator = "train"
-    c.experiment.temperatures = "0.7,0.8,0.9,1.0"
+    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
+                                   "mdm_vs_arm")
+    c.eval.mc_draws = 4
     if variant == "quickstart":
-        # Quickstart model, smaller budget (x3 models): 300 steps x 16 x 128 tokens each.
-        c.experiment.num_steps = 300
+        # Quickstart model, smaller budget (x3 models): 300 steps x 16 x 128 tokens each (the
+        # experiment fields' defaults are this variant's).
         c.train.batch_size = 16
-        c.experiment.num_samples = 16
-        c.experiment.speed_lengths = "auto"
-        c.experiment.speed_batch = 4
-        c.experiment.speed_repeats = 2
-        c.sampling.batch_size = 8
         c.train.eval_every = 100
         c.train.checkpoint_every = 300
+        c.sampling.num_samples = 16
+        c.sampling.batch_size = 8
         c.eval.num_batches = 8
-        c.eval.mc_draws = 4
     else:
         c.experiment.num_steps = 0
-        c.experiment.num_samples = 64
-        c.experiment.speed_lengths = "128,256,512,1024"
+        c.experiment.speed_lengths = (128, 256, 512, 1024)
         c.experiment.speed_batch = 8
         c.experiment.speed_repeats = 3
         c.eval.num_batches = 64
-        c.eval.mc_draws = 4
     return c

@@ -31,60 +31,42 @@ _BASES = {"quickstart": "../quickstart.py", "reference": "../quickstart.py",
 
 
 def get_config(variant="quickstart"):
-    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
+    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
+                                   "precision_sweep")
     e = c.experiment
-    e.name = "precision_sweep"
-    e.model = "checkpoint"
-    e.checkpoint_workdir = "workdirs/quickstart"
-    e.evaluator_workdir = "workdirs/quickstart_arm"
-    e.samplers = "ancestral,factorized,first_hitting,parallel"
-    e.precisions = "float32-pytorch,float32,float32-high,bfloat16,float64"
-    e.steps = "128,512,1280"           # quickstart L = 64: 2 L to 20 L
-    e.tokens_per_step = 4
-    e.num_samples = 8
-    e.batch_size = 8
-    e.seq_len = 0                      # 0 -> data.seq_len
-    e.predict_t = 0.5
-    e.predict_points = 16
-    e.predict_low_precision = True
-    e.reference_vocab = 256
-    e.reference_head = 4
-    e.reference_tail_mass = 0.5
-    e.reference_seed = 0
-    if variant == "reference":
+    c.sampling.num_samples = 8         # per (sampler, precision, N) cell
+    c.sampling.batch_size = 8
+    c.sampling.tokens_per_step = 4     # the parallel first-hitting sampler
+    if variant in ("reference", "reference_gpt2", "tiny"):
         e.model = "reference"
-        e.seq_len = 32
-        e.steps = "32,320,2048"
-        e.num_samples = 16
-        e.batch_size = 16
+        c.sampling.num_samples = 16
+        c.sampling.batch_size = 16
+        c.sampling.seq_len = 32
+    if variant == "reference":
+        e.steps = (32, 320, 2048)
     elif variant == "reference_gpt2":
         # The 32-bit effect at full strength, without a trained model: a tail token has
         # probability ~1e-5, so with N >= 1024 steps its (V+1)-way share per step falls below
         # float32's 2^-24 grid. ~1e12 category draws: a GPU job (minutes), hours on a CPU.
-        e.model = "reference"
         e.reference_vocab = 50257
-        e.seq_len = 32
-        e.steps = "1024,4096,10000"
-        e.num_samples = 16
-        e.batch_size = 16
+        e.steps = (1024, 4096, 10000)
         e.predict_low_precision = False  # exact bfloat16 enumeration is too slow for V = 50,257
     elif variant == "tiny":
         # CI size: the reference model, three precisions, two N. bfloat16 carries the assertion
         # that (V+1)-way ancestral loses entropy with N; see precision_sweep.py for why float32's
         # effect needs far more draws than a CI run can make on a CPU.
-        e.model = "reference"
-        e.precisions = "float32-pytorch,bfloat16,float64"
-        e.seq_len = 16
-        e.steps = "16,256"
-        e.num_samples = 32
-        e.batch_size = 32
+        e.precisions = ("float32-pytorch", "bfloat16", "float64")
+        e.steps = (16, 256)
+        c.sampling.seq_len = 16
+        c.sampling.num_samples = 32
+        c.sampling.batch_size = 32
         e.predict_points = 8
         e.predict_low_precision = False
     elif variant == "owt":
         e.checkpoint_workdir = ""
         e.evaluator_workdir = ""
-        e.steps = "1024,2048,4096,10000"
-        e.num_samples = 32
-        e.batch_size = 8
+        e.steps = (1024, 2048, 4096, 10000)
+        c.sampling.num_samples = 32
+        c.sampling.batch_size = 8
         e.predict_low_precision = False  # exact bfloat16 enumeration is too slow for V = 50,257
     return c

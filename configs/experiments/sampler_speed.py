@@ -8,7 +8,7 @@ Accelerators (the full owt_mdm_small shape, L=1024, N up to 10^4 at both vocabul
       --workdir=DIR
 
 Measured (2026-11-27): on the CPU, FHS 74x faster than cached ancestral at N=10^4 (V=256) and 86x at
-N=1,024 (V=50,257). On one H200 (`:owt` with vocab_sizes=256,50257, steps '1024;10000' for each,
+N=1,024 (V=50,257). On one H200 (`:owt` with vocab_sizes=256,50257, steps=1024,10000 for each,
 batch_size=1, repeats=1, precision=float64, arm_lengths=256,1024: benchmarks/accelerator.sh):
 11.2x at N=10^4 with V=50,257 and 1.25x with V=256; docs/results/nvidia-h200/.
 
@@ -18,8 +18,9 @@ extrapolates to 10^4 (experiment.predict_steps). `:tiny` is the CI size.
 
 The model: owt_mdm_small's architecture (GELU MLP 4x, adaLN time conditioning, RoPE) scaled down
 to 2 layers x width 256 (4 heads), float32 compute (bf16 matmuls are slow on CPUs), untrained.
-Fields (config.experiment.*): vocab_sizes, steps (one ';'-list per vocabulary, comma-separated),
-predict_steps, seq_len, batch_size, precision, repeats, arm_vocab, arm_lengths ('' = no ARM part).
+Fields: experiment.* (vocab_sizes, steps, predict_steps, repeats, arm_vocab, arm_lengths), described
+with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS); the MDM's L is data.seq_len (or
+sampling.seq_len), the batch sampling.batch_size and the draws' precision sampling.precision.
 """
 
 from mdm_jax import config as config_lib
@@ -29,20 +30,16 @@ _BASES = {"cpu": "../owt_mdm_small.py", "tiny": "../owt_mdm_small.py", "owt": ".
 
 
 def get_config(variant="cpu"):
-    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
+    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
+                                   "sampler_speed")
     e = c.experiment
-    e.name = "sampler_speed"
-    e.vocab_sizes = "256,50257"
-    e.precision = "float32"
-    e.predict_steps = "10000"
-    e.arm_vocab = 256
+    c.sampling.precision = "float32"
     if variant == "owt":
-        e.seq_len = 1024
-        e.batch_size = 8
-        e.steps = "1024;2048;4096;10000,1024;2048;4096;10000"
-        e.repeats = 2
-        e.arm_lengths = "128,256,512,1024"
+        c.sampling.batch_size = 8
+        e.steps = (1024, 2048, 4096, 10000)     # for every vocabulary
+        e.arm_lengths = (128, 256, 512, 1024)
         return c
+    # cpu and tiny (the experiment fields' defaults are cpu's).
     c.model.num_layers = 2
     c.model.emb_dim = 256
     c.model.num_heads = 4
@@ -50,20 +47,16 @@ def get_config(variant="cpu"):
     c.model.dropout = 0.0
     c.dtype.compute = "float32"
     c.data.seq_len = 16
-    e.seq_len = 16
-    e.batch_size = 1
-    e.steps = "16;128;1024;10000,16;64;256;1024"
-    e.repeats = 2
-    e.arm_lengths = "32,64,128,256"
+    c.sampling.batch_size = 1
     if variant == "tiny":
         c.model.num_layers = 1
         c.model.emb_dim = 64
         c.model.num_heads = 2
         c.model.mlp_dim = 128
-        e.vocab_sizes = "256,4096"
-        e.seq_len = 8
-        e.steps = "8;64;512,8;64"
-        e.predict_steps = "1000"
+        c.data.seq_len = 8
+        e.vocab_sizes = (256, 4096)
+        e.steps = ((8, 64, 512), (8, 64))
+        e.predict_steps = (1000,)
         e.repeats = 1
-        e.arm_lengths = "16,64"
+        e.arm_lengths = (16, 64)
     return c

@@ -14,10 +14,9 @@ by at most 0.0013 nats mean KL when t moves within the Beta band the mask ratio 
 of its ~3.1-nat loss per masked token) and by <= 0.006 nats over all of t in (0, 1): it has learned
 to all but ignore t (its adaLN-Zero gates start at zero; Prop. 3.2 says it loses nothing by doing so).
 
-Fields (config.experiment.*): variants (comma list of tc_continuous, tf_continuous, tf_discrete,
-tc_discrete, arm), num_steps (training budget per variant; 0 = train.num_steps), kl_ratios (mask
-ratios n/L of the fixed inputs), kl_num_times (t grid size), kl_num_sequences (validation
-sequences per ratio). Validation uses eval.num_batches x eval.mc_draws.
+Fields: experiment.* (variants, num_steps, kl_ratios, kl_num_times, kl_num_sequences), described
+with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS). Validation uses eval.num_batches x
+eval.mc_draws.
 
 Accelerators: `--config=configs/experiments/time_agnostic.py:owt` starts from
 configs/owt_mdm_small.py (12 layers, width 768, L=1024, GPT-2 vocabulary; needs
@@ -31,23 +30,18 @@ _BASES = {"quickstart": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    c = config_lib.load_variant(variant, _BASES, relative_to=__file__)
-    c.experiment.name = "time_agnostic"
-    c.experiment.variants = "tc_continuous,tf_continuous,tf_discrete,arm"
-    c.experiment.kl_ratios = "0.15,0.5,0.85"
-    c.experiment.kl_num_times = 24
+    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
+                                   "time_agnostic")
+    c.eval.mc_draws = 4
     if variant == "quickstart":
-        # Quickstart model, smaller budget (x4 models): 300 steps x 16 x 128 tokens per variant.
-        c.experiment.num_steps = 300
-        c.experiment.kl_num_sequences = 16
+        # Quickstart model, smaller budget (x4 models): 300 steps x 16 x 128 tokens per variant
+        # (the experiment fields' defaults are this variant's).
         c.train.batch_size = 16
         c.train.eval_every = 100
         c.train.checkpoint_every = 300
         c.eval.num_batches = 8
-        c.eval.mc_draws = 4
     else:
         c.experiment.num_steps = 50_000
         c.experiment.kl_num_sequences = 64
         c.eval.num_batches = 64
-        c.eval.mc_draws = 4
     return c

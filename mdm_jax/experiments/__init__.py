@@ -1,12 +1,18 @@
-"""The paper's experiments, one module each, run by `--mode=experiment` (issue 4).
+"""The paper's experiments, one module each, run by `--mode=experiment`.
 
-`run(config, workdir)` dispatches on `config.experiment.name`; every experiment module exposes
-`run(config, workdir) -> dict` and writes its JSON, CSV, plots and summary.md through
-`mdm_jax.report`. Modules are imported lazily: an experiment's heavy imports
-(samplers, training) load only when it runs.
+`run(config, workdir)` dispatches on `config.experiment.name`. Every experiment module computes
+first and draws second:
+- `run(config, workdir) -> dict` computes, writes `<name>.json` (+ CSVs) through
+  `mdm_jax.report.write_results`, then calls `draw(workdir)`;
+- `draw(workdir) -> dict` reads that JSON back and makes the plots, the finding sentences (one
+  function per experiment derives them from the numbers) and summary.md.
+`report(workdir)` (`--mode=report`) calls `draw` alone: plots and summary are redrawn from the
+saved results, without recomputing. The experiments' fields are declared in
+`mdm_jax.config.EXPERIMENT_FIELDS`.
 
 Shared helpers for experiments that train their own models: `train_run` (train a derived
-config into a sub-workdir, or reuse it when already trained) and `parse_list`.
+config into a sub-workdir, or reuse it when already trained), `train_throughput`, `derive` and
+`parse_list`.
 """
 
 from __future__ import annotations
@@ -16,32 +22,61 @@ import importlib
 import os
 import time
 
-from mdm_jax import checkpoint, runs, train
+import numpy as np
 
-EXPERIMENTS = ("precision_sweep", "time_agnostic", "sampler_speed", "mdm_vs_arm")
+from mdm_jax import checkpoint, metrics, runs, train
+from mdm_jax import config as config_lib
+
+# Each module is imported when its experiment runs: the others' imports are not paid for.
+EXPERIMENTS = tuple(config_lib.EXPERIMENT_FIELDS)
 
 
-def run(config, workdir: str) -> dict:
-    name = config.experiment.name
+def _module(name: str):
     if name not in EXPERIMENTS:
         raise ValueError(
             f"unknown experiment.name={name!r}: choose one of {', '.join(EXPERIMENTS)} "
             "(use one of the configs in configs/experiments/, e.g. "
             "--config=configs/experiments/time_agnostic.py)")
-    module = importlib.import_module(f"mdm_jax.experiments.{name}")
-    return module.run(config, workdir)
+    return importlib.import_module(f"mdm_jax.experiments.{name}")
 
 
-def parse_list(value, cast=float, field: str = "experiment") -> list:
-    """'0.8,0.9, 1.0' (or a list/tuple) -> [0.8, 0.9, 1.0]; lists are strings in configs so that
-    `--config.experiment.temperatures=0.7,1.0` works from the command line."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+def run(config, workdir: str) -> dict:
+    return _module(config.experiment.name).run(config, workdir)
+
+
+def report(workdir: str, name: str | None = None) -> dict:
+    """Redraws the plots and summary.md of the experiment whose results JSON is in `workdir`
+    (`name`, or the one experiment with a `<name>.json` there); nothing is recomputed."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} is not a directory: give the workdir of an "
+                                "experiment run (--mode=experiment)")
+    if not name:
+        found = [n for n in EXPERIMENTS if os.path.isfile(os.path.join(workdir, f"{n}.json"))]
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"{workdir} holds the results of {', '.join(found) or 'no experiment'} "
+                f"({' or '.join(f'{n}.json' for n in EXPERIMENTS)} expected): "
+                + ("pass the experiment's --config" if found else "run --mode=experiment there first"))
+        name = found[0]
+    drawn = _module(name).draw(workdir)
+    print(f"{name}: redrew {len(drawn['plots'])} plot(s) and {drawn['summary']} from "
+          f"{os.path.join(workdir, name + '.json')}", flush=True)
+    return drawn
+
+
+def parse_list(value, cast=float, field: str = "experiment", *, allow_empty: bool = False) -> list:
+    """A list field's values: a tuple (1, 2), a comma-separated string "0.8,0.9, 1.0", or a tuple
+    holding such strings (what `--config.f=a,b` gives for a tuple of strings) -> [cast(x), ...].
+    Empty strings are dropped (`--config.f=''` gives ('',)): an empty list is an error unless
+    `allow_empty`."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    items = [p for v in items for p in (v.split(",") if isinstance(v, str) else [v])]
     try:
         out = [cast(v.strip() if isinstance(v, str) else v) for v in items
                if not (isinstance(v, str) and not v.strip())]
-    except ValueError as e:
-        raise ValueError(f"{field}={value!r}: expected a comma-separated list ({e})") from e
-    if not out:
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{field}={value!r}: expected a list of {cast.__name__} ({e})") from e
+    if not out and not allow_empty:
         raise ValueError(f"{field} is empty: give at least one value")
     return out
 
@@ -86,6 +121,16 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     final = train.train_and_evaluate(config, workdir)
     return {"workdir": workdir, "step": int(final["step"]), "trained": True,
             "train_seconds": time.perf_counter() - t0}
+
+
+def train_throughput(workdir: str) -> float | None:
+    """Median training tokens/s of a run, without its first log interval (compilation)."""
+    try:
+        recs = [r["tokens_per_s"] for r in metrics.read_metrics(workdir, "train") if "tokens_per_s" in r]
+    except FileNotFoundError:
+        return None
+    recs = recs[1:] if len(recs) > 1 else recs
+    return float(np.median(recs)) if recs else None
 
 
 def _check_same_model(old, new, workdir: str) -> None:

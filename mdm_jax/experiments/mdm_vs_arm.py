@@ -7,13 +7,13 @@ into `<workdir>/runs/{mdm,arm}` (reused on a rerun). Measured, each with its set
    ARM's exact perplexity on the same `eval.num_batches` validation batches;
 2. sample quality at matched entropy: FHS (exact, `sampling.precision`) and KV-cached ARM
    decoding at each temperature of `experiment.temperatures`; entropy and gen PPL of
-   `experiment.num_samples` samples of length L = the pair's data.seq_len each; the gen PPL of both models
-   is read off at the same entropy (log gen PPL interpolated linearly in entropy) -- the entropy
-   of real validation text when both curves reach it;
-3. sampling wall time per sequence vs L (`experiment.speed_lengths`, "auto" = 16, 32, ... up
-   to model.max_len; batch
-   `experiment.speed_batch`, compiled, best of `experiment.speed_repeats`): FHS (L network calls
-   on the full sequence) vs the KV-cached ARM (L single-position calls);
+   `sampling.num_samples` samples of length L = the pair's data.seq_len each (in sampler calls of
+   `sampling.batch_size`); the gen PPL of both models is read off at the same entropy (log gen
+   PPL interpolated linearly in entropy) -- the entropy of real validation text when both curves
+   reach it;
+3. sampling wall time per sequence vs L (`experiment.speed_lengths`, () = 16, 32, ... up to
+   model.max_len; batch `experiment.speed_batch`, compiled, best of `experiment.speed_repeats`):
+   FHS (L network calls on the full sequence) vs the KV-cached ARM (L single-position calls);
 4. training throughput: median tokens/s of each run's metrics.jsonl (first interval dropped);
 5. a verdict whose sentences are chosen by rules on those numbers (`verdict`).
 
@@ -22,8 +22,9 @@ seed (hence another init and data order) into runs/evaluator, so the ARM under t
 by itself (self-scoring rewards its own idiosyncrasies: at temperature 1 its samples' gen PPL is
 its own perplexity); "self" uses the ARM under test (cheaper, biased towards the ARM); any other
 value is an ARM workdir (e.g. a bigger model). The page states which one was used.
-Outputs: mdm_vs_arm.json, mdm_vs_arm_{summary,quality,speed}.csv, perplexity.png,
-genppl_vs_entropy.png, sampling_time.png, throughput.png, summary.md (the page).
+Outputs: mdm_vs_arm.json and mdm_vs_arm_{summary,quality,speed}.csv (written first), then, drawn
+from the JSON by `draw` (also `--mode=report`): perplexity.png, genppl_vs_entropy.png,
+sampling_time.png, throughput.png and summary.md (the page).
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mdm_jax import evaluators, likelihood, models, objectives, report, rng, runs, sample_metrics, sampling
-from mdm_jax.experiments import derive, parse_list, train_run
-from mdm_jax.experiments.time_agnostic import _throughput
+from mdm_jax.experiments import derive, parse_list, train_run, train_throughput
 from mdm_jax.models import adapters
+
+NAME = "mdm_vs_arm"
+TITLE = "MDM vs ARM at the same budget: the decision page"
 
 
 def _pair_configs(config):
     steps = int(config.experiment.num_steps) or int(config.train.num_steps)
     mdm = derive(config, **{"train.num_steps": steps})
-    if mdm.objective.kind == "arm":
+    if objectives.of(mdm).causal:
         raise ValueError("mdm_vs_arm: the experiment config must describe the MDM (objective.kind "
                          "continuous or discrete); its ARM twin is derived from it")
     arm = derive(mdm, **{"objective.kind": "arm", "sampling.method": "autoregressive"})
@@ -217,7 +220,7 @@ def _plots(workdir, s, quality, speed):
                           ("arm", "tab:gray", "ARM, KV cache")):
         rows = [r for r in speed if r["sampler"] == which]
         ax.plot([r["seq_len"] for r in rows], [r["s_per_seq"] * 1e3 for r in rows], "o-", color=c, label=lab)
-    ax.set_xscale("log", base=2)
+    report.log_x(ax, base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length L")
     ax.set_ylabel("ms per sequence")
@@ -233,12 +236,48 @@ def _plots(workdir, s, quality, speed):
     return files
 
 
+def findings(s: dict, quality, files) -> tuple[list[tuple[str | None, str]], dict[str, str]]:
+    """The page's sentences (the verdict's, and the entropy span of the temperature sweep)."""
+    sentences = verdict(s)
+    temps = list(dict.fromkeys(r["temperature"] for r in quality))
+    pts = {w: [r["entropy"] for r in quality if r["model"] == w] for w in ("mdm", "arm")}
+    span = (f" Over T in {temps} the samples' entropy spans {min(pts['mdm']):.3f}-{max(pts['mdm']):.3f} "
+            f"(MDM) and {min(pts['arm']):.3f}-{max(pts['arm']):.3f} (ARM) nats; real text: "
+            f"{s['reference_entropy']:.3f}.")
+    out = [(None, sentences["verdict"]), (files["ppl"], sentences["likelihood"]),
+           (files["quality"], sentences["samples"] + span), (files["speed"], sentences["speed"])]
+    if "training" in sentences and "throughput" in files:
+        out.append((files["throughput"], sentences["training"]))
+    return out, sentences
+
+
+def draw(workdir: str) -> dict:
+    """Plots, findings and summary.md (the page) from mdm_vs_arm.json in workdir (nothing is recomputed)."""
+    data = report.read_results(workdir, NAME)
+    s, quality, speed = data["results"]["summary"], data["tables"]["quality"], data["tables"]["speed"]
+    files = _plots(workdir, s, quality, speed)
+    found, sentences = findings(s, quality, files)
+    summary = report.write_summary(workdir, data, findings=found, title=TITLE)
+    return {"summary": summary, "plots": files, "findings": found, "verdict": sentences}
+
+
+def _speed_lengths(exp, max_len: int, field_max_len: int) -> list[int]:
+    if not exp.speed_lengths:  # powers of two from 16 up to the models' max_len
+        top = max(1, int(math.log2(max(max_len, 16) / 16)) + 1)
+        return sorted({min(16 * 2 ** i, max_len) for i in range(top)})
+    lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
+    if max(lengths) > max_len:
+        raise ValueError(f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
+                         f"({field_max_len}); use lengths up to it")
+    return lengths
+
+
 def run(config, workdir: str) -> dict:
     exp = config.experiment
     temps = parse_list(exp.temperatures, float, "experiment.temperatures")
     t_start = time.perf_counter()
     mdm_cfg, arm_cfg = _pair_configs(config)
-    models = {}
+    pair = {}
     for which, cfg, given in (("mdm", mdm_cfg, exp.mdm_workdir), ("arm", arm_cfg, exp.arm_workdir)):
         if given:
             # The workdir's own model; the experiment's validation settings, so both see the same data.
@@ -248,20 +287,14 @@ def run(config, workdir: str) -> dict:
         else:
             wd = os.path.join(workdir, "runs", which)
             train_run(cfg, wd)
-        models[which] = _model(cfg, wd)
-    mdm, arm = models["mdm"], models["arm"]
+        pair[which] = _model(cfg, wd)
+    mdm, arm = pair["mdm"], pair["arm"]
     max_len = min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len)
-    if str(exp.speed_lengths) == "auto":  # powers of two from 16 up to the models' max_len
-        lengths = sorted({min(16 * 2 ** i, max_len) for i in range(max(1, int(math.log2(max(max_len, 16) / 16)) + 1))})
-    else:
-        lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
-    if max(lengths) > max_len:
-        raise ValueError(f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
-                         f"({mdm['cfg'].model.max_len}); use lengths up to it")
+    lengths = _speed_lengths(exp, max_len, mdm["cfg"].model.max_len)
 
     # 1. validation perplexity on the same batches.
     val = {}
-    for which, m in models.items():
+    for which, m in pair.items():
         val[which] = likelihood.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
                                                  num_batches=int(m["cfg"].eval.num_batches),
                                                  mc_draws=int(m["cfg"].eval.mc_draws))
@@ -272,7 +305,8 @@ def run(config, workdir: str) -> dict:
     root = rng.root_key(config.seed)
     # Samples as long as the pair's training sequences (the length their validation numbers refer to).
     L = min(int(mdm["cfg"].data.seq_len), int(arm["cfg"].data.seq_len), max_len)
-    n, batch, prec = int(exp.num_samples), int(config.sampling.batch_size), str(config.sampling.precision)
+    n, batch = int(config.sampling.num_samples), int(config.sampling.batch_size)
+    prec = str(config.sampling.precision)
     ref_ent = sample_metrics.reference_entropy(mdm["cfg"], L, n)
     quality = []
     for ti, temp in enumerate(temps):
@@ -284,7 +318,7 @@ def run(config, workdir: str) -> dict:
             quality.append({"model": which, "sampler": "first_hitting" if which == "mdm" else "autoregressive",
                             "temperature": temp, "entropy": ent, "gen_ppl": gppl, "num_samples": n, "seq_len": L,
                             "precision": prec, "tokens_per_step": 1, "steps": L, "nfe_total": nfe,
-                            "wall_time_s_incl_compile": wall, "checkpoint_step": models[which]["step"],
+                            "wall_time_s_incl_compile": wall, "checkpoint_step": pair[which]["step"],
                             "seed": int(config.seed)})
 
     # 3. sampling time per sequence vs L (compile excluded: one warm-up call per shape).
@@ -317,18 +351,10 @@ def run(config, workdir: str) -> dict:
         "speed_min_len": lengths[0], "speed_max_len": lengths[-1],
         "fhs_s_per_seq_at_max_len": by[("fhs", lengths[-1])], "arm_s_per_seq_at_max_len": by[("arm", lengths[-1])],
         "speed_ratio_min_len": by[("fhs", lengths[0])] / by[("arm", lengths[0])],
-        "mdm_train_tokens_per_s": _throughput(mdm["workdir"]), "arm_train_tokens_per_s": _throughput(arm["workdir"]),
+        "mdm_train_tokens_per_s": train_throughput(mdm["workdir"]),
+        "arm_train_tokens_per_s": train_throughput(arm["workdir"]),
         "sampling_precision": prec, "num_samples": n, "seq_len": L, "seed": int(config.seed),
     }
-    sentences = verdict(s)
-    files = _plots(workdir, s, quality, speed)
-    span = (f" Over T in {temps} the samples' entropy spans {min(p[0] for p in pts['mdm']):.3f}-"
-            f"{max(p[0] for p in pts['mdm']):.3f} (MDM) and {min(p[0] for p in pts['arm']):.3f}-"
-            f"{max(p[0] for p in pts['arm']):.3f} (ARM) nats; real text: {ref_ent:.3f}.")
-    findings = [(None, sentences["verdict"]), (files["ppl"], sentences["likelihood"]),
-                (files["quality"], sentences["samples"] + span), (files["speed"], sentences["speed"])]
-    if "training" in sentences and "throughput" in files:
-        findings.append((files["throughput"], sentences["training"]))
     notes = [
         f"Evaluator of gen PPL: {einfo['evaluator_workdir']} ({einfo['evaluator_why']}).",
         "Gen PPL = exp(total NLL / total tokens) over all samples; each sample scored as generated after the "
@@ -340,9 +366,11 @@ def run(config, workdir: str) -> dict:
         "Training throughput comes from each run's metrics.jsonl: it compares like with like only when both runs "
         "trained on the same machine (true for pairs this experiment trains).",
     ]
-    results = {"summary": s, "verdict": sentences, "seconds": time.perf_counter() - t_start}
-    paths = report.write(workdir, "mdm_vs_arm", config=config, results=results,
-                         tables={"summary": [{"quantity": k, "value": v} for k, v in s.items()], "quality": quality, "speed": speed}, findings=findings,
-                         notes=notes, title="MDM vs ARM at the same budget: the decision page")
-    print(open(paths["summary"]).read())
-    return {**results, "paths": paths}
+    results = {"summary": s, "seconds": time.perf_counter() - t_start}
+    tables = {"summary": [{"quantity": k, "value": v} for k, v in s.items()], "quality": quality,
+              "speed": speed}
+    paths = report.write_results(workdir, NAME, config=config, results=results, tables=tables, notes=notes)
+    drawn = draw(workdir)
+    print(open(drawn["summary"]).read())
+    return {**results, "verdict": drawn["verdict"], "findings": drawn["findings"],
+            "paths": {**paths, "summary": drawn["summary"]}}

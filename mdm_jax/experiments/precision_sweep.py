@@ -7,17 +7,10 @@ to them the one-step unmask probability and token entropy that Prop. 5.2 and the
 predict (`mdm_jax.precision`), and, for the exact reference model, the whole run's predicted
 entropy / gen PPL under both laws.
 
-Commands (from the repository root):
-  # the quickstart MDM, gen PPL under the quickstart ARM (train both first, see the README):
-  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py \\
-      --workdir=workdirs/precision_sweep
-  # an exact reference model (i.i.d. head + tail law), gen PPL under its exact ARM; no training:
-  python -m mdm_jax.main --mode=experiment --config=configs/experiments/precision_sweep.py:reference \\
-      --workdir=workdirs/precision_sweep_reference
+Commands (the quickstart MDM scored by the quickstart ARM; `:reference`, an exact reference model
+with no training; accelerator variants): configs/experiments/precision_sweep.py.
 
-What you should see (summary.md, entropy_vs_steps.png, genppl_vs_steps.png,
-genppl_vs_entropy.png, one_step_prediction.png, precision_sweep.json / _sweep.csv /
-_one_step.csv): the (V+1)-way ancestral sampler in bfloat16 loses most of its entropy and
+What you should see: the (V+1)-way ancestral sampler in bfloat16 loses most of its entropy and
 "gains" gen PPL, more as N grows; in 32 bits the same happens once V N is comparable to 2^24
 (the paper's GPT-2 vocabulary with N = 1024-10,000: use the `:owt` config on an accelerator);
 on a byte vocabulary at CPU-sized N the 32-bit effect is predicted (and measured) to be a few
@@ -31,12 +24,13 @@ only categories of probability near its grid spacing 2^-24, so each affected eve
 2^24 category draws; a few dozen events (a 3-5 sigma entropy difference) need ~10^9-10^10 draws,
 minutes to hours at the ~2e7 draws/s of this 2-core CPU and seconds on a GPU.
 
-Fields (config.experiment.*): model ("checkpoint" | "reference"), checkpoint_workdir,
-evaluator_workdir, samplers, precisions, steps (comma lists), tokens_per_step (parallel FHS),
-num_samples, batch_size, seq_len (0 = data.seq_len), predict_t (time of the one-step
-prediction), predict_points (law evaluations per predicted run), predict_low_precision (also
-predict bfloat16/float16 runs with their exact, slow, enumerated law), reference_vocab,
-reference_head, reference_tail_mass, reference_seed.
+Fields: experiment.* in mdm_jax/config.py (EXPERIMENT_FIELDS); each cell draws sampling.num_samples
+sequences of sampling.seq_len (0 = data.seq_len) in calls of sampling.batch_size; the parallel
+first-hitting sampler unmasks sampling.tokens_per_step tokens per call.
+
+Outputs: precision_sweep.json and precision_sweep_{sweep,one_step}.csv (written first), then, drawn
+from the JSON by `draw` (also `--mode=report`): entropy_vs_steps.png, genppl_vs_steps.png,
+genppl_vs_entropy.png, one_step_prediction.png and summary.md.
 """
 
 from __future__ import annotations
@@ -48,7 +42,6 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import numpy as np
 
 from mdm_jax import evaluators, models, objectives, report, rng, runs, sample_metrics, sampling
@@ -57,6 +50,8 @@ from mdm_jax.models import adapters
 from mdm_jax.reference import head_tail as refm
 from mdm_jax.sampling.ancestral import step_coefficients
 
+NAME = "precision_sweep"
+TITLE = "Sampling precision sweep (Table 2 / Figure 7)"
 SAMPLERS = ("ancestral", "factorized", "first_hitting", "parallel")
 _LABEL = {"ancestral": "ancestral (V+1)-way", "factorized": "ancestral factorized",
           "first_hitting": "first-hitting", "parallel": "parallel first-hitting"}
@@ -70,10 +65,10 @@ def _source(config) -> dict:
     if exp.model == "reference":
         ref = refm.HeadTailReference(int(exp.reference_vocab), int(exp.reference_head),
                                      float(exp.reference_tail_mass), int(exp.reference_seed))
-        seq_len = int(exp.seq_len) or int(config.data.seq_len)
+        seq_len = int(config.sampling.seq_len) or int(config.data.seq_len)
         return dict(kind="reference", denoise_fn=ref.denoise_fn, vocab=ref.V, seq_len=seq_len,
-                    schedule=objectives.schedule_of(config.objective), evaluator=ref.arm_logits_fn, bos_id=ref.bos_id,
-                    mu=ref.probs, reference=ref, info={"reference": ref.describe()})
+                    schedule=objectives.schedule_of(config.objective), evaluator=ref.arm_logits_fn,
+                    bos_id=ref.bos_id, mu=ref.probs, reference=ref, info={"reference": ref.describe()})
     if exp.model != "checkpoint":
         raise ValueError(f"experiment.model={exp.model!r}: use 'checkpoint' (a trained MDM workdir "
                          "in experiment.checkpoint_workdir) or 'reference' (exact reference model)")
@@ -84,7 +79,7 @@ def _source(config) -> dict:
             "(python -m mdm_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart) "
             "or use --config=configs/experiments/precision_sweep.py:reference")
     cfg = runs.workdir_config(wd, config)
-    if cfg.objective.kind == "arm":
+    if objectives.of(cfg).causal:
         raise ValueError(f"experiment.checkpoint_workdir={wd} holds an ARM; the sweep needs an MDM")
     params, step, _, _ = runs.restore_params(cfg, wd, use_ema=bool(config.sampling.use_ema))
     model = models.build(cfg)
@@ -93,7 +88,7 @@ def _source(config) -> dict:
         raise ValueError("generative perplexity needs an evaluator ARM: set "
                          "--config.experiment.evaluator_workdir (e.g. workdirs/quickstart_arm)")
     ev_fn, bos_id, ev_info = evaluators.load_evaluator(cfg, exp.evaluator_workdir)
-    seq_len = int(exp.seq_len) or int(cfg.data.seq_len)
+    seq_len = int(config.sampling.seq_len) or int(cfg.data.seq_len)
     sched = objectives.schedule_of(cfg.objective)
     v = int(cfg.model.vocab_size)
     # mu for the one-step prediction: the network's own prediction for a fully masked sequence at
@@ -108,11 +103,13 @@ def _source(config) -> dict:
 
 # ----------------------------------------------------------------------------- sampling
 
-def _run_sampler(src, sampler, prec, num_steps, exp, key):
+def _tokens_per_step(sampler: str, config) -> int:
+    return int(config.sampling.tokens_per_step) if sampler == "parallel" else 1
+
+
+def _run_sampler(src, sampler, prec, num_steps, config, key):
     """All samples of one (sampler, precision, N) cell: tokens [num_samples, L], nfe, wall seconds."""
-    b, n = int(exp.batch_size), int(exp.num_samples)
-    if n % b:
-        raise ValueError(f"experiment.num_samples={n} must be a multiple of experiment.batch_size={b}")
+    b, n = int(config.sampling.batch_size), int(config.sampling.num_samples)
     common = dict(batch_size=b, seq_len=src["seq_len"], mask_id=src["vocab"],
                   schedule=src["schedule"], precision=prec)
     out, nfe, t0 = [], 0, time.perf_counter()
@@ -122,8 +119,8 @@ def _run_sampler(src, sampler, prec, num_steps, exp, key):
             tok, st = sampling.ancestral(src["denoise_fn"], k, num_steps=int(num_steps), cache=True,
                                          factorized=sampler == "factorized", **common)
         else:
-            kk = int(exp.tokens_per_step) if sampler == "parallel" else 1
-            tok, st = sampling.first_hitting(src["denoise_fn"], k, tokens_per_step=kk, **common)
+            tok, st = sampling.first_hitting(src["denoise_fn"], k, **common,
+                                             tokens_per_step=_tokens_per_step(sampler, config))
         out.append(np.asarray(tok))
         nfe += int(st["nfe"])
     return np.concatenate(out), nfe / (n // b), time.perf_counter() - t0
@@ -167,19 +164,9 @@ def _predict_run(src, sampler, prec, num_steps, exp) -> dict:
     return out
 
 
-def _tail_fraction(src, tokens):
-    ref = src["reference"]
-    return float(1.0 - np.isin(tokens, ref.head_ids).mean())
-
-
 # ----------------------------------------------------------------------------- plots and findings
 
-def _log_x(ax):
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-
-
-def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
+def _plots(rows, one_step, workdir, samplers, precisions, steps, truth):
     colors = dict(zip(precisions, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     files = {}
     for metric, fname, ylabel in (("entropy", "entropy_vs_steps.png", "sequence entropy (nats)"),
@@ -194,7 +181,8 @@ def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
                     continue
                 xs = [x["num_steps"] for x in r] if len(r) > 1 else [min(steps), max(steps)]
                 ys = [x[metric] for x in r] if len(r) > 1 else [r[0][metric]] * 2
-                es = [x[f"{metric}_se"] for x in r] if len(r) > 1 else [r[0][f"{metric}_se"]] * 2
+                # dtype=float: a JSON null (a NaN when written) is NaN again.
+                es = np.array([x[f"{metric}_se"] for x in (r if len(r) > 1 else r * 2)], float)
                 ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, capsize=2, color=colors[p], label=p)
                 pk = f"pred_{metric}_grid"
                 if pk in r[0]:
@@ -202,7 +190,7 @@ def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
                     ax.plot(xs, py, ls="--", color=colors[p], alpha=0.7)
             if truth is not None:
                 ax.axhline(truth[metric], color="k", lw=0.8, ls=":", label="exact")
-            _log_x(ax)
+            report.log_x(ax)
             ax.set_title(_LABEL[s])
             ax.set_xlabel("steps N (FHS: flat, NFE = L/k)")
         axes[0][0].set_ylabel(ylabel)
@@ -243,7 +231,7 @@ def _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth):
     axes[0].set_ylabel(f"unmask probability / true (one step at t={t:g})")
     axes[1].set_ylabel("entropy of the unmasked token (nats)")
     for ax in axes:
-        _log_x(ax)
+        report.log_x(ax)
         ax.set_xlabel("steps N")
     axes[0].legend(fontsize=7, title="solid: grid law, dashed: Prop. 5.2", title_fontsize=7)
     files["one_step"] = report.save_figure(fig, workdir, "one_step_prediction.png")
@@ -255,7 +243,8 @@ def _z(a, b):
     return (a["entropy"] - b["entropy"]) / se if se > 0 else float("inf")
 
 
-def _findings(rows, one_step, files, precisions, steps, src):
+def findings(rows, one_step, files, precisions, steps, truth) -> list[tuple[str | None, str]]:
+    """The summary's sentences, derived from the measured cells and the one-step predictions."""
     f = report.fmt
     out = []
     nmin, nmax = min(steps), max(steps)
@@ -297,7 +286,7 @@ def _findings(rows, one_step, files, precisions, steps, src):
         parts = [f"{p} {f(a, 4)} -> {f(b, 4)}" for a, b, p in g]
         out.append((files["gen_ppl"], f"Generative perplexity of ancestral samples from N={nmin} to "
                     f"N={nmax}: {'; '.join(parts)}" + (
-                        f" (exact model: {f(src['truth']['gen_ppl'], 4)})" if src.get("truth") else "")
+                        f" (exact model: {f(truth['gen_ppl'], 4)})" if truth else "")
                     + "."))
     ent = np.array([x["entropy"] for x in rows])
     ppl = np.log(np.array([x["gen_ppl"] for x in rows]))
@@ -323,10 +312,21 @@ def _findings(rows, one_step, files, precisions, steps, src):
     return out
 
 
+def draw(workdir: str) -> dict:
+    """Plots, findings and summary.md from precision_sweep.json in workdir (nothing is recomputed)."""
+    data = report.read_results(workdir, NAME)
+    res, rows, one_step = data["results"], data["tables"]["sweep"], data["tables"]["one_step"]
+    samplers, precisions, steps, truth = res["samplers"], res["precisions"], res["steps"], res["exact"]
+    files = _plots(rows, one_step, workdir, samplers, precisions, steps, truth)
+    found = findings(rows, one_step, files, precisions, steps, truth)
+    summary = report.write_summary(workdir, data, findings=found, title=TITLE)
+    return {"summary": summary, "plots": files, "findings": found}
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def run(config, workdir: str) -> dict:
-    """Runs the sweep and writes precision_sweep.json/.csv, the plots and summary.md into workdir."""
+    """Runs the sweep, writes precision_sweep.json and the CSVs, then draws the plots and summary.md."""
     exp = config.experiment
     samplers = parse_list(exp.samplers, str, "experiment.samplers")
     precisions = parse_list(exp.precisions, str, "experiment.precisions")
@@ -338,6 +338,9 @@ def run(config, workdir: str) -> dict:
         sampling.categorical_scope(p)  # validates the name with the samplers' own error message
     if min(steps) < 1:
         raise ValueError(f"experiment.steps must be positive, got {steps}")
+    batch, num = int(config.sampling.batch_size), int(config.sampling.num_samples)
+    if num % batch:
+        raise ValueError(f"sampling.num_samples={num} must be a multiple of sampling.batch_size={batch}")
     os.makedirs(workdir, exist_ok=True)
     src = _source(config)
     truth = None
@@ -346,7 +349,6 @@ def run(config, workdir: str) -> dict:
         h, h_se = refm.expected_sequence_entropy(ref.probs, src["seq_len"], seed=int(exp.reference_seed))
         truth = {"entropy": h, "entropy_se": h_se,
                  "gen_ppl": refm.generative_perplexity_of_law(ref.probs, ref.probs)}
-        src["truth"] = truth
     root = rng.root_key(config.seed)
     rows = []
     for si, s in enumerate(samplers):
@@ -354,15 +356,15 @@ def run(config, workdir: str) -> dict:
         for pi, p in enumerate(precisions):
             for n in cell_steps:
                 key = rng.fold(root, "precision_sweep", si, pi, n or 0)
-                tokens, nfe, wall = _run_sampler(src, s, p, n, exp, key)
-                k = int(exp.tokens_per_step) if s == "parallel" else 1
+                tokens, nfe, wall = _run_sampler(src, s, p, n, config, key)
+                k = _tokens_per_step(s, config)
                 row = {"sampler": s, "precision": p,
                        "num_steps": int(n) if n else math.ceil(src["seq_len"] / k),
                        "tokens_per_step": k, "nfe": nfe, **_metrics(src, tokens),
                        "num_samples": int(tokens.shape[0]), "seq_len": src["seq_len"],
                        "wall_s_incl_compile": wall}
                 if src["reference"] is not None:
-                    row["tail_fraction"] = _tail_fraction(src, tokens)
+                    row["tail_fraction"] = float(1.0 - np.isin(tokens, src["reference"].head_ids).mean())
                     row.update(_predict_run(src, s, p, n, exp))
                 rows.append(row)
                 print(f"precision_sweep: {s:13s} {p:15s} N={row['num_steps']:6d} "
@@ -370,13 +372,12 @@ def run(config, workdir: str) -> dict:
                       f"gen PPL {row['gen_ppl']:.2f} ({wall:.1f}s)", flush=True)
     one_step = [refm.one_step_stats(src["mu"], n, float(exp.predict_t), src["schedule"], p)
                 for p in precisions for n in steps]
-    files = _plots(rows, one_step, src, workdir, samplers, precisions, steps, truth)
-    findings = _findings(rows, one_step, files, precisions, steps, src)
     results = {"source": src["kind"], **src["info"], "vocab": src["vocab"], "seq_len": src["seq_len"],
-               "schedule": str(src["schedule"]), "seed": int(config.seed), "exact": truth}
+               "schedule": str(src["schedule"]), "seed": int(config.seed), "exact": truth,
+               "samplers": samplers, "precisions": precisions, "steps": steps}
     notes = [
         f"Model: {src['kind']} ({src['info']}); V={src['vocab']}, L={src['seq_len']}, schedule "
-        f"{src['schedule']}, {exp.num_samples} samples per cell in batches of {exp.batch_size}, seed {config.seed}.",
+        f"{src['schedule']}, {num} samples per cell in batches of {batch}, seed {config.seed}.",
         "Entropy: per-sequence unigram entropy of the token ids (nats), mean +- standard error over "
         "samples. Gen PPL: exp of the token-weighted mean NLL of all samples under the evaluator "
         + ("(the exact reference ARM)" if src["kind"] == "reference" else "ARM") +
@@ -392,7 +393,8 @@ def run(config, workdir: str) -> dict:
         notes.append("Dashed lines in the N plots: the run-level prediction of the grid law "
                      "(positions of the i.i.d. reference are independent, so the token law is exact "
                      "up to the law's own approximation); columns pred_* hold both laws.")
-    report.write(workdir, "precision_sweep", config=config, results=results,
-                 tables={"sweep": rows, "one_step": one_step}, findings=findings,
-                 title="Sampling precision sweep (Table 2 / Figure 7)", notes=notes)
-    return {"rows": rows, "one_step": one_step, "findings": findings, "results": results}
+    paths = report.write_results(workdir, NAME, config=config, results=results,
+                                 tables={"sweep": rows, "one_step": one_step}, notes=notes)
+    drawn = draw(workdir)
+    return {"rows": rows, "one_step": one_step, "findings": drawn["findings"], "results": results,
+            "paths": {**paths, "summary": drawn["summary"]}}

@@ -10,8 +10,9 @@
 3. The ARM on the same backbone (causal) with its KV cache (`sampling.autoregressive`) vs without
    (`sampling.autoregressive_uncached`, one full causal forward per token) as a function of L.
 
-Timing: every cell is run once to compile (and warm up), then timed `repeats` times with fresh
-keys (results block on the host), and the best time is kept.
+Timing: every cell is run once to compile (and warm up), then timed `experiment.repeats` times
+with fresh keys (results block on the host), and the best time is kept. The MDM samples
+`sampling.batch_size` sequences of L = sampling.seq_len (0: data.seq_len) with `sampling.precision`.
 
 Command (from the repository root, ~5 minutes on 2 CPU cores):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py \\
@@ -20,8 +21,9 @@ Accelerators (owt_mdm_small's full shape, L=1024, N up to 10^4 measured):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py:owt \\
       --workdir=DIR
 
-What you should see (summary.md, time_vs_steps.png, speedup_vs_steps.png, arm_cache_vs_length.png,
-sampler_speed.json and CSVs): FHS time is flat in N; ancestral time grows linearly in N once
+What you should see (sampler_speed.json and CSVs, written first; then, drawn from the JSON by
+`draw`, also `--mode=report`: summary.md, time_vs_steps.png, speedup_vs_steps.png,
+arm_cache_vs_length.png): FHS time is flat in N; ancestral time grows linearly in N once
 N >> B L (its categorical draws, N L (V+1), dominate), so the speed-up grows with N and is far
 larger with the GPT-2 vocabulary than with bytes (the paper: ~20x at N = 10^4 with GPT-2, ~1.07x
 with a 256 vocabulary on a GPU, where the network dominates; on a CPU the draws are relatively
@@ -38,13 +40,15 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import numpy as np
 import scipy.optimize
 
 from mdm_jax import models, objectives, report, rng, sampling
 from mdm_jax.experiments import parse_list
 from mdm_jax.models import adapters
+
+NAME = "sampler_speed"
+TITLE = "Sampler speed: first-hitting vs ancestral, ARM cache"
 
 
 def _model_config(config, vocab: int, max_len: int, arm: bool):
@@ -94,14 +98,18 @@ def _fit(rows):
     return float(t_net), float(t_cat)
 
 
-def _mdm_timings(config, exp, root, vocab: int, steps, log):
-    b, L = int(exp.batch_size), int(exp.seq_len)
+def _seq_len(config) -> int:
+    return int(config.sampling.seq_len) or int(config.data.seq_len)
+
+
+def _mdm_timings(config, root, vocab: int, steps, log):
+    b, L = int(config.sampling.batch_size), _seq_len(config)
     cfg = _model_config(config, vocab, L, arm=False)
     model, params = _init(cfg, L, rng.fold(root, "params_mdm", vocab))
     denoise = adapters.denoise_fn(model, params)
     sched = objectives.schedule_of(cfg.objective)
-    prec = str(exp.precision)
-    repeats = int(exp.repeats)
+    prec = str(config.sampling.precision)
+    repeats = int(config.experiment.repeats)
     rows = []
 
     def keys(tag, n):
@@ -123,10 +131,10 @@ def _mdm_timings(config, exp, root, vocab: int, steps, log):
     return rows
 
 
-def _arm_timings(config, exp, root, log):
-    b, vocab = int(exp.batch_size), int(exp.arm_vocab)
-    lengths = sorted(set(parse_list(exp.arm_lengths, int, "experiment.arm_lengths")))
-    prec = str(exp.precision)
+def _arm_timings(config, lengths, root, log):
+    exp = config.experiment
+    b, vocab = int(config.sampling.batch_size), int(exp.arm_vocab)
+    prec = str(config.sampling.precision)
     cfg = _model_config(config, vocab, max(lengths), arm=True)
     _, params = _init(cfg, max(lengths), rng.fold(root, "params_arm"))
     rows = []
@@ -146,25 +154,20 @@ def _arm_timings(config, exp, root, log):
     return rows
 
 
-def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
-    def logx(ax):
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-
+def _plots(rows, preds, arm_rows, vocabs, workdir) -> dict:
     colors = dict(zip(vocabs, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     files = {}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for v in vocabs:
-        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
-                     key=lambda r: r["num_steps"])
-        fhs = [r for r in rows if r["vocab"] == v and r["sampler"] == "first_hitting"][0]
+        anc = _ancestral(rows, v)
+        fhs = _first_hitting(rows, v)
         ax.plot([r["num_steps"] for r in anc], [r["seconds_per_sequence"] for r in anc], "o-",
                 color=colors[v], label=f"ancestral (cached), V={v}")
         pn = sorted({p["num_steps"] for p in preds if p["vocab"] == v})
         ax.plot(pn, [p["model_ancestral_s_per_sequence"] for p in preds if p["vocab"] == v], "--",
                 color=colors[v], alpha=0.6, label=f"cost model, V={v}")
         ax.axhline(fhs["seconds_per_sequence"], color=colors[v], ls=":", label=f"first-hitting, V={v}")
-    logx(ax)
+    report.log_x(ax)
     ax.set_yscale("log")
     ax.set_xlabel("ancestral steps N")
     ax.set_ylabel("seconds per sequence")
@@ -173,14 +176,13 @@ def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for v in vocabs:
-        m = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
-                   key=lambda r: r["num_steps"])
+        m = _ancestral(rows, v)
         ax.plot([r["num_steps"] for r in m], [r["measured_speedup"] for r in m], "o-", color=colors[v],
                 label=f"measured, V={v}")
         p = sorted([p for p in preds if p["vocab"] == v], key=lambda p: p["num_steps"])
         ax.plot([q["num_steps"] for q in p], [q["model_speedup"] for q in p], "--", color=colors[v],
                 label=f"cost model, V={v}")
-    logx(ax)
+    report.log_x(ax)
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xlabel("ancestral steps N")
@@ -193,7 +195,7 @@ def _plots(rows, fits, preds, arm_rows, vocabs, workdir):
         ls = [r["seq_len"] for r in arm_rows]
         ax.plot(ls, [r["cached_s_per_sequence"] for r in arm_rows], "o-", label="ARM, KV cache")
         ax.plot(ls, [r["uncached_s_per_sequence"] for r in arm_rows], "s-", label="ARM, no cache")
-        ax.set_xscale("log", base=2)
+        report.log_x(ax, base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
         ax.set_ylabel("seconds per sequence")
@@ -209,90 +211,119 @@ def _slope(xs, ys):
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
+def _ancestral(rows, v):
+    return sorted((r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"),
+                  key=lambda r: r["num_steps"])
+
+
+def _first_hitting(rows, v):
+    return next(r for r in rows if r["vocab"] == v and r["sampler"] == "first_hitting")
+
+
+def findings(rows, fits, preds, arm_rows, vocabs, files) -> list[tuple[str | None, str]]:
+    """The summary's sentences, derived from the timings and the fitted cost model."""
+    f = report.fmt
+    out = []
+    parts = []
+    for v in vocabs:
+        fhs, anc = _first_hitting(rows, v), _ancestral(rows, v)
+        parts.append(f"V={v}: first-hitting {f(fhs['seconds_per_sequence'], 3)} s/sequence, cached "
+                     f"ancestral {f(anc[0]['seconds_per_sequence'], 3)} s at N={anc[0]['num_steps']} "
+                     f"and {f(anc[-1]['seconds_per_sequence'], 3)} s at N={anc[-1]['num_steps']}")
+    out.append((files["time"], "; ".join(parts) + "."))
+    parts = []
+    for v in vocabs:
+        top = _ancestral(rows, v)[-1]
+        far = max((p for p in preds if p["vocab"] == v), key=lambda p: p["num_steps"])
+        fit = fits[str(v)]
+        s = (f"V={v}: measured {f(top['measured_speedup'], 3)}x at N={top['num_steps']} (cost model "
+             f"{f(top['model_speedup'], 3)}x; t_net {f(fit['t_net_s'] * 1e3, 3)} ms per call, t_cat "
+             f"{f(fit['t_cat_s_per_draw'] * 1e9, 3)} ns per category draw)")
+        if not far["measured"]:
+            s += f", cost model {f(far['model_speedup'], 3)}x at N={far['num_steps']} (not run here)"
+        parts.append(s)
+    out.append((files["speedup"], "First-hitting speed-up over cached ancestral sampling: "
+                + "; ".join(parts) + "."))
+    if arm_rows:
+        ls = [r["seq_len"] for r in arm_rows]
+        out.append((files["arm"], f"ARM decoding without a KV cache costs "
+                    f"{f(arm_rows[0]['uncached_over_cached'], 3)}x the cached time at L={ls[0]} and "
+                    f"{f(arm_rows[-1]['uncached_over_cached'], 3)}x at L={ls[-1]}; time grows as "
+                    f"L^{f(_slope(ls, [r['cached_s_per_sequence'] for r in arm_rows]), 2)} cached and "
+                    f"L^{f(_slope(ls, [r['uncached_s_per_sequence'] for r in arm_rows]), 2)} uncached."))
+    return out
+
+
+def draw(workdir: str) -> dict:
+    """Plots, findings and summary.md from sampler_speed.json in workdir (nothing is recomputed)."""
+    data = report.read_results(workdir, NAME)
+    res, tables = data["results"], data["tables"]
+    rows, preds, arm_rows = tables["mdm"], tables["cost_model"], tables.get("arm", [])
+    vocabs = list(dict.fromkeys(r["vocab"] for r in rows))
+    files = _plots(rows, preds, arm_rows, vocabs, workdir)
+    found = findings(rows, res["fits"], preds, arm_rows, vocabs, files)
+    summary = report.write_summary(workdir, data, findings=found, title=TITLE)
+    return {"summary": summary, "plots": files, "findings": found}
+
+
+def _steps_by_vocab(exp, vocabs) -> list[list[int]]:
+    """experiment.steps: one tuple of N per vocabulary, or one flat tuple for every vocabulary."""
+    steps = tuple(exp.steps)
+    nested = bool(steps) and all(isinstance(x, (tuple, list)) for x in steps)
+    per_vocab = list(steps) if nested else [steps] * len(vocabs)
+    if len(per_vocab) != len(vocabs):
+        raise ValueError(f"experiment.steps={exp.steps!r}: give one tuple of steps per vocabulary in "
+                         f"experiment.vocab_sizes ({len(vocabs)}), e.g. ((16, 128), (16, 64)), or one flat "
+                         "tuple for all")
+    out = [sorted(set(parse_list(st, int, "experiment.steps"))) for st in per_vocab]
+    if min(min(st) for st in out) < 1:
+        raise ValueError(f"experiment.steps={exp.steps!r}: steps must be positive")
+    return out
+
+
 def run(config, workdir: str) -> dict:
     exp = config.experiment
     os.makedirs(workdir, exist_ok=True)
     root = rng.root_key(config.seed)
     vocabs = parse_list(exp.vocab_sizes, int, "experiment.vocab_sizes")
-    steps_by_vocab = parse_list(exp.steps, str, "experiment.steps")
-    if len(steps_by_vocab) == 1:
-        steps_by_vocab = steps_by_vocab * len(vocabs)
-    # experiment.steps: one "a;b;c" list per vocabulary, comma-separated in vocab order.
-    if len(steps_by_vocab) != len(vocabs):
-        raise ValueError(f"experiment.steps={exp.steps!r}: give one ';'-separated step list per "
-                         f"vocabulary in experiment.vocab_sizes ({len(vocabs)}), separated by commas")
-    b, L = int(exp.batch_size), int(exp.seq_len)
+    steps_by_vocab = _steps_by_vocab(exp, vocabs)
+    extra = parse_list(exp.predict_steps, int, "experiment.predict_steps", allow_empty=True)
+    arm_lengths = sorted(set(parse_list(exp.arm_lengths, int, "experiment.arm_lengths", allow_empty=True)))
+    b, L = int(config.sampling.batch_size), _seq_len(config)
     rows, fits, preds = [], {}, []
-    for v, st in zip(vocabs, steps_by_vocab):
-        steps = sorted(set(parse_list(st.replace(";", ","), int, "experiment.steps")))
-        if min(steps) < 1:
-            raise ValueError(f"experiment.steps must be positive, got {steps}")
-        vr = _mdm_timings(config, exp, root, v, steps, print)
+    for v, steps in zip(vocabs, steps_by_vocab):
+        vr = _mdm_timings(config, root, v, steps, print)
         t_net, t_cat = _fit(vr)
-        fits[v] = {"t_net_s": t_net, "t_cat_s_per_draw": t_cat}
-        fhs = [r for r in vr if r["sampler"] == "first_hitting"][0]
+        fits[str(v)] = {"t_net_s": t_net, "t_cat_s_per_draw": t_cat}
+        fhs = _first_hitting(vr, v)
         model_fhs = fhs["nfe"] * t_net + fhs["draws"] * t_cat
         for r in vr:
             r["model_s_per_batch"] = r["nfe"] * t_net + r["draws"] * t_cat
             if r["sampler"] == "ancestral":
                 r["measured_speedup"] = r["seconds_per_batch"] / fhs["seconds_per_batch"]
                 r["model_speedup"] = r["model_s_per_batch"] / model_fhs
-        extra = parse_list(exp.predict_steps, int, "experiment.predict_steps") if exp.predict_steps else []
         for n in sorted(set(steps) | set(extra)):
             nfe = _expected_nfe(n, b * L)
             t = nfe * t_net + n * b * L * (v + 1) * t_cat
             preds.append({"vocab": v, "num_steps": n, "measured": n in steps, "expected_nfe": nfe,
                           "model_ancestral_s_per_sequence": t / b, "model_speedup": t / model_fhs})
         rows += vr
-    arm_rows = _arm_timings(config, exp, root, print) if exp.arm_lengths else []
-    files = _plots(rows, fits, preds, arm_rows, vocabs, workdir)
+    arm_rows = _arm_timings(config, arm_lengths, root, print) if arm_lengths else []
 
-    f = report.fmt
-    findings = []
-    parts = []
-    for v in vocabs:
-        fhs = [r for r in rows if r["vocab"] == v and r["sampler"] == "first_hitting"][0]
-        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
-                     key=lambda r: r["num_steps"])
-        parts.append(f"V={v}: first-hitting {f(fhs['seconds_per_sequence'], 3)} s/sequence, cached "
-                     f"ancestral {f(anc[0]['seconds_per_sequence'], 3)} s at N={anc[0]['num_steps']} "
-                     f"and {f(anc[-1]['seconds_per_sequence'], 3)} s at N={anc[-1]['num_steps']}")
-    findings.append((files["time"], "; ".join(parts) + "."))
-    parts = []
-    for v in vocabs:
-        anc = sorted([r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"],
-                     key=lambda r: r["num_steps"])
-        top = anc[-1]
-        far = max((p for p in preds if p["vocab"] == v), key=lambda p: p["num_steps"])
-        s = (f"V={v}: measured {f(top['measured_speedup'], 3)}x at N={top['num_steps']} (cost model "
-             f"{f(top['model_speedup'], 3)}x; t_net {f(fits[v]['t_net_s'] * 1e3, 3)} ms per call, t_cat "
-             f"{f(fits[v]['t_cat_s_per_draw'] * 1e9, 3)} ns per category draw)")
-        if not far["measured"]:
-            s += f", cost model {f(far['model_speedup'], 3)}x at N={far['num_steps']} (not run here)"
-        parts.append(s)
-    findings.append((files["speedup"], "First-hitting speed-up over cached ancestral sampling: "
-                     + "; ".join(parts) + "."))
-    if arm_rows:
-        ls = [r["seq_len"] for r in arm_rows]
-        findings.append((files["arm"], f"ARM decoding without a KV cache costs "
-                         f"{f(arm_rows[0]['uncached_over_cached'], 3)}x the cached time at L={ls[0]} and "
-                         f"{f(arm_rows[-1]['uncached_over_cached'], 3)}x at L={ls[-1]}; time grows as "
-                         f"L^{f(_slope(ls, [r['cached_s_per_sequence'] for r in arm_rows]), 2)} cached and "
-                         f"L^{f(_slope(ls, [r['uncached_s_per_sequence'] for r in arm_rows]), 2)} uncached."))
     m = config.model
-    notes = [f"Backbone ({'untrained'}): {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
+    notes = [f"Backbone (untrained): {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
              f"{m.mlp_type} MLP {m.mlp_dim}, time conditioning {bool(m.time_conditioning)}, compute "
-             f"{config.dtype.compute}; MDM L={L}, batch {b}; precision {exp.precision}; schedule "
+             f"{config.dtype.compute}; MDM L={L}, batch {b}; precision {config.sampling.precision}; schedule "
              f"{config.objective.schedule}; best of {exp.repeats} timed runs after one warm-up run.",
              "draws = categories drawn by the sampler: N B L (V+1) for ancestral (every position, every "
              "step), B L V for first-hitting; NFE = network calls (ancestral: cached, measured).",
              f"ARM: vocabulary {exp.arm_vocab}, same backbone with a causal mask; the KV cache is sized "
              "to L for each L."]
-    results = {"fits": {str(k): v for k, v in fits.items()}, "device_note": "CPU timings; see metadata"}
+    results = {"fits": fits, "device_note": "CPU timings; see metadata"}
     tables = {"mdm": rows, "cost_model": preds}
     if arm_rows:
         tables["arm"] = arm_rows
-    report.write(workdir, "sampler_speed", config=config, results=results, tables=tables,
-                 findings=findings, title="Sampler speed: first-hitting vs ancestral, ARM cache",
-                 notes=notes)
-    return {"rows": rows, "fits": fits, "predictions": preds, "arm": arm_rows, "findings": findings}
+    paths = report.write_results(workdir, NAME, config=config, results=results, tables=tables, notes=notes)
+    drawn = draw(workdir)
+    return {"rows": rows, "fits": fits, "predictions": preds, "arm": arm_rows, "findings": drawn["findings"],
+            "paths": {**paths, "summary": drawn["summary"]}}

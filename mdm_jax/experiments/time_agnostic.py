@@ -15,8 +15,9 @@
    given n masks is 1 - alpha ~ Beta(n, L-n+1) (alpha ~ Beta(L-n+1, n), std <= 1/(2 sqrt(L+2))), so
    only t inside that band matters; its central 95% is shaded, and the posterior-expected KL
    (16 equal-probability quantiles of the Beta) is reported.
-Outputs in `workdir`: time_agnostic.json, time_agnostic_{nelbo,kl,kl_summary}.csv, nelbo.png,
-kl_vs_t.png, learning_curves.png, summary.md.
+Outputs in `workdir`: time_agnostic.json (written first), time_agnostic_{nelbo,kl,kl_summary}.csv,
+then, drawn from the JSON by `draw` (also `--mode=report`): nelbo.png, kl_vs_t.png,
+learning_curves.png, summary.md.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import scipy.stats
 
 from mdm_jax import likelihood, metrics, models, objectives, report, rng, runs
 from mdm_jax.data import pipeline
-from mdm_jax.experiments import derive, parse_list, train_run
+from mdm_jax.experiments import derive, parse_list, train_run, train_throughput
 from mdm_jax.models import adapters
 
+NAME = "time_agnostic"
+TITLE = "Masked diffusion models are time-agnostic: same-budget variants"
 VARIANTS = {
     # name: (objective.kind, model.time_conditioning, label)
     "tc_continuous": ("continuous", True, "continuous ELBO, with t"),
@@ -61,22 +64,12 @@ def _num_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def _throughput(workdir: str) -> float | None:
-    """Median training tokens/s of a run, without its first log interval (compilation)."""
-    try:
-        recs = [r["tokens_per_s"] for r in metrics.read_metrics(workdir, "train") if "tokens_per_s" in r]
-    except FileNotFoundError:
-        return None
-    recs = recs[1:] if len(recs) > 1 else recs
-    return float(np.median(recs)) if recs else None
-
-
-def _learning_curve(workdir: str):
+def _learning_curve(workdir: str) -> dict:
     try:
         recs = metrics.read_metrics(workdir, "eval")
     except FileNotFoundError:
-        return [], []
-    return [r["step"] for r in recs], [r["bits_per_token"] for r in recs]
+        recs = []
+    return {"steps": [r["step"] for r in recs], "bits_per_token": [r["bits_per_token"] for r in recs]}
 
 
 def mask_exactly(x0: np.ndarray, n: int, key, mask_id: int) -> np.ndarray:
@@ -85,7 +78,8 @@ def mask_exactly(x0: np.ndarray, n: int, key, mask_id: int) -> np.ndarray:
 
 
 def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequences: int):
-    """Rows of mean KL(mu(x, t*) || mu(x, t)) over a t grid, and one summary row per ratio."""
+    """Rows of mean KL(mu(x, t*) || mu(x, t)) at every time evaluated (the t grid, t* and the
+    posterior quantiles of t), and one summary row per ratio."""
     model = models.build(vcfg)
     sched = objectives.schedule_of(vcfg.objective)
     V, L = vcfg.model.vocab_size, vcfg.data.seq_len
@@ -117,35 +111,40 @@ def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequ
         t_of = lambda m: float(sched.time_of_mask_level(float(m)))  # noqa: E731
         band = (t_of(post.ppf(BAND[0])), t_of(post.ppf(BAND[1])))
         t_post = [t_of(post.ppf((j + 0.5) / POSTERIOR_QUANTILES)) for j in range(POSTERIOR_QUANTILES)]
-
-        def kl_at(t):
-            kl, ce = kl_and_ce(lp_ref, log_probs(params, x, jnp.full((s,), t, jnp.float32)), masked, jnp.asarray(x0))
-            return float(kl), float(ce)
-
-        ce_star = kl_at(t_star)[1]
-        kls = []
-        for t in sorted(set(grid.tolist()) | {t_star}):
-            kl, _ = kl_at(t)
-            kls.append(kl)
-            rows.append({"ratio": r, "n": n, "t": t, "t_star": t_star, "kl": kl,
-                         "in_band": band[0] <= t <= band[1]})
-        post_kls = [kl_at(t)[0] for t in t_post]
-        in_band = [row["kl"] for row in rows if row["ratio"] == r and row["in_band"]] + post_kls
+        at = {}  # t -> (mean KL, mean CE at t*) for every time evaluated
+        for t in sorted(set(grid.tolist()) | {t_star} | set(t_post)):
+            kl, ce = kl_and_ce(lp_ref, log_probs(params, x, jnp.full((s,), t, jnp.float32)), masked,
+                               jnp.asarray(x0))
+            at[t] = (float(kl), float(ce))
+            rows.append({"ratio": r, "n": n, "t": t, "t_star": t_star, "kl": at[t][0],
+                         "in_band": band[0] <= t <= band[1], "posterior_quantile": t in t_post})
+        kls = [at[t][0] for t in at]
+        post_kls = [at[t][0] for t in t_post]
+        # Both maxima range over the same evaluated times, so the band's cannot exceed the whole range's.
+        band_kls = [at[t][0] for t in at if band[0] <= t <= band[1]]
         summary.append({
             "ratio": r, "n": n, "L": L, "t_star": t_star, "band_lo": band[0], "band_hi": band[1],
             "mask_level_std": float(post.std()), "kl_posterior_mean": float(np.mean(post_kls)),
-            "kl_band_max": float(np.max(in_band)), "kl_grid_max": float(np.max(kls)),
-            "ce_at_t_star": ce_star, "num_sequences": s, "checkpoint_step": step})
+            "kl_band_max": float(np.max(band_kls)), "kl_max": float(np.max(kls)),
+            "num_times": len(at), "ce_at_t_star": at[t_star][1], "num_sequences": s,
+            "checkpoint_step": step})
     return rows, summary
 
 
-def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
+# ----------------------------------------------------------------------------- drawing
+
+
+def _is_arm(row) -> bool:
+    return objectives.get(row["objective"]).causal
+
+
+def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves) -> dict:
     files = {}
     fig, ax = plt.subplots(figsize=(7, 3.8))
     labels = [r["label"] for r in nelbo_rows]
     vals = [r["val_bits_per_token"] for r in nelbo_rows]
     errs = [r["val_stderr_bits"] for r in nelbo_rows]
-    colors = ["tab:gray" if r["objective"] == "arm" else "tab:blue" for r in nelbo_rows]
+    colors = ["tab:gray" if _is_arm(r) else "tab:blue" for r in nelbo_rows]
     ax.barh(range(len(vals)), vals, xerr=errs, color=colors, capsize=3)
     ax.set_yticks(range(len(vals)), labels)
     ax.invert_yaxis()
@@ -159,7 +158,8 @@ def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, srow in enumerate(kl_summary):
             c = f"C{i}"
-            pts = [(r["t"], r["kl"]) for r in kl_rows if r["ratio"] == srow["ratio"] and r["variant"] == srow["variant"]]
+            pts = sorted((r["t"], r["kl"]) for r in kl_rows
+                         if r["ratio"] == srow["ratio"] and r["variant"] == srow["variant"])
             ts, kls = zip(*pts)
             # Log scale with a floor: KL is exactly 0 at t = t* (the reference itself).
             ax.plot(ts, np.maximum(kls, KL_FLOOR), "o-", ms=3, color=c,
@@ -175,9 +175,9 @@ def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
         files["kl"] = report.save_figure(fig, workdir, "kl_vs_t.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (steps, bits) in curves.items():
-        if steps:
-            ax.plot(steps, bits, "o-", ms=3, label=name)
+    for name, curve in curves.items():
+        if curve["steps"]:
+            ax.plot(curve["steps"], curve["bits_per_token"], "o-", ms=3, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("validation bits/token (each run's own estimator)")
     ax.legend(fontsize=8)
@@ -185,9 +185,10 @@ def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves):
     return files
 
 
-def _findings(nelbo_rows, kl_summary, curves, files):
-    mdm = [r for r in nelbo_rows if r["objective"] != "arm"]
-    arm = [r for r in nelbo_rows if r["objective"] == "arm"]
+def findings(nelbo_rows, kl_summary, curves, files) -> list[tuple[str | None, str]]:
+    """The summary's sentences, derived from the numbers (and the plots they refer to)."""
+    mdm = [r for r in nelbo_rows if not _is_arm(r)]
+    arm = [r for r in nelbo_rows if _is_arm(r)]
     out = []
     if mdm:
         best = min(mdm, key=lambda r: r["val_bits_per_token"])
@@ -211,16 +212,50 @@ def _findings(nelbo_rows, kl_summary, curves, files):
             f"{srow['variant']} at n/L={srow['ratio']:.2g}: within the central 95% of the Beta posterior "
             f"of t ({srow['band_lo']:.3f}-{srow['band_hi']:.3f}) the output moves by at most "
             f"{srow['kl_band_max']:.2g} nats mean KL ({100 * frac:.2g}% of its {srow['ce_at_t_star']:.3g}-nat "
-            f"loss per masked token; posterior-expected KL {srow['kl_posterior_mean']:.2g}), against "
-            f"{srow['kl_grid_max']:.2g} nats over the whole t range: {verdict}.")))
-    finals = {k: v[1][-1] for k, v in curves.items() if v[1]}
+            f"loss per masked token; posterior-expected KL {srow['kl_posterior_mean']:.2g}), and by at most "
+            f"{srow['kl_max']:.2g} nats over all {srow['num_times']} times evaluated in (0, 1): {verdict}.")))
+    finals = {k: v["bits_per_token"][-1] for k, v in curves.items() if v["bits_per_token"]}
     if finals:
-        firsts = {k: v[1][0] for k, v in curves.items() if v[1]}
+        firsts = {k: v["bits_per_token"][0] for k, v in curves.items() if v["bits_per_token"]}
         order = " < ".join(f"{k} ({v:.3f})" for k, v in sorted(finals.items(), key=lambda kv: kv[1]))
         out.append((files["curves"], (
             f"Validation bits/token go from {min(firsts.values()):.3f}-{max(firsts.values()):.3f} at the "
             f"first eval to the final order {order} (each run's own estimator, train.eval_batches batches).")))
     return out
+
+
+def draw(workdir: str) -> dict:
+    """Plots, findings and summary.md from time_agnostic.json in workdir (nothing is recomputed)."""
+    data = report.read_results(workdir, NAME)
+    res, tables = data["results"], data["tables"]
+    nelbo_rows, kl_summary = tables["nelbo"], tables.get("kl_summary", [])
+    files = _plots(workdir, nelbo_rows, tables.get("kl", []), kl_summary, res["curves"])
+    found = findings(nelbo_rows, kl_summary, res["curves"], files)
+    summary = report.write_summary(workdir, data, findings=found, title=TITLE,
+                                   markdown_tables=("nelbo", "kl_summary"))
+    return {"summary": summary, "plots": files, "findings": found}
+
+
+# ----------------------------------------------------------------------------- computing
+
+
+def _validation_row(name, vcfg, params, step, mesh, pshard) -> dict:
+    """The variant's validation numbers: every MDM under one estimator (the continuous NELBO, same
+    keys), the ARM with its exact NLL; a variant trained on another objective also gets its own."""
+    obj = objectives.of(vcfg)
+    ecfg = vcfg if obj.causal else derive(vcfg, **{"objective.kind": "continuous"})
+    kw = dict(num_batches=int(vcfg.eval.num_batches), mc_draws=int(vcfg.eval.mc_draws))
+    m = likelihood.validation_metrics(ecfg, params, mesh, pshard, **kw)
+    row = {"variant": name, "label": VARIANTS[name][2], "objective": obj.name,
+           "time_conditioning": objectives.uses_time(vcfg), "num_params": _num_params(params),
+           "checkpoint_step": step, "val_bits_per_token": m["bits_per_token"],
+           "val_stderr_bits": m["nats_per_token_stderr"] / objectives.LN2,
+           "val_perplexity": m["perplexity"], "estimator": f"{ecfg.objective.kind} {obj.likelihood}",
+           "num_tokens": m["num_tokens"], "mc_draws": m["mc_draws"]}
+    if ecfg.objective.kind != obj.name:
+        own = likelihood.validation_metrics(vcfg, params, mesh, pshard, **kw)
+        row["own_estimator_bits_per_token"] = own["bits_per_token"]
+    return row
 
 
 def run(config, workdir: str) -> dict:
@@ -238,24 +273,9 @@ def run(config, workdir: str) -> dict:
         vcfg = variant_config(config, name)
         wd = os.path.join(workdir, "runs", name)
         info = train_run(vcfg, wd)
-        kind = vcfg.objective.kind
-        # One estimator for all MDMs (continuous NELBO, same keys); the ARM's exact NLL.
-        ecfg = vcfg if kind == "arm" else derive(vcfg, **{"objective.kind": "continuous"})
         params, step, mesh, pshard = runs.restore_params(vcfg, wd, use_ema=bool(vcfg.eval.use_ema))
-        m = likelihood.validation_metrics(ecfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
-                                        mc_draws=int(vcfg.eval.mc_draws))
-        row = {"variant": name, "label": VARIANTS[name][2], "objective": kind,
-               "time_conditioning": bool(vcfg.model.time_conditioning) and kind != "arm",
-               "num_params": _num_params(params), "checkpoint_step": step,
-               "val_bits_per_token": m["bits_per_token"], "val_stderr_bits": m["nats_per_token_stderr"] / objectives.LN2,
-               "val_ppl" if kind == "arm" else "val_ppl_bound": m["perplexity"],
-               "estimator": "exact NLL" if kind == "arm" else "continuous NELBO",
-               "num_tokens": m["num_tokens"], "mc_draws": m["mc_draws"]}
-        if kind == "discrete":
-            own = likelihood.validation_metrics(vcfg, params, mesh, pshard, num_batches=int(vcfg.eval.num_batches),
-                                              mc_draws=int(vcfg.eval.mc_draws))
-            row["own_estimator_bits_per_token"] = own["bits_per_token"]
-        row["train_tokens_per_s"] = _throughput(wd)
+        row = _validation_row(name, vcfg, params, step, mesh, pshard)
+        row["train_tokens_per_s"] = train_throughput(wd)
         row["train_seconds"] = info["train_seconds"]
         nelbo_rows.append(row)
         curves[name] = _learning_curve(wd)
@@ -264,12 +284,10 @@ def run(config, workdir: str) -> dict:
                                             num_sequences=int(exp.kl_num_sequences))
             kl_rows += [{"variant": name, **r} for r in rows]
             kl_summary += [{"variant": name, **r} for r in summary]
-    files = _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves)
-    findings = _findings(nelbo_rows, kl_summary, curves, files)
     budget = {"num_steps": variant_config(config, names[0]).train.num_steps,
               "batch_size": config.train.batch_size, "seq_len": config.data.seq_len}
     results = {"budget": budget, "variants": {r["variant"]: r for r in nelbo_rows},
-               "kl_summary": kl_summary, "seconds": time.perf_counter() - t0}
+               "kl_summary": kl_summary, "curves": curves, "seconds": time.perf_counter() - t0}
     tables = {"nelbo": nelbo_rows}
     if kl_rows:
         tables["kl_summary"] = kl_summary
@@ -282,10 +300,11 @@ def run(config, workdir: str) -> dict:
         "Discrete variants are scored with the continuous NELBO for comparability (the same expectation for a "
         "time-free network, Prop. 3.1); their own estimator is in own_estimator_bits_per_token.",
         "KL reference band: mask level 1 - alpha ~ Beta(n, L - n + 1) given n masks (the paper's "
-        "alpha ~ Beta(L-n+1, n)), mapped to t through the schedule's inverse.",
+        "alpha ~ Beta(L-n+1, n)), mapped to t through the schedule's inverse. KL is evaluated on the t grid, "
+        f"at t* and at the {POSTERIOR_QUANTILES} posterior quantiles (posterior_quantile in the kl table); "
+        "both maxima range over those times.",
     ]
-    paths = report.write(workdir, "time_agnostic", config=config, results=results, tables=tables,
-                         findings=findings, notes=notes, markdown_tables=("nelbo", "kl_summary"),
-                         title="Masked diffusion models are time-agnostic: same-budget variants")
-    print(open(paths["summary"]).read())
-    return {**results, "paths": paths}
+    paths = report.write_results(workdir, NAME, config=config, results=results, tables=tables, notes=notes)
+    drawn = draw(workdir)
+    print(open(drawn["summary"]).read())
+    return {**results, "findings": drawn["findings"], "paths": {**paths, "summary": drawn["summary"]}}

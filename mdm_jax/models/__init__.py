@@ -54,7 +54,7 @@ FAMILIES = {f.name: f for f in (
 
 def family_of(config) -> Family:
     """The family named by config.model.family, checked against the objective's attention mode."""
-    name = config.model.get("family", "transformer")
+    name = config.model.family
     if name not in FAMILIES:
         raise ValueError(f"unknown model.family {name!r}: choose one of {', '.join(FAMILIES)}")
     family = FAMILIES[name]
