@@ -76,6 +76,9 @@ def base() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.plot = True                  # write loss_curve.png at the end
     c.train.sample_at_end = False        # print a few first-hitting samples after training
+    c.train.nonfinite = "stop"           # non-finite loss/grads/update: "stop" (exit 3) | "skip" the step
+    c.train.max_nonfinite_skips = 10     # "skip": stop after this many non-finite steps in a row
+    c.train.checkpoint_fallback = True   # unreadable latest checkpoint: warn, restore the one before
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1 fills the remaining devices

@@ -192,7 +192,7 @@ def validation_metrics(config, params, mesh, params_shardings, *, num_batches: i
     return out
 
 
-def evaluate(config, workdir: str) -> dict:
+def evaluate(config, workdir: str, output_dir: str | None = None) -> dict:
     """--mode=eval: validation NELBO (MDM) or exact NLL (ARM) of the latest checkpoint."""
     from mdm_jax import report
 
@@ -212,7 +212,7 @@ def evaluate(config, workdir: str) -> dict:
         "num_batches": m["num_batches"], "mc_draws": m["mc_draws"], "split": "validation",
         "eval_seconds": time.perf_counter() - t0, "eval_metrics": m,
     }
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = os.path.join(output_dir or workdir, "eval")  # --output_dir: a read-only workdir
     path = os.path.join(out_dir, f"eval_{step}.json")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
@@ -222,7 +222,7 @@ def evaluate(config, workdir: str) -> dict:
               f"{m['num_tokens']} tokens, {m['mc_draws']} draw(s)/sequence -> {path}")
     result["path"] = path
     if config.eval.evaluator_workdir:
-        result["sample_quality"] = score_sample_files(config, workdir)
+        result["sample_quality"] = score_sample_files(config, output_dir or workdir)
     return result
 
 

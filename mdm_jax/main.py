@@ -1,7 +1,26 @@
-"""Entry point: `python -m mdm_jax.main --mode=train|eval|sample|experiment --config=configs/X.py --workdir=DIR`.
+"""mdm-jax: train, evaluate and sample masked diffusion language models.
 
-Any config field can be overridden with `--config.<field>=<value>` (e.g. `--config.train.lr=1e-3`);
-an unknown field stops before anything runs, naming the field and listing the valid ones.
+    python -m mdm_jax.main --mode=MODE --config=configs/X.py --workdir=DIR [--config.<field>=<value> ...]
+
+Modes:
+  train       train (or resume) the config's model in DIR: checkpoints, metrics.jsonl, TensorBoard
+              events, config.json; one run per DIR at a time (DIR/run.lock)
+  eval        validation NELBO (MDM) or NLL (ARM) of DIR's latest checkpoint -> DIR/eval/
+  sample      draw samples with the configured sampler -> DIR/samples/*.jsonl
+  experiment  one of the paper's experiments (configs/experiments/*.py) -> DIR
+For eval and sample, --config may be left out: DIR/config.json (what the run was trained with) is
+used, and with a --config the model, objective and data fields still come from DIR/config.json;
+`--config.<field>=<value>` overrides win in both cases. `--output_dir=OUT` writes their outputs
+to OUT instead of DIR (a read-only or archived run).
+
+Config fields: every field, its default and its meaning are in mdm_jax/config.py (the schema);
+configs/*.py override them. Any field can be set with `--config.<field>=<value>` (e.g.
+`--config.train.lr=1e-3`); an unknown field stops before anything runs, naming the field and
+listing the valid ones. Every other bad value stops before any work too, naming the field.
+
+Exit status: 0 done, 1 failure, 2 bad input (nothing was done), 3 training diverged (non-finite
+loss or gradients, see train.nonfinite; nothing non-finite saved), 75 preempted by SIGTERM or
+SIGINT (the current step was saved: rerun the same command to resume). See mdm_jax/errors.py.
 
 Multi-host: the same command runs on every host. `jax.distributed.initialize` is called when
 `--coordinator_address/--num_processes/--process_id` are given, when JAX_COORDINATOR_ADDRESS is
@@ -36,6 +55,8 @@ def define_flags(flag_values=flags.FLAGS, sys_argv=None) -> None:
                         flag_values=flag_values)
     flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "experiment"], "What to run.",
                       flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "eval/sample: write outputs here instead of into --workdir.",
+                        flag_values=flag_values)
     flags.DEFINE_string("coordinator_address", None,
                         "host:port of process 0 for multi-process runs (jax.distributed).",
                         flag_values=flag_values)
@@ -98,9 +119,45 @@ def unknown_override_message(argv: list[str]) -> str | None:
     return None
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith((f"--{name}=", f"-{name}=")):
+            value = a.split("=", 1)[1]
+        elif a in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def config_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """(argv with `--config` filled in from the workdir for eval/sample, a one-line error or None).
+
+    Without `--config`, eval and sample read `--workdir`'s config.json (mdm_jax/saved_config.py).
+    A `--config` file that does not exist is reported in one line, not as a traceback.
+    """
+    spec = _flag_value(argv, "config")
+    if spec is None:
+        workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode")
+        if mode in ("eval", "sample") and workdir and os.path.isfile(os.path.join(workdir, "config.json")):
+            saved = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
+            return [*argv, f"--config={saved}:{workdir}"], None
+        return argv, None
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        return argv, (f"--config={spec}: no such config file {path!r} (relative to {os.getcwd()}); the "
+                      "configs are in configs/, e.g. --config=configs/quickstart.py")
+    return argv, None
+
+
+def overridden_fields(argv: list[str]) -> set[str]:
+    """The dotted fields set on the command line with --config.<field>=..."""
+    return {m.group(1) for a in argv if (m := _OVERRIDE.match(a))}
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with config-field errors turned into one actionable line instead of a traceback."""
-    message = unknown_override_message(argv)
+    argv, message = config_argv(argv)
+    message = message or unknown_override_message(argv)
     if message is None:
         try:
             return flags.FLAGS(argv)
@@ -148,17 +205,23 @@ def init_distributed(coordinator_address=None, num_processes=None, process_id=No
 
 # --------------------------------------------------------------------------- modes
 
-def run(mode: str, config, workdir: str):
-    """Dispatches a mode; the heavy modules are imported only for the mode that needs them."""
-    if mode == "train":
-        import jax
+def run(mode: str, config, workdir: str, output_dir: str | None = None, overridden=()):
+    """Checks everything (`mdm_jax.preflight`), then dispatches a mode; the heavy modules are
+    imported only for the mode that needs them."""
+    import jax
 
-        from mdm_jax import checkpoint, runs, train
-        checkpoint.ensure_writable(workdir)  # fail in seconds, before data and compilation
-        if jax.process_index() == 0:
-            # config.json lets eval/experiments rebuild this workdir's model (e.g. as an evaluator).
-            runs.save_workdir_config(config, workdir)
-        result = train.train_and_evaluate(config, workdir)
+    from mdm_jax import preflight, runs
+
+    if mode in ("eval", "sample"):
+        config, changed = runs.with_saved_run(config, workdir, overridden)
+        if changed and jax.process_index() == 0:
+            print(f"note: {len(changed)} model/objective/data field(s) taken from {workdir}/config.json, "
+                  f"the config the run was trained with: {', '.join(changed[:6])}"
+                  + (", ..." if len(changed) > 6 else ""), flush=True)
+    preflight.check(config, mode, workdir, output_dir)
+    if mode == "train":
+        from mdm_jax import train
+        result = train.train_and_evaluate(config, workdir)  # writes config.json once restored
         if config.train.get("sample_at_end", False):
             # The quickstart ends by showing what the model generates (first-hitting samples).
             from mdm_jax import generate
@@ -166,14 +229,12 @@ def run(mode: str, config, workdir: str):
         return result
     if mode == "eval":
         from mdm_jax import evaluate
-        return evaluate.evaluate(config, workdir)
+        return evaluate.evaluate(config, workdir, output_dir=output_dir)
     if mode == "sample":
         from mdm_jax import generate
-        return generate.sample(config, workdir)
-    if mode == "experiment":
-        from mdm_jax import experiments
-        return experiments.run(config, workdir)
-    raise ValueError(f"unknown --mode={mode!r}: use train, eval, sample or experiment")
+        return generate.sample(config, workdir, output_dir=output_dir)
+    from mdm_jax import experiments
+    return experiments.run(config, workdir)
 
 
 def main(argv):
@@ -198,7 +259,14 @@ def main(argv):
         print(f"mdm-jax {FLAGS.mode}: config {FLAGS['config'].config_filename}, "
               f"workdir {FLAGS.workdir}, {jax.process_count()} process(es), "
               f"{jax.device_count()} {jax.devices()[0].device_kind} device(s)", flush=True)
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    from mdm_jax import errors
+
+    try:
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.output_dir, overridden_fields(sys.argv))
+    except (errors.ConfigError, errors.RunStopped) as e:
+        # The message names the field (or step, file) and the fix: no traceback to scroll through.
+        sys.stderr.write(f"error: {e}\n" if isinstance(e, errors.ConfigError) else f"{e}\n")
+        sys.exit(e.exit_code)
 
 
 def cli():

@@ -61,8 +61,8 @@ def derive(config, **overrides):
 def train_run(config, workdir: str, *, log=print) -> dict:
     """Trains `config` in `workdir` unless a checkpoint at train.num_steps is already there.
 
-    Writes workdir/config.json first, so evaluators and later runs can rebuild the model. A
-    partly trained workdir resumes (the train loop restores its latest checkpoint).
+    The train loop writes workdir/config.json, so evaluators and later runs can rebuild the model.
+    A partly trained workdir resumes (the train loop restores its latest checkpoint).
     Returns {"workdir", "step", "trained": bool, "train_seconds"}.
     """
     import time
@@ -72,8 +72,7 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, "config.json")):
         _check_same_model(runs.workdir_config(workdir), config, workdir)
-    runs.save_workdir_config(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = checkpoint.Checkpointer(workdir)  # config.json is written by the train loop once restored
     try:
         latest = ckpt.latest_step()
     finally:
