@@ -225,6 +225,7 @@ class Checkpointer:
         self.read_only = read_only
         self._in_flight: int | None = None   # step of the asynchronous save not yet finished
         self.skipped: list[int] = []          # steps the last restore fell back from (unreadable)
+        self.restored_step: int | None = None  # the step the last restore read
 
     def latest_step(self) -> int | None:
         """The newest *complete* checkpoint's step (tmp directories of unfinished saves never count)."""
@@ -294,7 +295,9 @@ class Checkpointer:
                 "--mode=train and this --workdir")
         for i, s in enumerate(candidates):
             try:
-                return self._restore_step(s, abstract_state, check_finite)
+                restored = self._restore_step(s, abstract_state, check_finite)
+                self.restored_step = s
+                return restored
             except CorruptCheckpoint as e:
                 older = candidates[i + 1] if i + 1 < len(candidates) else None
                 if not fallback or older is None:

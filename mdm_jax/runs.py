@@ -67,11 +67,11 @@ def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | No
         abstract, shardings = train.abstract_train_state(config, mesh)
         state, _ = ckpt.restore(abstract, step=step,
                                 fallback=bool(config.train.get("checkpoint_fallback", True)))
-        restored = int(state.step)
+        restored = ckpt.restored_step
     finally:
         ckpt.close()
     params = state.ema_params if use_ema else state.params
-    bad = guards.tree_nonfinite(params)
+    bad = [f"{'ema_params' if use_ema else 'params'}/{n}" for n in guards.tree_nonfinite(params)]
     if bad:
         raise guards.Diverged(
             f"checkpoint step {restored} in {workdir} holds non-finite {'EMA ' if use_ema else ''}parameters "

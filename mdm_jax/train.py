@@ -48,6 +48,13 @@ class TrainState(struct.PyTreeNode):
 def check_config(config, mesh=None) -> None:
     """Early, actionable errors for the objective/optimizer/batch fields (data: pipeline.validate)."""
     objectives.check_kind(config.objective.kind)
+    models.family_of(config)
+    m = config.model
+    if m.get("family", "transformer") == "transformer" and (m.num_heads < 1 or m.emb_dim % m.num_heads):
+        raise errors.ConfigError(f"model.emb_dim={m.emb_dim} must be a multiple of model.num_heads="
+                                 f"{m.num_heads} (every head gets emb_dim / num_heads dimensions)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise errors.ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if config.objective.kind != "arm":
         objectives.schedule_of(config.objective)
         if not 0.0 <= config.objective.t_min < 1.0:
