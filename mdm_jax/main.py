@@ -140,7 +140,8 @@ def config_argv(argv: list[str]) -> tuple[list[str], str | None]:
         workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode")
         if mode in ("eval", "sample") and workdir and os.path.isfile(os.path.join(workdir, "config.json")):
             saved = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
-            return [*argv, f"--config={saved}:{workdir}"], None
+            # First: the --config.<field> overrides exist only once the config file is parsed.
+            return [argv[0], f"--config={saved}:{workdir}", *argv[1:]], None
         return argv, None
     path = spec.partition(":")[0]
     if not os.path.isfile(path):
