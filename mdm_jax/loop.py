@@ -123,7 +123,13 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
     if lead and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
-    say = (bar.write if bar is not None else print) if lead else (lambda *a, **k: None)
+
+    def say(line: str) -> None:
+        """A line for the user: through the progress bar (tqdm.write) so it is not drawn over."""
+        if bar is not None:
+            bar.write(line)
+        elif lead:
+            print(line, flush=True)
 
     def last_good():
         s = ckpt.latest_step()
@@ -134,7 +140,7 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
     def run_eval(step):
         m = evaluate(eval_step, state.ema_params, eval_data, root, mesh)
         writer.write(step, m, prefix="eval")
-        say(format_eval(step, m, config.objective.kind), flush=True)
+        say(format_eval(step, m, config.objective.kind))
         final.update({f"eval/{k}": v for k, v in m.items()})
 
     # tokens/s counts only training: the clock restarts after the first step of this process

@@ -67,9 +67,14 @@ def tiny(emb_dim=32, num_steps=2):
 
 
 @pytest.mark.slow
-def test_config_json_only_after_a_successful_restore(tmp_path):
+def test_config_json_only_after_a_successful_restore(tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: a progress bar
     train.train_and_evaluate(tiny(), wd)
+    out, err = capsys.readouterr()
+    # The bar is on stderr; the eval line goes through it (tqdm.write), not over it.
+    assert "train:" in err and "eval step 2:" in out and "eval step" not in err
+    monkeypatch.undo()
     saved = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(checkpoint.CheckpointMismatch, match="does not match the config"):
         train.train_and_evaluate(tiny(emb_dim=64, num_steps=4), wd)        # the wrong shape
