@@ -1,4 +1,4 @@
-"""Evaluation: validation likelihood (`--mode=eval`) and sample-quality metrics (issue 4).
+"""Evaluation: validation likelihood (`--mode=eval`) and sample-quality metrics.
 
 Likelihood (`evaluate`): the latest checkpoint of a workdir (EMA parameters if
 `eval.use_ema`) is scored on `eval.num_batches` validation batches with the training code's own
@@ -8,7 +8,7 @@ eval step (no second implementation of the loss):
   bits/token and as the perplexity bound exp(NELBO/token);
 - ARM: the exact NLL of the same data with the same tokenizer (one draw: nothing is random).
 
-Sample metrics (pure functions of token ids, as the field computes them, PAPER.md section 5):
+Sample metrics (pure functions of token ids, as the field computes them, docs/paper.md section 5):
 - `sequence_entropy`: per sequence, the unigram entropy of its own token ids (nats), averaged;
 - `generative_perplexity`: exp of the token-weighted mean NLL of *all* samples together under
   an evaluator ARM. End-of-text handling: sequences are scored exactly as sampled, with the

@@ -1,6 +1,6 @@
 """The shared results writer of every experiment (and of the sample-quality report).
 
-One call, `write(...)`, turns an experiment's numbers into the files issue 4 asks for, always
+One call, `write(...)`, turns an experiment's numbers into its JSON, CSV, plots and summary, always
 carrying the settings that produced them (device kind, JAX version, config):
 
     from mdm_jax import report

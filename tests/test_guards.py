@@ -91,7 +91,8 @@ def test_monitor_policies():
     skip = guards.Monitor(tiny_config(nonfinite="skip", max_nonfinite_skips=3).train, names, lambda: None)
     assert skip.observe([_flags(1), _flags(1), _flags(0), _flags(1)], first_step=1) == 3  # never 3 in a row
     assert skip.observe([_flags(1)], first_step=5) == 1                                   # 2 in a row
-    with pytest.raises(guards.Diverged, match=r"step 6: .*3 non-finite steps in a row .*max_nonfinite_skips=3"):
+    with pytest.raises(guards.Diverged,
+                       match=r"step 6: .*3 non-finite steps in a row .*max_nonfinite_skips=3"):
         skip.observe([_flags(1, nonfinite_params=2, nonfinite_param_leaf=0)], first_step=6)
 
 
