@@ -45,9 +45,15 @@ def check_config(tc) -> None:
                                  "(non-finite steps in a row before a 'skip' run stops)")
 
 
+def _finite(x) -> jax.Array:
+    if not jnp.issubdtype(x.dtype, jnp.inexact):  # integers, PRNG keys: always finite
+        return jnp.bool_(True)
+    return jnp.all(jnp.isfinite(x))
+
+
 def _leaf_flags(tree) -> jax.Array:
     """bool[num_leaves]: whether each array of `tree` is entirely finite."""
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+    return jnp.stack([_finite(x) for x in jax.tree.leaves(tree)])
 
 
 def _first_false(ok: jax.Array) -> jax.Array:

@@ -23,15 +23,6 @@ def _merge(node, values: Mapping):
             node[k] = v
 
 
-def save_workdir_config(config, workdir: str) -> str:
-    """Writes workdir/config.json so that tools can rebuild the model of a workdir later."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json(indent=2))
-    return path
-
-
 def workdir_config(workdir: str, fallback=None):
     """The config a workdir was trained with, from its `config.json`, else `fallback`.
 

@@ -1,8 +1,10 @@
-"""The train state, the jitted train/eval steps and the training loop.
+"""The train state and the jitted train/eval steps (the loop around them: `mdm_jax.loop`).
 
 Steps are pure functions compiled with `jax.jit` and explicit shardings:
   train_step(state, batch, key) -> (state, metrics)   state donated, batch sharded over (data, fsdp)
   eval_step(params, batch, key) -> metrics
+A train step whose loss, gradients or update are not finite is not applied (the step counter still
+advances); its metrics carry the flags of `mdm_jax.guards` (FLAG_KEYS), read by the loop.
 The caller passes the step's key: `rng.fold(root, "train", step)` with `root` the key stored in the
 state (so a resumed run replays the same draws); the eval loop uses `rng.fold(root, "eval", 0, i)`
 for its i-th batch at every evaluation, so successive evals compare checkpoints on the same

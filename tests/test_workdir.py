@@ -86,6 +86,9 @@ def test_config_json_only_after_a_successful_restore(tmp_path, capsys, monkeypat
     assert [h["start_step"] for h in hist] == [0, 2]                       # the failed start is not there
     assert hist[1]["config"]["train"]["num_steps"] == 4 and hist[1]["pid"] == os.getpid()
     assert runs.workdir_config(wd).train.num_steps == 4
+    capsys.readouterr()
+    assert train.train_and_evaluate(tiny(num_steps=0), wd)["step"] == 4   # nothing to do: says so
+    assert "note: nothing to train: the run is at step 4 and train.num_steps=0" in capsys.readouterr().out
 
 
 def test_sample_and_eval_take_the_model_from_the_workdir(tmp_path):
