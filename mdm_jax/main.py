@@ -166,7 +166,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             message = str(e)
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
                      "Pass --helpshort or --helpfull to see help on flags.\n")
-    sys.exit(1)
+    sys.exit(2)  # errors.EXIT_CONFIG: bad input, nothing was done
 
 
 # --------------------------------------------------------------------------- multi-host
@@ -242,7 +242,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
+        raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py (eval and sample "
+                             "read it from --workdir's config.json when there is one)")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required, e.g. --workdir=workdirs/quickstart")
     if not FLAGS["verbosity"].present:

@@ -135,7 +135,7 @@ def _cli(*args, timeout=120):
 
 def test_cli_errors_are_one_line_with_the_exit_status(tmp_path):
     r = _cli("--config=configs/no_such_config.py", f"--workdir={tmp_path}/w")
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == errors.EXIT_CONFIG and "Traceback" not in r.stderr
     assert "no such config file 'configs/no_such_config.py'" in r.stderr
     assert "e.g. --config=configs/quickstart.py" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
