@@ -41,6 +41,7 @@ def _flat(tree):
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 
 
+@pytest.mark.slow
 def test_step_flags_and_drops_a_nonfinite_update():
     good = tiny_config()
     mesh = sharding.make_mesh(good.mesh)
