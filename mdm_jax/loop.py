@@ -172,7 +172,7 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
                 if step % tc.log_every == 0 or step == tc.num_steps:
                     # One device->host transfer per log interval keeps the host from stalling dispatch.
                     check_health()
-                    host = [h for h in jax.device_get(pending) if not int(h["nonfinite"])]  # skipped: no
+                    host = [h for h in jax.device_get(pending) if not int(h["nonfinite"])]  # not skipped ones
                     logged = {k: float(np.mean([h[k] for h in host]))
                               for k in (host[-1] if host else {}) if k not in guards.FLAG_KEYS}
                     if "nelbo" in logged:
