@@ -1,4 +1,4 @@
-"""Sampling benchmark (issue 3, Performance): seconds per sequence, NFE and peak memory per sampler.
+"""Sampling benchmark: seconds per sequence, NFE and peak memory per sampler.
 
   python benchmarks/sampling.py                                  # config.base()'s network, B=8
   python benchmarks/sampling.py --config=configs/quickstart.py --samplers=all --steps=256

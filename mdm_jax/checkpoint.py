@@ -11,20 +11,52 @@ Why a failed save cannot replace the last good checkpoint: Orbax writes each ste
 every process) has finished; `latest_step()` and `restore()` only see renamed steps, and leftover
 tmp directories are removed when the next manager starts (`cleanup_tmp_directories`).
 `tests/test_checkpoint.py` checks this with a save that fails half-way.
+
+What can go wrong, and what the user sees (one message naming the step and the file):
+- a save that fails (disk full, quota, file too large) raises `SaveFailed`, first line
+  "checkpoint save at step N failed: <OS error>: <file>"; the previous checkpoint is untouched;
+- a state with a NaN or an infinity is never saved (`guards.Diverged`);
+- a corrupt step (a truncated data file or `_METADATA`, bad data-iterator JSON) raises
+  `CorruptCheckpoint`, or with `restore(fallback=True)` is reported as a warning and the next older
+  complete step is restored instead (training then moves the bad step aside, see `set_aside`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as py_logging
 import os
+import re
+import shutil
 import uuid
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-__all__ = ["Checkpointer", "ensure_writable", "shape_mismatches"]
+from mdm_jax import errors, guards
+
+__all__ = ["Checkpointer", "CheckpointMismatch", "CorruptCheckpoint", "SaveFailed", "ensure_writable",
+           "shape_mismatches"]
+
+
+class CheckpointMismatch(errors.ConfigError):
+    """The checkpoint was written by another config (shapes differ)."""
+
+
+class CorruptCheckpoint(errors.RunStopped):
+    """A checkpoint step that cannot be read (or holds non-finite values)."""
+
+    def __init__(self, message: str, step: int, path: str):
+        super().__init__(message)
+        self.step, self.path = step, path
+
+
+class SaveFailed(errors.RunStopped):
+    """A checkpoint save failed; the previous checkpoint is intact."""
 
 _MISMATCH_HELP = ("this workdir was trained with a different config: use a new --workdir or the "
                   "matching config")
@@ -87,6 +119,79 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- failure messages
+
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# The JSON files of a step (Orbax metadata and our data-iterator state): a truncated one fails to parse.
+_JSON_NAMES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _save_failure(step: int, exc: BaseException) -> SaveFailed:
+    """'checkpoint save at step N failed: <strerror>: <path>' from an OSError or a TensorStore error."""
+    cause, path = None, None
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.strerror:
+            cause, path = e.strerror, e.filename
+            break
+        text = str(e)
+        code = _OS_ERROR_CODE.search(text)
+        if code:
+            cause = os.strerror(int(code.group(1)))
+            paths = _QUOTED_PATH.findall(text)
+            path = paths[-1] if paths else None
+            break
+    if cause is None:
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    where = f": {path}" if path else ""
+    return SaveFailed(f"checkpoint save at step {step} failed: {cause}{where}\nThe previous checkpoint is "
+                      "intact; free space (or fix the cause) and rerun the same command to resume from it.")
+
+
+def _corrupt_file(step_dir: str, exc: BaseException) -> tuple[str, str]:
+    """(the file of a step that could not be read, a one-line reason)."""
+    for e in _chain(exc):
+        if isinstance(e, json.JSONDecodeError):
+            break
+        files = [p for p in _QUOTED_PATH.findall(str(e)) if os.path.isfile(p)]
+        if files:
+            reason = str(e).split(" [tensorstore_spec")[0].split('": ')[-1]
+            return files[-1], reason
+    for root, _, names in os.walk(step_dir):
+        for name in sorted(names):
+            if name in _JSON_NAMES or os.path.basename(root) == "array_metadatas":
+                path = os.path.join(root, name)
+                try:
+                    with open(path) as f:
+                        json.load(f)
+                except ValueError as e:
+                    return path, f"not valid JSON ({e})"
+    return step_dir, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_read_only_warning():
+    """Orbax warns 'Given directory is read only' on every read-only manager: nothing is wrong."""
+    class Drop(py_logging.Filter):
+        def filter(self, record):
+            return not str(record.msg).startswith("Given directory is read only")
+
+    drop, logger = Drop(), logging.get_absl_logger()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 class Checkpointer:
     """Keep-N, optionally asynchronous checkpoints of (train state, data state) in a workdir.
 
@@ -103,18 +208,24 @@ class Checkpointer:
         path = self.workdir / "checkpoints"
         self.directory = path if "://" in str(path) else epath.Path(os.path.abspath(path))
         if read_only:
+            # save_interval_steps=0: Orbax would otherwise warn that it sets it for read-only use.
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                                   enable_async_checkpointing=False)
+                                                   save_interval_steps=0, enable_async_checkpointing=False)
         else:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True)
         # Handlers are registered up front so that a fresh manager can read a step's metadata
         # (the shape check in `restore`) before any save or restore call.
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": ocp.JsonCheckpointHandler()})
+        with _quiet_read_only_warning():
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "data": ocp.JsonCheckpointHandler()})
+        self.read_only = read_only
+        self._in_flight: int | None = None   # step of the asynchronous save not yet finished
+        self.skipped: list[int] = []          # steps the last restore fell back from (unreadable)
+        self.restored_step: int | None = None  # the step the last restore read
 
     def latest_step(self) -> int | None:
         """The newest *complete* checkpoint's step (tmp directories of unfinished saves never count)."""
@@ -132,9 +243,11 @@ class Checkpointer:
 
         Returns False (and writes nothing) if `step` is already saved, e.g. the final step of a run
         that is restarted after it finished. `force` is passed to Orbax (save even if its policy
-        would skip); errors of a previous asynchronous save are raised here.
+        would skip). Raises `SaveFailed` for this save or a previous asynchronous one, and
+        `guards.Diverged` (nothing written) if `state` holds a NaN or an infinity.
         """
         step = int(step)
+        self.wait()  # a previous asynchronous save's failure is reported under its own step
         if step in self._manager.all_steps():
             return False
         try:  # fail before anything is written, not half-way through an asynchronous save
@@ -142,47 +255,117 @@ class Checkpointer:
         except TypeError as e:
             raise TypeError(f"checkpoint step {step}: the data state must be JSON-serialisable ({e}); "
                             f"the data iterator's get_state() returned {data_state!r}") from e
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=ocp.args.JsonSave(dict(data_state))),
-            force=force)
+        bad = guards.tree_nonfinite(state)
+        if bad:
+            raise guards.Diverged(
+                f"refusing to save checkpoint step {step}: non-finite values in "
+                f"{guards.describe_subtrees(bad)}; the last good checkpoint is step {self.latest_step()}")
+        try:
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=ocp.args.JsonSave(dict(data_state))),
+                force=force)
+        except Exception as e:  # noqa: BLE001 - any failure of the write is reported the same way
+            raise _save_failure(step, e) from e
+        self._in_flight = step if saved else None
+        return saved
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    def restore(self, abstract_state: Any, step: int | None = None, *, fallback: bool = False,
+                check_finite: bool = False) -> tuple[Any, dict]:
         """Restores (state, data_state); `abstract_state` leaves are ShapeDtypeStructs with shardings.
 
         Arrays are read directly into `abstract_state`'s shardings (each process reads only its
-        shards). Raises FileNotFoundError if there is no checkpoint, ValueError naming every
-        parameter path whose shape differs when the checkpoint came from another config.
+        shards). Raises FileNotFoundError if there is no checkpoint, `CheckpointMismatch` naming
+        every parameter path whose shape differs when the checkpoint came from another config,
+        `CorruptCheckpoint` naming the step and file that cannot be read (with `check_finite`, also
+        a step holding NaN or infinity). With `fallback` (and no explicit `step`), a bad step is
+        reported as a warning and the next older one is tried; `self.skipped` lists the bad steps.
         """
         self.wait()  # a save in flight must be finished before its step can be read
-        step = self.latest_step() if step is None else int(step)
-        if step is None or step not in self._manager.all_steps():
+        self.skipped = []
+        if step is not None and int(step) not in self._manager.all_steps():
             raise FileNotFoundError(
-                f"no checkpoint {'' if step is None else f'at step {step} '}in {self.directory} "
-                f"(available steps: {self.all_steps() or 'none'}); train first with --mode=train "
-                "and this --workdir")
-        stored = self._manager.item_metadata(step)["state"]
-        stored = getattr(stored, "tree", stored)
-        problems = shape_mismatches(stored, abstract_state)
+                f"no checkpoint at step {step} in {self.directory} (available steps: "
+                f"{self.all_steps() or 'none'}); train first with --mode=train and this --workdir")
+        candidates = [int(step)] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        if not candidates:
+            raise FileNotFoundError(
+                f"no checkpoint in {self.directory} (available steps: none); train first with "
+                "--mode=train and this --workdir")
+        for i, s in enumerate(candidates):
+            try:
+                restored = self._restore_step(s, abstract_state, check_finite)
+                self.restored_step = s
+                return restored
+            except CorruptCheckpoint as e:
+                older = candidates[i + 1] if i + 1 < len(candidates) else None
+                if not fallback or older is None:
+                    hint = (f"; delete {self.directory / str(s)} to use step {older}" if older is not None
+                            else "; no older checkpoint to fall back to")
+                    raise CorruptCheckpoint(f"{e}{hint}", e.step, e.path) from e.__cause__
+                logging.warning("%s; falling back to step %d", e, older)
+                print(f"warning: {e}; falling back to step {older}", flush=True)
+                self.skipped.append(s)
+        raise AssertionError("unreachable")
+
+    def _restore_step(self, step: int, abstract_state, check_finite: bool):
+        step_dir = str(self.directory / str(step))
+        try:
+            stored = self._manager.item_metadata(step)["state"]
+            stored = getattr(stored, "tree", stored)
+            problems = shape_mismatches(stored, abstract_state)
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            path, reason = _corrupt_file(step_dir, e)
+            raise CorruptCheckpoint(f"checkpoint step {step} is unreadable: {path}: {reason}",
+                                    step, path) from e
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise ValueError(
-                f"checkpoint {self.directory / str(step)} does not match the config; mismatched "
+            raise CheckpointMismatch(
+                f"checkpoint {step_dir} does not match the config; mismatched "
                 f"parameter paths:\n  {shown}{more}\n{_MISMATCH_HELP}")
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                              data=ocp.args.JsonRestore()))
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            path, reason = _corrupt_file(step_dir, e)
+            raise CorruptCheckpoint(f"checkpoint step {step} is unreadable: {path}: {reason}",
+                                    step, path) from e
+        if check_finite:
+            bad = guards.tree_nonfinite(restored.state)
+            if bad:
+                raise CorruptCheckpoint(f"checkpoint step {step} holds non-finite values (a diverged run) in "
+                                        f"{guards.describe_subtrees(bad)}", step, step_dir)
         return restored.state, dict(restored.data or {})
 
+    def set_aside(self, step: int) -> str:
+        """Moves an unreadable step out of `checkpoints/` into `checkpoints_unreadable/` (kept for a
+        post-mortem), so that training can save that step again; returns the new path."""
+        src = self.directory / str(step)
+        dst_dir = self.directory.parent / "checkpoints_unreadable"
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        dst = dst_dir / f"{step}.{uuid.uuid4().hex[:8]}"
+        shutil.move(str(src), str(dst))
+        self._manager.reload()
+        return str(dst)
+
     def wait(self) -> None:
-        """Blocks until the in-flight asynchronous save (if any) is finalised on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until the in-flight asynchronous save (if any) is finalised on disk; raises
+        `SaveFailed` if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - any failure of the write is reported the same way
+            step, self._in_flight = self._in_flight, None
+            raise _save_failure(step if step is not None else -1, e) from e
+        self._in_flight = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self):
         return self

@@ -112,6 +112,10 @@ SCHEMA: dict[str, Field | Group] = {
         "keep_checkpoints": F(3, "most recent checkpoints kept"),
         "plot": F(True, "write loss_curve.png into the workdir at the end"),
         "sample_at_end": F(False, "print a few samples (sampling.*) after training"),
+        "nonfinite": F("stop", "a step with a non-finite loss, gradient or update is never applied: "
+                               "stop (exit 3) | skip it"),
+        "max_nonfinite_skips": F(10, "nonfinite=skip: stop after this many non-finite steps in a row"),
+        "checkpoint_fallback": F(True, "unreadable latest checkpoint: warn and restore the one before"),
     }),
     "mesh": Group("device mesh; -1 fills the remaining devices", {
         "data": F(-1, "data-parallel axis"),

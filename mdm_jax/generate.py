@@ -27,9 +27,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mdm_jax import models, objectives, rng, runs, sampling, sharding
+from mdm_jax import errors, models, objectives, rng, runs, sampling, sharding
 from mdm_jax.data import tokenizers
 from mdm_jax.models import adapters
+from mdm_jax.sampling.categorical import check_precision
 
 
 def check_method(config) -> str:
@@ -37,20 +38,41 @@ def check_method(config) -> str:
     method = config.sampling.method
     objective = objectives.of(config)
     if method not in objectives.SAMPLING_METHODS:
-        raise ValueError(f"unknown sampling.method {method!r}: choose one of "
-                         f"{', '.join(objectives.SAMPLING_METHODS)}")
+        raise errors.ConfigError(f"unknown sampling.method {method!r}: choose one of "
+                                 f"{', '.join(objectives.SAMPLING_METHODS)}")
     if method not in objective.sampling_methods:
-        raise ValueError(f"sampling.method={method!r} cannot sample a model trained with objective.kind="
-                         f"{objective.name!r}: use --config.sampling.method="
-                         f"{' or '.join(objective.sampling_methods)}")
+        raise errors.ConfigError(
+            f"sampling.method={method!r} cannot sample a model trained with objective.kind="
+            f"{objective.name!r}: use --config.sampling.method={' or '.join(objective.sampling_methods)}")
     return method
+
+
+def check_sampling(config) -> None:
+    """Every sampling.* field, before any checkpoint is read or anything compiled (also run before
+    training when train.sample_at_end is set, so that a bad field does not fail after the run)."""
+    s = config.sampling
+    method = check_method(config)
+    check_precision(s.precision)
+    for name in ("num_samples", "batch_size"):
+        if int(s[name]) < 1:
+            raise errors.ConfigError(f"sampling.{name}={s[name]} must be >= 1")
+    if method == "first_hitting" and int(s.tokens_per_step) < 1:
+        raise errors.ConfigError(f"sampling.tokens_per_step={s.tokens_per_step} must be >= 1 (tokens "
+                                 "unmasked per network call; 1 is the exact first-hitting sampler)")
+    if method == "ancestral" and int(s.num_steps) < 1:
+        raise errors.ConfigError(f"sampling.num_steps={s.num_steps} must be >= 1 (ancestral steps)")
+    if not (math.isfinite(s.temperature) and s.temperature > 0):
+        raise errors.ConfigError(f"sampling.temperature={s.temperature} must be a finite number > 0")
+    if int(s.seq_len) < 0:
+        raise errors.ConfigError(f"sampling.seq_len={s.seq_len} must be >= 0 (0 means data.seq_len)")
+    _prompt_ids(config, tokenizers.get(config.data), _seq_len(config))
 
 
 def _seq_len(config) -> int:
     length = int(config.sampling.seq_len) or int(config.data.seq_len)
     if length > config.model.max_len:
-        raise ValueError(f"sampling.seq_len={length} exceeds model.max_len={config.model.max_len}; "
-                         "lower --config.sampling.seq_len")
+        raise errors.ConfigError(f"sampling.seq_len={length} exceeds model.max_len={config.model.max_len}; "
+                                 "lower --config.sampling.seq_len")
     return length
 
 
@@ -59,8 +81,8 @@ def _prompt_ids(config, tok, seq_len: int) -> np.ndarray:
         return np.zeros((0,), np.int32)
     ids = np.asarray(tok.encode(config.sampling.prompt), np.int32)
     if len(ids) >= seq_len:
-        raise ValueError(f"sampling.prompt is {len(ids)} tokens long; it must be shorter than the "
-                         f"sample length {seq_len} (sampling.seq_len / data.seq_len)")
+        raise errors.ConfigError(f"sampling.prompt is {len(ids)} tokens long; it must be shorter than the "
+                                 f"sample length {seq_len} (sampling.seq_len / data.seq_len)")
     return ids
 
 
@@ -120,13 +142,14 @@ def make_sampler(config, params, mesh):
     return run, seq_len, prompt
 
 
-def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
-    """Samples from the latest checkpoint in `workdir`; writes and returns the JSONL records."""
-    check_method(config)
+def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict]:
+    """Samples from the latest checkpoint in `workdir`; writes and returns the JSONL records.
+
+    The JSONL goes to `<output_dir or workdir>/samples/`; the first `num_print` samples are printed
+    (the header says how many are shown when there are more).
+    """
+    check_sampling(config)
     s = config.sampling
-    if s.num_samples < 1 or s.batch_size < 1:
-        raise ValueError(f"sampling.num_samples={s.num_samples} and sampling.batch_size={s.batch_size} "
-                         "must be >= 1")
     use_ema = bool(s.use_ema)
     params, ckpt_step, mesh, _ = runs.restore_params(config, workdir, use_ema=use_ema)
     run, seq_len, prompt = make_sampler(config, params, mesh)
@@ -158,7 +181,7 @@ def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
                 "device_kind": device_kind, "jax_version": jax.__version__,
             })
 
-    out_dir = os.path.join(os.fspath(workdir), "samples")
+    out_dir = os.path.join(os.fspath(output_dir or workdir), "samples")
     path = os.path.join(out_dir, f"{stats['method']}_{s.precision}_{int(stats['num_steps'])}.jsonl")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
@@ -166,9 +189,11 @@ def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
             for r in records:
                 f.write(json.dumps(r) + "\n")
         per_batch = [r["wall_time_s"] for r in records if r["row"] == 0]
+        shown = min(len(records), num_print)
+        which = f"showing all {shown}" if shown == len(records) else f"showing the first {shown}; all are"
         print(f"{len(records)} samples ({stats['method']}, {s.precision}, {records[0]['steps']} steps, "
               f"NFE {records[0]['nfe']}/batch, {sum(per_batch):.1f} s incl. compile) from checkpoint "
-              f"step {ckpt_step} -> {path}", flush=True)
-        for r in records[:num_print]:
+              f"step {ckpt_step} ({which} in {path})", flush=True)
+        for r in records[:shown]:
             print(f"--- sample {r['sample_index']}:\n{r['text']}", flush=True)
     return records

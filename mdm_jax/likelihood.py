@@ -43,9 +43,9 @@ def validation_metrics(config, params, mesh, params_shardings, *, num_batches: i
     return out
 
 
-def evaluate(config, workdir: str) -> dict:
+def evaluate(config, workdir: str, output_dir: str | None = None) -> dict:
     """Validation NELBO (MDM) or exact NLL (ARM) of the latest checkpoint in `workdir`; writes
-    workdir/eval/eval_<step>.json and returns its contents (plus "path")."""
+    <output_dir or workdir>/eval/eval_<step>.json and returns its contents (plus "path")."""
     use_ema = bool(config.eval.use_ema)
     objective = objectives.of(config)
     params, step, mesh, pshard = runs.restore_params(config, workdir, use_ema=use_ema)
@@ -61,7 +61,7 @@ def evaluate(config, workdir: str) -> dict:
         "num_batches": m["num_batches"], "mc_draws": m["mc_draws"], "split": "validation",
         "eval_seconds": time.perf_counter() - t0, "eval_metrics": m,
     }
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = os.path.join(output_dir or workdir, "eval")  # --output_dir: a read-only workdir
     path = os.path.join(out_dir, f"eval_{step}.json")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)

@@ -11,7 +11,7 @@ share a single code path:
    divided by L (nats per token). For the MDM objectives this is an unbiased estimate of the NELBO
    per token, for the ARM the exact NLL per token.
 
-Weights per objective (PAPER.md sections 1-2):
+Weights per objective (docs/paper.md sections 1-2):
 - continuous: t ~ U[t_min, 1], each token masked with prob 1 - alpha(t),
   w = (1 - t_min) * (-alpha'(t) / (1 - alpha(t))) on masked positions. The (1 - t_min) factor makes
   it an unbiased estimate of the integral over [t_min, 1] (t's density there is 1 / (1 - t_min)).

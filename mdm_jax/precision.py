@@ -1,4 +1,4 @@
-"""Analysis of finite-precision categorical sampling (PAPER.md section 4), in float64 numpy.
+"""Analysis of finite-precision categorical sampling (docs/paper.md section 4), in float64 numpy.
 
 A Gumbel-max draw argmax_i (log p_i + g_i), g = -log E, E = -log u, is the exponential race
 argmin_i E_i / p_i. A float uniform lives on a grid, so E has a smallest positive value E_min
@@ -8,7 +8,7 @@ argmin_i E_i / p_i. A float uniform lives on a grid, so E has a smallest positiv
   and renormalised.
 * `grid_law(probs, precision)`: the law of the actual draw, where the uniform is one of K grid
   points of equal probability. The Gumbel mass beyond the cap is not removed but *censored*
-  onto the top grid points; Prop. 5.2 overstates the distortion (PAPER.md "Measured here").
+  onto the top grid points; Prop. 5.2 overstates the distortion (docs/paper.md "Measured here").
 
 Every policy is described by its grid seen from u = 1: grid point j = 1..K (probability 1/K each)
 has distance v_j = j d from 1 and race variable E_j = E(v_j):

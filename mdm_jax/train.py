@@ -1,4 +1,4 @@
-"""The train state, the jitted train/eval steps and the training loop.
+"""The train state and the jitted train/eval steps (the loop around them: `mdm_jax.loop`).
 
 Steps are pure functions compiled with `jax.jit` and explicit shardings:
   train_step(state, batch, key) -> (state, metrics)   state donated, batch sharded over (data, fsdp)
@@ -8,6 +8,8 @@ the one root key of a run (see `mdm_jax/rng.py`), so a resumed run replays the s
 state carries the root key's data and a resume under another seed is refused. `eval_metrics` uses
 `rng.fold(root, "eval", d, i)` for draw d of its i-th batch at every evaluation, so successive
 evals compare checkpoints on the same t/mask draws (common random numbers: less noise in the curve).
+A train step whose loss, gradients or update are not finite is not applied (the step counter still
+advances); its metrics carry the flags of `mdm_jax.guards` (FLAG_KEYS), read by the loop.
 
 Parameters, optimizer moments and EMA carry the model's logical axis names; they are initialised
 directly sharded (`jax.eval_shape` of the init -> `sharding.logical_shardings` -> `jax.jit(init,
@@ -17,8 +19,7 @@ out_shardings=...)`), never materialised on one device first.
 from __future__ import annotations
 
 import contextlib
-import sys
-import time
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -28,10 +29,8 @@ import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from mdm_jax import checkpoint, metrics, models, objectives, rng, sharding
-from mdm_jax.data import pipeline
+from mdm_jax import errors, guards, models, objectives, rng, sharding
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -50,6 +49,12 @@ class TrainState(struct.PyTreeNode):
 def check_config(config, mesh=None) -> None:
     """Early, actionable errors for the objective/optimizer/batch fields (data: pipeline.validate)."""
     models.family_of(config)  # also checks objective.kind
+    m = config.model
+    if m.num_heads < 1 or m.emb_dim % m.num_heads:
+        raise errors.ConfigError(f"model.emb_dim={m.emb_dim} must be a multiple of model.num_heads="
+                                 f"{m.num_heads} (every head gets emb_dim / num_heads dimensions)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise errors.ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if objectives.of(config).uses_schedule:
         objectives.schedule_of(config.objective)
         if not 0.0 <= config.objective.t_min < 1.0:
@@ -75,6 +80,33 @@ def check_config(config, mesh=None) -> None:
     if t.batch_size % jax.process_count():
         raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the process count "
                          f"({jax.process_count()})")
+    check_loop_fields(t)
+
+
+def check_loop_fields(t) -> None:
+    """The train.* fields of the loop and the optimizer: errors that would otherwise come after
+    compiling (a ZeroDivisionError at the first log) or never (keep_checkpoints=0 saved nothing)."""
+    for name, what in (("log_every", "steps between train-metric logs"),
+                       ("eval_every", "steps between evaluations"),
+                       ("checkpoint_every", "steps between checkpoints"),
+                       ("keep_checkpoints", "checkpoints kept (the newest ones)"),
+                       ("eval_batches", "validation batches per evaluation"),
+                       ("batch_size", "sequences per step, all devices")):
+        if int(t[name]) < 1:
+            raise errors.ConfigError(f"train.{name}={t[name]} must be >= 1 ({what})")
+    if int(t.num_steps) < 0:
+        raise errors.ConfigError(f"train.num_steps={t.num_steps} must be >= 0 (0 only evaluates)")
+    if not (math.isfinite(t.lr) and t.lr >= 0):
+        raise errors.ConfigError(f"train.lr={t.lr} must be a finite number >= 0")
+    for name in ("warmup_steps", "grad_clip", "weight_decay", "min_lr_ratio"):
+        if not t[name] >= 0:
+            raise errors.ConfigError(f"train.{name}={t[name]} must be >= 0")
+    for name in ("b1", "b2"):
+        if not 0.0 <= t[name] < 1.0:
+            raise errors.ConfigError(f"train.{name}={t[name]} must be in [0, 1) (an Adam moment decay)")
+    if not 0.0 <= t.ema_decay <= 1.0:
+        raise errors.ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1]")
+    guards.check_config(t)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -214,8 +246,14 @@ def make_train_step(config, mesh, state_shardings):
             params = optax.apply_updates(state.params, updates)
             ema = optax.incremental_update(
                 params, state.ema_params, 1.0 - ema_decay_at(config.train.ema_decay, state.step))
+            grad_norm = optax.tree.norm(grads)
+            # A non-finite step is not applied (see mdm_jax.guards); the step counter still
+            # advances, so the data position and the keys stay those of an uninterrupted run.
+            healthy, flags = guards.step_health(loss, grad_norm, grads, params)
+            params, opt_state, ema = guards.keep_if_healthy(
+                healthy, (params, opt_state, ema), (state.params, state.opt_state, state.ema_params))
             metrics = {"loss": loss, **objectives.summarize(loss, c),
-                       "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step)}
+                       "grad_norm": grad_norm, "lr": lr_fn(state.step), **flags}
             new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                       ema_params=ema)
             return new_state, metrics
@@ -273,102 +311,6 @@ def check_root_key(state: TrainState, config, workdir) -> None:
     two runs' random streams (train draws, data order)."""
     expected = np.asarray(jax.random.key_data(rng.root_key(config.seed)))
     if not np.array_equal(np.asarray(jax.device_get(state.key)), expected):
-        raise ValueError(
+        raise errors.ConfigError(
             f"the checkpoint in {workdir} was trained with another config.seed than {config.seed}: "
             "resume with the seed it was trained with (see its config.json), or use a new --workdir")
-
-
-# ----------------------------------------------------------------------------- the loop
-
-def train_and_evaluate(config, workdir) -> dict:
-    """Trains config.train.num_steps steps in `workdir`, resuming from its latest checkpoint.
-
-    Logs train metrics every log_every steps (metrics.jsonl + TensorBoard), evaluates the EMA params
-    every eval_every steps and at the end, checkpoints every checkpoint_every steps and at the end.
-    Returns the final metrics: {"step", "train/<name>", "eval/<name>"}.
-    """
-    tc = config.train
-    mesh = sharding.make_mesh(config.mesh)
-    check_config(config, mesh)
-    pipeline.validate(config)
-    lead = jax.process_index() == 0
-
-    ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints)
-    it = pipeline.make_iterator(config, split="train")
-    eval_data = pipeline.eval_batches(config, tc.eval_batches, split="validation")
-    if ckpt.latest_step() is not None:
-        abstract, shardings = abstract_train_state(config, mesh)
-        state, data_state = ckpt.restore(abstract)
-        check_root_key(state, config, workdir)
-        it.set_state(data_state)
-        if lead:
-            print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
-    else:
-        state, shardings = create_train_state(config, mesh)
-
-    train_step = make_train_step(config, mesh, shardings)
-    eval_step = make_eval_step(config, mesh, shardings.params)
-    root = rng.root_key(config.seed)
-    objective = objectives.of(config)
-    writer = metrics.MetricsWriter(workdir)
-    step = int(state.step)
-    tokens_per_step = tc.batch_size * config.data.seq_len
-    final: dict = {"step": step}
-
-    def run_eval(step):
-        m = eval_metrics(eval_step, state.ema_params, eval_data, root, mesh)
-        writer.write(step, m, prefix="eval")
-        if lead:
-            print(format_eval(step, m, objective), flush=True)
-        final.update({f"eval/{k}": v for k, v in m.items()})
-
-    bar = None
-    if lead and sys.stderr.isatty():
-        bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
-    # tokens/s counts only training: the clock restarts after the first step of this process
-    # (compilation) and after every eval / checkpoint; each log point syncs with the device.
-    pending, timed_steps, t0, shown = [], 0, None, step
-    try:
-        while step < tc.num_steps:
-            batch = sharding.global_batch(next(it), mesh)
-            state, m = train_step(state, batch, rng.fold(root, "train", step))
-            step += 1
-            pending.append(m)
-            if t0 is None:
-                jax.block_until_ready(m)
-                t0 = time.perf_counter()
-            else:
-                timed_steps += 1
-            if step % tc.log_every == 0 or step == tc.num_steps:
-                # One device->host transfer per log interval keeps the host from stalling dispatch.
-                host = jax.device_get(pending)
-                logged = {k: float(np.mean([h[k] for h in host])) for k in host[-1]}
-                logged.update(objectives.likelihood_metrics(logged["nats_per_token"]))
-                if timed_steps:
-                    logged["tokens_per_s"] = timed_steps * tokens_per_step / (time.perf_counter() - t0)
-                writer.write(step, logged, prefix="train")
-                final.update({f"train/{k}": v for k, v in logged.items()})
-                speed = f"{logged['tokens_per_s']:.0f}" if timed_steps else "-"
-                if bar is not None:
-                    bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=speed)
-                    bar.update(step - shown)
-                elif lead:
-                    print(f"step {step}/{tc.num_steps}: loss {logged['loss']:.4f} ({speed} tokens/s)",
-                          flush=True)
-                pending, timed_steps, t0, shown = [], 0, time.perf_counter(), step
-            if step % tc.eval_every == 0 and step != tc.num_steps:
-                run_eval(step)
-                timed_steps, t0 = 0, time.perf_counter()
-            if step % tc.checkpoint_every == 0 or step == tc.num_steps:
-                ckpt.save(step, state, it.get_state(), force=step == tc.num_steps)
-                timed_steps, t0 = 0, time.perf_counter()
-        run_eval(step)  # the final eval (also when restarted on a finished workdir)
-    finally:
-        if bar is not None:
-            bar.close()
-        ckpt.close()
-        writer.close()
-    if tc.plot and lead:
-        final["loss_curve"] = str(metrics.plot_loss_curve(workdir))
-    final["step"] = step
-    return final

@@ -44,8 +44,11 @@ def test_cli_matches_the_committed_cpu_file(tmp_path):
     out = subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, text=True).stdout
     b = json.load(open(tmp_path / "b.json"))
     assert set(b["compare"]) - {"against"} == set(numerics.POLICIES)
+    # Nearly all, not all: another x86-64 CPU may round the float32 logits differently (FMA or
+    # not), which flips the rare draw whose two best scores are closer than that rounding.
     for p in numerics.POLICIES:
-        assert b["compare"][p] == {"categorical_zipf": 1.0, "fhs_reference": 1.0}, p
+        assert set(b["compare"][p]) == {"categorical_zipf", "fhs_reference"}, p
+        assert min(b["compare"][p].values()) >= 0.99, (p, b["compare"][p])
         assert len(b["same"][p]["fhs_reference"]) == 8 * 64
     assert "identical token ids vs cpu" in out
     # The tail test is a (V+1)-way draw: float64 unmasks at about eps (2^8 rows: 0.26 expected hits,

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import os
-import shutil
+import resource
 import struct
 import subprocess
 import sys
@@ -185,6 +188,82 @@ def test_read_only_restore_writes_nothing(tmp_path, monkeypatch):
     assert _tree_snapshot(tmp_path) == before
 
 
+def _truncate(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+# How a step goes bad, and the file the message must name (relative to the step directory).
+CORRUPTIONS = {
+    "truncated data file": (lambda d: [_truncate(p) for p in glob.glob(f"{d}/state/d/*")], "state/d/"),
+    "truncated _METADATA": (lambda d: _truncate(f"{d}/state/_METADATA"), "state/_METADATA"),
+    "bad iterator JSON": (lambda d: open(f"{d}/data/metadata", "w").write('{"index": '), "data/metadata"),
+}
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_corrupt_latest_checkpoint_names_step_and_file_and_falls_back(tmp_path, how, capsys):
+    corrupt, culprit = CORRUPTIONS[how]
+    states = {s: _state(4, seed=s) for s in (1, 2)}
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ck:
+        for s, st in states.items():
+            ck.save(s, st, {"index": s})
+    corrupt(str(tmp_path / "checkpoints" / "2"))
+    abstract = checkpoint.abstract_like(states[1])
+    with checkpoint.Checkpointer(tmp_path) as ck:
+        with pytest.raises(checkpoint.CorruptCheckpoint) as e:
+            ck.restore(abstract)                       # the fallback is off by default
+        msg = str(e.value)
+        assert msg.startswith(f"checkpoint step 2 is unreadable: {tmp_path}/checkpoints/2/{culprit}"), msg
+        assert "\n" not in msg and f"delete {tmp_path}/checkpoints/2 to use step 1" in msg
+        restored, data = ck.restore(abstract, fallback=True)
+        _assert_trees_equal(restored, states[1])
+        assert data == {"index": 1} and ck.skipped == [2] and ck.restored_step == 1
+        assert "falling back to step 1" in capsys.readouterr().out
+        moved = ck.set_aside(2)                        # what training does, so step 2 can be saved again
+        assert ck.all_steps() == [1] and os.path.isdir(moved) and "checkpoints_unreadable" in moved
+        assert ck.save(2, states[2], {"index": 2})
+        ck.wait()
+        _assert_trees_equal(ck.restore(abstract)[0], states[2])
+
+
+def test_failed_save_names_step_cause_and_file_and_keeps_the_last_one(tmp_path):
+    """A real write failure: the file-size limit (RLIMIT_FSIZE) makes the OS refuse the write with
+    EFBIG, as a full disk refuses it with ENOSPC; Python ignores SIGXFSZ, so write() fails."""
+    ck = checkpoint.Checkpointer(tmp_path, async_save=True)
+    ck.save(1, _state(4, seed=1), {"index": 1})
+    ck.wait()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        with pytest.raises(checkpoint.SaveFailed) as e:
+            ck.save(2, {"w": jnp.arange(100_000.0)}, {"index": 2})   # 400 kB
+            ck.wait()                                   # an asynchronous failure surfaces here
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"checkpoint save at step 2 failed: {os.strerror(errno.EFBIG)}: "
+                            f"{tmp_path}/checkpoints/2."), first
+    assert "previous checkpoint is intact" in str(e.value)
+    ck.close()
+    with checkpoint.Checkpointer(tmp_path) as ck:
+        assert ck.all_steps() == [1]
+        restored, data = ck.restore(checkpoint.abstract_like(_state(4)))
+    _assert_trees_equal(restored, _state(4, seed=1))
+    assert data == {"index": 1}
+
+
+def test_read_only_restore_is_quiet(tmp_path, caplog):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(5, _state(4, seed=5), {"index": 5})
+    caplog.set_level(logging.INFO)
+    with checkpoint.Checkpointer(tmp_path, read_only=True) as ck:
+        ck.restore(checkpoint.abstract_like(_state(4)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [], warnings
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -261,13 +340,13 @@ def tiny_config(num_steps: int = 8):
     return c
 
 
-def test_resume_is_exact(tmp_path):
-    """N steps in one go == N/2 steps, the run dies before its next checkpoint, a restart finishes.
+def test_resume_is_exact(tmp_path, capsys):
+    """N steps in one go == N/2 steps, the final checkpoint turns out unreadable, a restart finishes.
 
-    "Dies" is simulated by deleting the final checkpoint of a completed run (after reading it):
-    the restart then resumes from the step-N/2 checkpoint (params, optimizer, EMA, step, key and
+    The final checkpoint of a completed run is corrupted (after reading it): the restart warns,
+    moves it aside and resumes from the step-N/2 checkpoint (params, optimizer, EMA, step, key and
     data position) with the identical config (so the learning-rate schedule is the same), as
-    after a preemption, and must reproduce the deleted checkpoint bit for bit.
+    after a preemption, and must reproduce the lost checkpoint bit for bit.
     """
     config = tiny_config(8)
     abstract, _ = train.abstract_train_state(config, sharding.make_mesh(config.mesh))
@@ -276,10 +355,14 @@ def test_resume_is_exact(tmp_path):
         assert ck.all_steps() == [4, 8]
         uninterrupted, data_8 = ck.restore(abstract)
         halfway, data_4 = ck.restore(abstract, step=4)
-    shutil.rmtree(tmp_path / "checkpoints" / "8")
+    _truncate(str(tmp_path / "checkpoints" / "8" / "state" / "_METADATA"))
 
     resumed = train.train_and_evaluate(config, tmp_path)
     assert resumed["step"] == 8
+    out = capsys.readouterr().out
+    assert "checkpoint step 8 is unreadable" in out and "falling back to step 4" in out
+    assert "resumed from" in out and "at step 4" in out
+    assert os.listdir(tmp_path / "checkpoints_unreadable")[0].startswith("8.")
     with checkpoint.Checkpointer(tmp_path) as ck:
         assert ck.all_steps() == [4, 8]
         state, data = ck.restore(abstract)

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from mdm_jax import config as config_lib
+from mdm_jax import config as config_lib, errors
 from mdm_jax.data import builders, corpus, pipeline, tokenizers
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
@@ -220,6 +220,20 @@ def test_text8_builder_split_and_continuous_packing(tmp_path):
         assert meta["dtype"] == "uint16"
     batch = next(pipeline.make_iterator(c, process_index=0, process_count=1))
     assert batch.shape == (8, 64) and batch.max() < 27
+
+
+def test_dataset_that_needs_a_download_without_network_says_so_at_once(tmp_path, monkeypatch):
+    # A closed local port stands in for a host this machine cannot reach (no network is needed,
+    # or used: the connection is refused at once).
+    monkeypatch.setattr(builders.Text8, "URL", "http://127.0.0.1:9/text8.zip")
+    c = make_config(tmp_path, dataset="text8", tokenizer="char")
+    c.model.vocab_size = 27
+    with pytest.raises(errors.ConfigError) as e:
+        pipeline.packed_tokens(c, "train")
+    msg = str(e.value)
+    assert "config.data.dataset='text8'" in msg and "needs text8.zip" in msg and "127.0.0.1:9" in msg
+    assert f"put them in {tmp_path}/downloads/manual/" in msg and "config.data.data_dir" in msg
+    assert not (tmp_path / "text8").exists()   # nothing was prepared
 
 
 def test_lm1b_builder_reads_archive_without_tensorflow(tmp_path):

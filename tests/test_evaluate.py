@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny
-from mdm_jax import config as config_lib, likelihood, sample_metrics, sample_quality, train
+from mdm_jax import config as config_lib, likelihood, loop, sample_metrics, sample_quality
 from mdm_jax.data import pipeline
 from mdm_jax.reference.joint import ReferenceJoint
 
@@ -108,7 +108,7 @@ def trained(tmp_path_factory):
     for kind in ("continuous", "arm"):
         c = _tiny(kind)
         wd = str(tmp_path_factory.mktemp(kind))
-        out[kind] = (c, wd, train.train_and_evaluate(c, wd))
+        out[kind] = (c, wd, loop.train_and_evaluate(c, wd))
     return out
 
 

@@ -58,6 +58,11 @@ def test_unwritable_workdir_cli(tmp_path):
     assert "cannot be written" in r.stderr and "writable --workdir" in r.stderr
 
 
+def _snapshot(root):
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+                  for d, _, files in os.walk(root) for f in files)
+
+
 def test_cli_train_eval_sample_round_trip(tmp_path):
     wd = tmp_path / "run"
     r = _run(*TINY, f"--workdir={wd}", "--mode=train")
@@ -73,16 +78,27 @@ def test_cli_train_eval_sample_round_trip(tmp_path):
     assert (wd / "config.json").exists()
     assert sorted(os.listdir(wd / "checkpoints"))[:2] == ["12", "6"]
 
-    r = _run(*TINY, f"--workdir={wd}", "--mode=eval")
+    history = [json.loads(line) for line in open(wd / "config_history.jsonl")]
+    assert len(history) == 1 and history[0]["start_step"] == 0 and not (wd / "run.lock").exists()
+
+    # The config file without the run's shape overrides: the model comes from wd/config.json.
+    r = _run("--config=configs/quickstart.py", "--config.eval.num_batches=2", f"--workdir={wd}",
+             "--mode=eval")
     assert r.returncode == 0, r.stderr[-4000:]
+    assert "taken from" in r.stdout and "model.emb_dim" in r.stdout
     assert "eval step 12" in r.stdout and "bits/token" in r.stdout
     assert (wd / "eval" / "eval_12.json").exists()
+    assert "Given directory is read only" not in r.stderr and "setting save_interval_steps" not in r.stderr
 
-    r = _run(*TINY, f"--workdir={wd}", "--mode=sample", "--config.sampling.prompt=The ")
+    # No --config at all (wd/config.json), outputs elsewhere (--output_dir): the workdir is not written.
+    out = tmp_path / "out"
+    before = _snapshot(wd)
+    r = _run(f"--workdir={wd}", "--mode=sample", "--config.sampling.prompt=The ", f"--output_dir={out}")
     assert r.returncode == 0, r.stderr[-4000:]
-    path = wd / "samples" / "first_hitting_float64_28.jsonl"  # 32 positions - 4 prompt tokens
+    assert _snapshot(wd) == before
+    path = out / "samples" / "first_hitting_float64_28.jsonl"  # 32 positions - 4 prompt tokens
     samples = [json.loads(line) for line in open(path)]
-    assert len(samples) == 3 and "--- sample 0" in r.stdout
+    assert len(samples) == 3 and "--- sample 2" in r.stdout and f"showing all 3 in {path}" in r.stdout
     for s in samples:
         assert len(s["tokens"]) == 32 and all(0 <= t < 256 for t in s["tokens"])
         assert s["tokens"][:4] == list(b"The ") and s["text"].startswith("The ")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import define_prng_impl
 from scipy import stats
 
 from mdm_jax import precision as P
@@ -103,3 +104,53 @@ def test_policy_errors_and_dtypes():
     # Inside a trace made without x64 a float64 draw must fail, not silently become float32.
     with pytest.raises(RuntimeError, match="x64"):
         jax.jit(lambda k, lg: sampling.categorical(k, lg, precision="float64"))(key, logits)
+
+
+# ----------------------------------------------------------------------------- the 24-bit grid itself
+
+TOP_BITS = 20
+
+
+def _top_heavy_prng():
+    """A PRNG whose random words have their top TOP_BITS bits set (the rest threefry's bits).
+
+    With it every uniform u = k 2^-b lands in the top 2^-20 of [0, 1), where the grid is all there
+    is: under 24-bit uniforms (torch.rand's float32) u = 1 - m 2^-24 with m uniform on 1..16, under
+    23-bit ones only m = 2, 4, ..., 16. A uniform key stream reaches that region once in 2^20
+    draws; this one every time, so the grid's resolution shows in 2e5 draws.
+    """
+    def wrap(k):
+        return jax.random.wrap_key_data(k)
+
+    def random_bits(k, bit_width, shape):
+        dtype = jnp.dtype(f"uint{bit_width}")
+        top = ((1 << TOP_BITS) - 1) << (bit_width - TOP_BITS)
+        return jax.random.bits(wrap(k), shape, dtype) | jnp.asarray(top, dtype)
+
+    return define_prng_impl(
+        key_shape=(2,), seed=lambda s: jax.random.key_data(jax.random.key(s)),
+        split=lambda k, shape: jax.random.key_data(jax.random.split(wrap(k), shape)),
+        random_bits=random_bits,
+        fold_in=lambda k, d: jax.random.key_data(jax.random.fold_in(wrap(k), d)), name="top_heavy")
+
+
+def _race_law(p0: float, bits: int) -> float:
+    """P(category 0 of [p0, 1 - p0] wins MDLM's race) when both uniforms are uniform on the top
+    grid points of a `bits`-bit grid, enumerated with the race's own formula."""
+    steps = 1 << (bits - TOP_BITS)                       # grid points in the top 2^-TOP_BITS
+    u = 1.0 - np.arange(1, steps + 1) * 2.0 ** -bits
+    e = 1e-10 - np.log(u + 1e-10)
+    return float(np.mean(p0 / e[:, None] > (1 - p0) / e[None, :]))
+
+
+def test_float32_pytorch_draws_from_the_24_bit_grid():
+    # p1 / p0 = 3.3 is no ratio of two small integers: no ties on either grid.
+    p0, n = 1 / 4.3, 200_000
+    logits = jnp.log(jnp.asarray([[p0, 1 - p0]], jnp.float32))
+    key = jax.random.key(0, impl=_top_heavy_prng())
+    wins = int(np.sum(np.asarray(sampling.categorical(key, jnp.broadcast_to(logits, (n, 2)),
+                                                      "float32-pytorch")) == 0))
+    law24, law23 = _race_law(p0, 24), _race_law(p0, 23)   # 33/256 and 7/64
+    assert abs(law24 - law23) > 0.015
+    assert stats.binomtest(wins, n, law24).pvalue > ALPHA
+    assert stats.binomtest(wins, n, law23).pvalue < 1e-8   # a 23-bit grid would be caught

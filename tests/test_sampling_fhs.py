@@ -100,3 +100,27 @@ def test_nfe_and_compile_cache(caplog):
     assert not compiled
     with pytest.raises(ValueError, match="float32-pytorch"):
         _fhs(0, precision="fp32")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_fhs_times_with_prompts_count_only_the_masks(schedule):
+    # With P prompt positions set, a row has n = L - P masks, and its unmasking times are the
+    # first-hitting times of those n masks: the number unmasked at tau <= c is Binomial(n, q). A
+    # time formula that counted the prompt positions as masks would give the n *latest* of L
+    # hitting times instead; the probe net sees the time it is called at, so that would show.
+    sched, c, length = schedules.get(schedule), 0.4, 6
+    prompt_lengths = np.repeat([0, 2, 4], B // 3)
+    init = np.full((len(prompt_lengths), length), 2, np.int32)          # mask id 2
+    for p in (2, 4):
+        init[prompt_lengths == p, :p] = 0                                # prompt token 0
+    tokens, stats_ = sampling.first_hitting(_time_probe(c), jax.random.key(7), batch_size=len(init),
+                                            seq_len=length, mask_id=2, schedule=sched,
+                                            precision="float32", init=jnp.asarray(init))
+    tokens = np.asarray(tokens)
+    assert stats_["nfe"] == length and (tokens[init == 0] == 0).all()
+    q = float(sched.mask_level(c)) / float(sched.mask_level(1.0))
+    for p in (0, 2, 4):
+        n = length - p
+        ones = tokens[prompt_lengths == p].sum(axis=1)                   # prompt tokens are 0
+        exp = stats.binom.pmf(np.arange(n + 1), n, q) * len(ones)
+        assert stats.chisquare(np.bincount(ones, minlength=n + 1), exp).pvalue > ALPHA, p

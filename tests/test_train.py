@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from mdm_jax import config as config_lib, rng, sharding, train
+from mdm_jax import config as config_lib, loop, rng, sharding, train
 
 SHARDED_STEPS = 3
 LEARN_STEPS = 30
@@ -122,10 +122,10 @@ def _loop(workdir):
     """train_and_evaluate for 6 steps, then again with num_steps=8 in the same workdir (resume)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        first = train.train_and_evaluate(loop_config(6), workdir)
+        first = loop.train_and_evaluate(loop_config(6), workdir)
         steps_after_first = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                                    if d.isdigit())
-        second = train.train_and_evaluate(loop_config(8), workdir)
+        second = loop.train_and_evaluate(loop_config(8), workdir)
     return {"first": first, "second": second, "stdout": buf.getvalue(), "workdir": workdir,
             "checkpoints_after_first": steps_after_first}
 
@@ -316,7 +316,7 @@ def test_mesh_that_does_not_fit_the_devices(tmp_path):
     c = tiny_config()
     c.mesh.data = jax.device_count() + 1
     with pytest.raises(ValueError, match="mesh.data"):
-        train.train_and_evaluate(c, str(tmp_path))
+        loop.train_and_evaluate(c, str(tmp_path))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Experiment time_agnostic (PAPER.md section 2): same-budget MDM variants with/without t, and the ARM.
+"""Experiment time_agnostic (docs/paper.md section 2): same-budget MDM variants with/without t, and the ARM.
 
 Command (from the repository root; four quickstart-sized models of 300 steps x batch 16 x L=64,
 then their evaluation; 12 min 49 s on the 2-core development CPU at load 2.4-3.4):

@@ -17,13 +17,16 @@ import inspect
 import io
 import os
 import re
+import socket
 import tarfile
+import urllib.parse
 import zipfile
 
 import tensorflow_datasets as tfds
 from etils import epath
 
 from mdm_jax.data import corpus
+from mdm_jax.errors import ConfigError
 
 _FEATURES = lambda: tfds.features.FeaturesDict({"text": tfds.features.Text()})  # noqa: E731
 
@@ -41,8 +44,43 @@ def _local_or_download(dl_manager, files: dict[str, str]) -> dict[str, epath.Pat
     return {f: epath.Path(local[f] if f in local else fetched[f]) for f in files}
 
 
+def manual_dir(data_dir: str) -> str:
+    """TFDS's default manual directory under a data_dir: where offline users put the files."""
+    return os.path.join(data_dir, "downloads", "manual")
+
+
+def check_downloads_reachable(builder_cls, data_dir: str, *, dataset: str, timeout_s: float = 5.0) -> None:
+    """Before preparing a dataset: the files it still has to download must be reachable.
+
+    On a machine without network the TFDS download manager retries for minutes and ends in a long
+    trace; this connects once to each host (seconds) and otherwise stops with the manual step.
+    """
+    manual = manual_dir(data_dir)
+    missing = {f: u for f, u in builder_cls.remote_files().items()
+               if not os.path.exists(os.path.join(manual, f))}
+    hosts = sorted({(urllib.parse.urlsplit(u).hostname, urllib.parse.urlsplit(u).port
+                     or (443 if u.startswith("https") else 80)) for u in missing.values()})
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as e:
+            names = ", ".join(list(missing)[:3])
+            names += f", ... ({len(missing)} files)" if len(missing) > 3 else ""
+            first = next(iter(missing.values()))
+            raise ConfigError(
+                f"config.data.dataset={dataset!r} is not prepared in {data_dir} and needs {names}, but "
+                f"{host}:{port} cannot be reached from this machine ({type(e).__name__}: {e}). Download "
+                f"them on a machine with network access (e.g. {first}) and put them in {manual}/ "
+                "(under config.data.data_dir), then rerun: nothing will be downloaded.") from None
+
+
 class _Builder(tfds.core.GeneratorBasedBuilder):
     """Shared base (abstract, so not registered with TFDS)."""
+
+    @classmethod
+    def remote_files(cls) -> dict[str, str]:
+        """{filename: url} of what preparing downloads (unless it is in the manual directory)."""
+        return {}
 
     # TFDS's default `code_path` needs the `importlib_resources` backport for builders that
     # live in a package (an undeclared dependency of tensorflow-datasets 4.9.x); the file of
@@ -100,8 +138,12 @@ class Text8(_Builder):
             homepage="http://mattmahoney.net/dc/textdata.html",
         )
 
+    @classmethod
+    def remote_files(cls) -> dict[str, str]:
+        return {"text8.zip": cls.URL}
+
     def _split_generators(self, dl_manager):
-        path = _local_or_download(dl_manager, {"text8.zip": self.URL})["text8.zip"]
+        path = _local_or_download(dl_manager, self.remote_files())["text8.zip"]
         with zipfile.ZipFile(path.open("rb")) as zf:
             text = zf.read("text8").decode("ascii")
         n = len(text)
@@ -135,9 +177,13 @@ class Lm1bText(_Builder):
             homepage="http://www.statmt.org/lm-benchmark/",
         )
 
+    @classmethod
+    def remote_files(cls) -> dict[str, str]:
+        return {cls.ARCHIVE: cls.URL}
+
     def _split_generators(self, dl_manager):
         # Streamed with `tarfile` (TFDS's extractor needs TensorFlow), once per split.
-        archive = _local_or_download(dl_manager, {self.ARCHIVE: self.URL})[self.ARCHIVE]
+        archive = _local_or_download(dl_manager, self.remote_files())[self.ARCHIVE]
         return {
             "train": self._generate_examples(archive, "training-monolingual.tokenized.shuffled/news.en-"),
             "validation": self._generate_examples(archive, "heldout-monolingual.tokenized.shuffled/news.en.heldout-"),
@@ -181,8 +227,12 @@ class Openwebtext(_Builder):
             homepage="https://skylion007.github.io/OpenWebTextCorpus/",
         )
 
+    @classmethod
+    def remote_files(cls) -> dict[str, str]:
+        return {f"urlsf_subset{i:02d}.tar": cls.URL.format(i) for i in range(cls.NUM_SUBSETS)}
+
     def _split_generators(self, dl_manager):
-        files = {f"urlsf_subset{i:02d}.tar": self.URL.format(i) for i in range(self.NUM_SUBSETS)}
+        files = self.remote_files()
         paths = _local_or_download(dl_manager, files)
         return {"train": self._generate_examples([paths[f] for f in files])}
 

@@ -273,6 +273,11 @@ def packed_tokens(config, split: str, tok=None) -> tuple[np.ndarray, dict]:
         _check_writable(pdir if config.data.packed_dir else data_dir(config), pfield)
         if not (builder.data_path / "dataset_info.json").exists():
             _check_writable(data_dir(config), "config.data.data_dir")
+            if not _is_remote(data_dir(config)):
+                from mdm_jax.data import builders  # TFDS loads only when a dataset is prepared
+
+                builders.check_downloads_reachable(type(builder), data_dir(config),
+                                                   dataset=config.data.dataset)
             log.info("Preparing TFDS dataset %s in %s", builder.name, data_dir(config))
             builder.download_and_prepare()
             builder = _builder(config)  # re-read the finished dataset_info

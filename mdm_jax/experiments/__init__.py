@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from mdm_jax import checkpoint, metrics, runs, train
+from mdm_jax import checkpoint, loop, metrics, runs
 from mdm_jax import config as config_lib
 
 # Each module is imported when its experiment runs: the others' imports are not paid for.
@@ -99,15 +99,14 @@ def derive(config, **overrides):
 def train_run(config, workdir: str, *, log=print) -> dict:
     """Trains `config` in `workdir` unless a checkpoint at train.num_steps is already there.
 
-    Writes workdir/config.json first, so evaluators and later runs can rebuild the model. A
-    partly trained workdir resumes (the train loop restores its latest checkpoint).
+    The train loop writes workdir/config.json, so evaluators and later runs can rebuild the model.
+    A partly trained workdir resumes (the train loop restores its latest checkpoint).
     Returns {"workdir", "step", "trained": bool, "train_seconds"}.
     """
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, "config.json")):
         _check_same_model(runs.workdir_config(workdir), config, workdir)
-    runs.save_workdir_config(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = checkpoint.Checkpointer(workdir)  # config.json is written by the train loop once restored
     try:
         latest = ckpt.latest_step()
     finally:
@@ -118,7 +117,7 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     log(f"training {config.objective.kind} (time_conditioning={config.model.time_conditioning}) "
         f"for {config.train.num_steps} steps in {workdir}")
     t0 = time.perf_counter()
-    final = train.train_and_evaluate(config, workdir)
+    final = loop.train_and_evaluate(config, workdir)
     return {"workdir": workdir, "step": int(final["step"]), "trained": True,
             "train_seconds": time.perf_counter() - t0}
 

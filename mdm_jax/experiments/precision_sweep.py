@@ -1,4 +1,4 @@
-"""Experiment precision_sweep: the paper's Table 2 / Figure 7 (PAPER.md section 4).
+"""Experiment precision_sweep: the paper's Table 2 / Figure 7 (docs/paper.md section 4).
 
 Samplers {ancestral (V+1)-way, ancestral factorized, first-hitting, parallel first-hitting} x
 sampling precision {float32-pytorch, float32, float32-high, bfloat16, float64} x steps N: the

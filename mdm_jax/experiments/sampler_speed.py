@@ -1,4 +1,4 @@
-"""Experiment sampler_speed: the paper's 20x claim (PAPER.md section 3) and the cost of no KV cache.
+"""Experiment sampler_speed: the paper's 20x claim (docs/paper.md section 3) and the cost of no KV cache.
 
 1. Wall time per sequence of the first-hitting sampler (FHS) vs the cached ancestral sampler for
    N from L up to 10^4, at two vocabulary sizes (bytes, 256, and GPT-2's 50,257), on an untrained

@@ -1,4 +1,4 @@
-"""Experiment `time_agnostic` (PAPER.md section 2, Prop. 3.1/3.2): does the MDM need t?
+"""Experiment `time_agnostic` (docs/paper.md section 2, Prop. 3.1/3.2): does the MDM need t?
 
 1. Trains, at the same budget (same steps, batch, data order, backbone), the variants in
    `experiment.variants`: the continuous-time ELBO with and without time input, the discrete

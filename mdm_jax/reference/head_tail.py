@@ -86,7 +86,7 @@ def fast_grid_law(probs, prec: str) -> np.ndarray:
 
     `precision.grid_law` sums the exact grid series for every group of equal probabilities,
     which takes tens of seconds per call for a float32 grid of 2^23 points; its mean-field form
-    (the category's own grid exact, its competitors a continuous race: PAPER.md "Measured
+    (the category's own grid exact, its competitors a continuous race: docs/paper.md "Measured
     here") agrees with it to ~1e-5 relative here and is vectorised. bfloat16/float16 grids are
     so coarse that the competitors' grid matters: those use the exact (enumerated) law.
     """

@@ -1,6 +1,6 @@
 """Categorical draws under an explicit sampling-precision policy.
 
-`precision` names exactly how a draw is made (PAPER.md section 4): the dtype the logits are cast
+`precision` names exactly how a draw is made (docs/paper.md section 4): the dtype the logits are cast
 to and the uniform grid the noise comes from. The cap M of the Gumbel noise (the largest value a
 finite-precision uniform can produce) is what makes tiny probabilities under-sampled; see
 `mdm_jax.precision` for the caps and the exact laws.
