@@ -29,7 +29,7 @@ from flax import struct as flax_struct
 from tensorboardX.proto import event_pb2
 
 from conftest import tiny
-from mdm_jax import checkpoint, config as config_lib, metrics, sharding, train
+from mdm_jax import checkpoint, config as config_lib, loop, metrics, sharding, train
 
 
 @flax_struct.dataclass
@@ -350,14 +350,14 @@ def test_resume_is_exact(tmp_path, capsys):
     """
     config = tiny_config(8)
     abstract, _ = train.abstract_train_state(config, sharding.make_mesh(config.mesh))
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
     with checkpoint.Checkpointer(tmp_path) as ck:
         assert ck.all_steps() == [4, 8]
         uninterrupted, data_8 = ck.restore(abstract)
         halfway, data_4 = ck.restore(abstract, step=4)
     _truncate(str(tmp_path / "checkpoints" / "8" / "state" / "_METADATA"))
 
-    resumed = train.train_and_evaluate(config, tmp_path)
+    resumed = loop.train_and_evaluate(config, tmp_path)
     assert resumed["step"] == 8
     out = capsys.readouterr().out
     assert "checkpoint step 8 is unreadable" in out and "falling back to step 4" in out

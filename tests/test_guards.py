@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mdm_jax import checkpoint, config as config_lib, errors, guards, rng, runs, sharding, train
+from mdm_jax import checkpoint, config as config_lib, errors, guards, loop, rng, runs, sharding, train
 
 
 def tiny_config(**train_fields):
@@ -51,22 +51,22 @@ def test_step_flags_and_drops_a_nonfinite_update():
     # lr=1e39 is finite in Python but infinite in float32: the update of every parameter is non-finite.
     blow_up = train.make_train_step(tiny_config(lr=1e39), mesh, shardings)
 
-    state, m = step(state, batch, rng.fold(state.root_key(), "train", 0))
+    state, m = step(state, batch, rng.fold(rng.root_key(good.seed), "train", 0))
     assert int(m["nonfinite"]) == 0 and int(m["nonfinite_grad_leaf"]) == -1
     before = _flat(state.params), _flat(state.opt_state), _flat(state.ema_params)
-    state, m = blow_up(state, batch, rng.fold(state.root_key(), "train", 1))
+    state, m = blow_up(state, batch, rng.fold(rng.root_key(good.seed), "train", 1))
     n = len(jax.tree.leaves(state.params))
     assert int(m["nonfinite"]) == 1 and int(state.step) == 2
     assert int(m["nonfinite_loss"]) == 0 and int(m["nonfinite_grads"]) == 0   # the loss was fine...
     assert int(m["nonfinite_params"]) == n and int(m["nonfinite_param_leaf"]) == 0  # ...the update was not
     for old, new in zip(before, (_flat(state.params), _flat(state.opt_state), _flat(state.ema_params))):
         np.testing.assert_array_equal(old, new)   # nothing of the update was applied
-    state, m = step(state, batch, rng.fold(state.root_key(), "train", 2))
+    state, m = step(state, batch, rng.fold(rng.root_key(good.seed), "train", 2))
     assert int(m["nonfinite"]) == 0 and not np.array_equal(_flat(state.params), before[0])
 
     # A NaN already in a parameter: the loss and every gradient are NaN, and the report says which.
     poisoned = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
-    _, m = step(poisoned, batch, rng.fold(state.root_key(), "train", 3))
+    _, m = step(poisoned, batch, rng.fold(rng.root_key(good.seed), "train", 3))
     assert int(m["nonfinite_loss"]) == 1 and int(m["nonfinite_grad_norm"]) == 1
     assert int(m["nonfinite_grads"]) >= 1
 
@@ -112,9 +112,9 @@ def _all_checkpoints_finite(config, workdir):
 @pytest.mark.slow
 def test_loop_stops_or_skips_and_keeps_the_good_checkpoints(tmp_path):
     wd = str(tmp_path / "run")
-    train.train_and_evaluate(tiny_config(num_steps=4), wd)          # checkpoints 2 and 4, finite
+    loop.train_and_evaluate(tiny_config(num_steps=4), wd)          # checkpoints 2 and 4, finite
     with pytest.raises(guards.Diverged) as e:                         # then the learning rate explodes
-        train.train_and_evaluate(tiny_config(num_steps=8, lr=1e39), wd)
+        loop.train_and_evaluate(tiny_config(num_steps=8, lr=1e39), wd)
     msg = str(e.value)
     assert "training diverged at step 5" in msg and "updated values of" in msg
     assert f"the last good checkpoint is step 4 ({wd}/checkpoints/4)" in msg and "train.nonfinite" in msg
@@ -122,7 +122,7 @@ def test_loop_stops_or_skips_and_keeps_the_good_checkpoints(tmp_path):
     assert not os.path.exists(os.path.join(wd, "run.lock"))   # the lock is released on the way out
 
     with pytest.raises(guards.Diverged, match=r"step 7: .*3 non-finite steps in a row"):
-        train.train_and_evaluate(tiny_config(num_steps=8, lr=1e39, log_every=1, nonfinite="skip",
+        loop.train_and_evaluate(tiny_config(num_steps=8, lr=1e39, log_every=1, nonfinite="skip",
                                              max_nonfinite_skips=3), wd)
     records = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     skipped = [(r["step"], r["skipped_steps"]) for r in records if r["prefix"] == "train" and r["step"] > 4]

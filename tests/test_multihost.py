@@ -36,7 +36,7 @@ c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32, ti
 c.data.seq_len = 32
 c.train.update(batch_size=8, num_steps=6, warmup_steps=2, lr=3e-3, log_every=1, eval_every=1000,
                eval_batches=1, checkpoint_every=3, plot=False)
-result = train.train_and_evaluate(c, workdir)
+result = loop.train_and_evaluate(c, workdir)
 if jax.process_index() == 0:
     with open(out, "w") as f:
         json.dump(result, f)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from mdm_jax import checkpoint, config as config_lib, errors, runs, train, workdir
+from mdm_jax import checkpoint, config as config_lib, errors, loop, runs, train, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,24 +70,24 @@ def tiny(emb_dim=32, num_steps=2):
 def test_config_json_only_after_a_successful_restore(tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: a progress bar
-    train.train_and_evaluate(tiny(), wd)
+    loop.train_and_evaluate(tiny(), wd)
     out, err = capsys.readouterr()
     # The bar is on stderr; the eval line goes through it (tqdm.write), not over it.
     assert "train:" in err and "eval step 2:" in out and "eval step" not in err
     monkeypatch.undo()
     saved = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(checkpoint.CheckpointMismatch, match="does not match the config"):
-        train.train_and_evaluate(tiny(emb_dim=64, num_steps=4), wd)        # the wrong shape
+        loop.train_and_evaluate(tiny(emb_dim=64, num_steps=4), wd)        # the wrong shape
     assert (tmp_path / "run" / "config.json").read_text() == saved      # the record is intact
     assert runs.workdir_config(wd).model.emb_dim == 32
     assert not (tmp_path / "run" / workdir.LOCK_NAME).exists()
-    train.train_and_evaluate(tiny(num_steps=4), wd)                        # a good resume
+    loop.train_and_evaluate(tiny(num_steps=4), wd)                        # a good resume
     hist = workdir.history(wd)
     assert [h["start_step"] for h in hist] == [0, 2]                       # the failed start is not there
     assert hist[1]["config"]["train"]["num_steps"] == 4 and hist[1]["pid"] == os.getpid()
     assert runs.workdir_config(wd).train.num_steps == 4
     capsys.readouterr()
-    assert train.train_and_evaluate(tiny(num_steps=0), wd)["step"] == 4   # nothing to do: says so
+    assert loop.train_and_evaluate(tiny(num_steps=0), wd)["step"] == 4   # nothing to do: says so
     assert "note: nothing to train: the run is at step 4 and train.num_steps=0" in capsys.readouterr().out
 
 
