@@ -261,6 +261,7 @@ def tiny_config(num_steps: int = 8):
     return c
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     """N steps in one go == N/2 steps, the run dies before its next checkpoint, a restart finishes.
 

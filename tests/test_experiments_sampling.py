@@ -38,6 +38,7 @@ def sweep(tmp_path_factory):
     return workdir, out
 
 
+@pytest.mark.slow
 def test_precision_sweep_writes_its_report(sweep):
     workdir, out = sweep
     for f in ("precision_sweep.json", "precision_sweep_sweep.csv", "precision_sweep_one_step.csv",
@@ -59,6 +60,7 @@ def _rows(out):
     return {(r["sampler"], r["precision"], r["num_steps"]): r for r in out["rows"]}
 
 
+@pytest.mark.slow
 def test_low_precision_ancestral_loses_entropy_and_fhs_stays_put(sweep):
     _, out = sweep
     rows = _rows(out)
@@ -142,6 +144,7 @@ def test_ancestral_token_law_grouping_equals_per_token_computation(prec):
         assert not np.allclose(fast, mu, rtol=1e-3)   # the float32 distortion is really there
 
 
+@pytest.mark.slow
 def test_sampler_speed_tiny(tmp_path):
     workdir = str(tmp_path)
     out = experiments.run(_config("sampler_speed", "tiny"), workdir)

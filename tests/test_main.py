@@ -58,6 +58,7 @@ def test_unwritable_workdir_cli(tmp_path):
     assert "cannot be written" in r.stderr and "writable --workdir" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_eval_sample_round_trip(tmp_path):
     wd = tmp_path / "run"
     r = _run(*TINY, f"--workdir={wd}", "--mode=train")

@@ -1,4 +1,4 @@
-"""The paper's experiments, one module each, run by `--mode=experiment` (issue 4).
+"""The paper's experiments, one module each, run by `--mode=experiment`.
 
 `run(config, workdir)` dispatches on `config.experiment.name`; every experiment module exposes
 `run(config, workdir) -> dict` and writes its JSON, CSV, plots and summary.md through
