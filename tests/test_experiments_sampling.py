@@ -75,6 +75,7 @@ def test_low_precision_ancestral_loses_entropy_and_fhs_stays_put(sweep):
         assert abs(_z(rows[("factorized", p, 16)], rows[("factorized", p, n)])) < 4.0, p
 
 
+@pytest.mark.slow
 def test_float64_samplers_match_the_exact_model(sweep):
     _, out = sweep
     truth = out["results"]["exact"]
@@ -85,6 +86,7 @@ def test_float64_samplers_match_the_exact_model(sweep):
         assert abs(z) < 4.0, (r, truth)
 
 
+@pytest.mark.slow
 def test_float32_pytorch_effect_follows_the_grid_law(sweep):
     _, out = sweep
     rows = _rows(out)
