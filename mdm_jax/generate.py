@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mdm_jax import errors, models, objectives, rng, runs, sampling, sharding
+from mdm_jax import errors, models, objectives, report, rng, runs, sampling, sharding
 from mdm_jax.data import tokenizers
 from mdm_jax.models import adapters
 from mdm_jax.sampling.categorical import check_precision
@@ -155,7 +155,7 @@ def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict
     run, seq_len, prompt = make_sampler(config, params, mesh)
     tok = tokenizers.get(config.data)
     root = rng.root_key(config.seed)
-    device_kind = str(jax.devices()[0].device_kind)
+    device_kind = report.device_kind()
 
     records: list[dict] = []
     num_batches = math.ceil(s.num_samples / s.batch_size)

@@ -9,6 +9,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from mdm_jax import precision as precision_lib, rng
@@ -35,6 +36,7 @@ def test_noise_reaches_the_analytic_cap_at_the_grid_rate():
     assert 12 < mx64 < 30 and hits64 == 0
 
 
+@pytest.mark.slow
 def test_cli_matches_the_committed_cpu_file(tmp_path):
     # benchmarks/numerics_cpu.json is what accelerator runs compare against: this CPU must still
     # reproduce its fixed-key token ids exactly (same seed -> same samples), every policy.

@@ -340,6 +340,7 @@ def tiny_config(num_steps: int = 8):
     return c
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, capsys):
     """N steps in one go == N/2 steps, the final checkpoint turns out unreadable, a restart finishes.
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mdm_jax import config as config_lib, errors
-from mdm_jax.data import builders, corpus, pipeline, tokenizers
+from mdm_jax.data import builders, corpus, packing, pipeline, tokenizers
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
          "jolly boxing frogs and many other words appear here too").split()
@@ -37,8 +37,8 @@ def fake_text(n_words, seed):
 def embedded_dir(tmp_path_factory):
     """One prepared embedded corpus shared by the tests of this module (prepared in ~2 s)."""
     d = tmp_path_factory.mktemp("tfds")
-    pipeline.packed_tokens(make_config(d), "train")
-    pipeline.packed_tokens(make_config(d), "validation")
+    packing.packed_tokens(make_config(d), "train")
+    packing.packed_tokens(make_config(d), "validation")
     return d
 
 
@@ -114,20 +114,20 @@ def test_embedded_corpus_is_deterministic_english_with_fixed_split():
 
 def test_embedded_pipeline_prepares_without_tensorflow(embedded_dir):
     c = make_config(embedded_dir)
-    info = pipeline.dataset_info(c, "train")
+    info = packing.dataset_info(c, "train")
     assert info["bytes"] > 1_500_000 and info["documents"] > 200
     assert info["tokens"] == info["bytes"] + info["documents"]  # byte tokens + one separator each
     assert "tensorflow" not in sys.modules
     # The TFDS dataset is array_record and readable through the data source API.
     b = builders.EmbeddedCorpus(data_dir=str(embedded_dir))
     src = b.as_data_source(split="validation")
-    assert len(src) == pipeline.dataset_info(c, "validation")["documents"]
+    assert len(src) == packing.dataset_info(c, "validation")["documents"]
     assert isinstance(src[0]["text"], bytes)
 
 
 def test_packing_concatenates_documents_with_separator(embedded_dir):
     c = make_config(embedded_dir)
-    tokens, meta = pipeline.packed_tokens(c, "validation")
+    tokens, meta = packing.packed_tokens(c, "validation")
     src = builders.EmbeddedCorpus(data_dir=str(embedded_dir)).as_data_source(split="validation")
     tok = tokenizers.get(c.data)
     expected = np.concatenate([np.append(tok.encode(src[i]["text"].decode()), tok.eot_id)
@@ -146,8 +146,8 @@ def test_train_batches_shape_ids_and_cache(embedded_dir, monkeypatch):
     assert 0 <= batch.min() and batch.max() < c.model.vocab_size
     assert " the " in tokenizers.get(c.data).decode(np.concatenate(list(batch)))
     # Second use (fresh process cache) memory-maps the packed file: no TFDS work, no re-tokenizing.
-    pipeline._STORE_CACHE.clear()
-    monkeypatch.setattr(pipeline, "_pack", lambda *a: pytest.fail("re-packed"))
+    packing._STORE_CACHE.clear()
+    monkeypatch.setattr(packing, "_pack", lambda *a: pytest.fail("re-packed"))
     it2 = pipeline.make_iterator(c, process_index=0, process_count=1)
     np.testing.assert_array_equal(next(it2), batch)
 
@@ -155,7 +155,7 @@ def test_train_batches_shape_ids_and_cache(embedded_dir, monkeypatch):
 def test_epochs_are_permutations_seeded_by_rng(embedded_dir):
     c = make_config(embedded_dir, seq_len=1024)
     c.model.max_len, c.train.batch_size = 1024, 64
-    tokens, _ = pipeline.packed_tokens(c, "train")
+    tokens, _ = packing.packed_tokens(c, "train")
     n = len(tokens) // 1024
     it = pipeline.make_iterator(c, process_index=0, process_count=1)
     spe = it.steps_per_epoch
@@ -215,7 +215,7 @@ def test_text8_builder_split_and_continuous_packing(tmp_path):
     c.model.vocab_size = 27
     tok = tokenizers.get(c.data)
     for split, (a, b) in (("train", (0, 18000)), ("validation", (18000, 19000)), ("test", (19000, 20000))):
-        tokens, meta = pipeline.packed_tokens(c, split)
+        tokens, meta = packing.packed_tokens(c, split)
         assert tok.decode(tokens) == text[a:b]  # no separators: one continuous stream
         assert meta["dtype"] == "uint16"
     batch = next(pipeline.make_iterator(c, process_index=0, process_count=1))
@@ -229,7 +229,7 @@ def test_dataset_that_needs_a_download_without_network_says_so_at_once(tmp_path,
     c = make_config(tmp_path, dataset="text8", tokenizer="char")
     c.model.vocab_size = 27
     with pytest.raises(errors.ConfigError) as e:
-        pipeline.packed_tokens(c, "train")
+        packing.packed_tokens(c, "train")
     msg = str(e.value)
     assert "config.data.dataset='text8'" in msg and "needs text8.zip" in msg and "127.0.0.1:9" in msg
     assert f"put them in {tmp_path}/downloads/manual/" in msg and "config.data.data_dir" in msg
@@ -252,10 +252,10 @@ def test_lm1b_builder_reads_archive_without_tensorflow(tmp_path):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     c = make_config(tmp_path, dataset="lm1b")
-    tokens, meta = pipeline.packed_tokens(c, "train")
+    tokens, meta = packing.packed_tokens(c, "train")
     assert bytes(np.asarray(tokens, np.uint8)) == b"a b c .\0d e .\0f g h .\0"
     assert meta["documents"] == 3
-    tokens, _ = pipeline.packed_tokens(c, "validation")
+    tokens, _ = packing.packed_tokens(c, "validation")
     assert bytes(np.asarray(tokens, np.uint8)) == b"x y .\0"
     assert "tensorflow" not in sys.modules
 
@@ -286,19 +286,19 @@ def test_openwebtext_builder_holds_out_last_documents_gpt2(tmp_path, gpt2_dir, m
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
     docs = _owt_archives(manual)
-    monkeypatch.setattr(pipeline, "OWT_VALIDATION_DOCS", 5)
+    monkeypatch.setattr(packing, "OWT_VALIDATION_DOCS", 5)
     c = make_config(tmp_path, dataset="openwebtext", tokenizer="gpt2", gpt2_vocab_dir=str(gpt2_dir))
     c.data.seq_len = c.model.max_len = 16
     tok = tokenizers.get(c.data)
     c.model.vocab_size = tok.vocab_size
     for split, part in (("train", docs[:-5]), ("validation", docs[-5:])):
-        tokens, meta = pipeline.packed_tokens(c, split)
+        tokens, meta = packing.packed_tokens(c, split)
         expected = np.concatenate([np.append(tok.encode(d), tok.eot_id) for d in part])
         np.testing.assert_array_equal(np.asarray(tokens), expected)
         assert meta["documents"] == len(part)
     assert len(pipeline.eval_batches(c, None, process_index=0, process_count=1)) >= 1
-    monkeypatch.setattr(pipeline, "OWT_VALIDATION_DOCS", len(docs))  # nothing left for train
-    pipeline._STORE_CACHE.clear()
+    monkeypatch.setattr(packing, "OWT_VALIDATION_DOCS", len(docs))  # nothing left for train
+    packing._STORE_CACHE.clear()
     with pytest.raises(ValueError, match=r"0 documents.*config\.train\.batch_size"):
         pipeline.make_iterator(c, process_index=0, process_count=1)
 
@@ -333,10 +333,10 @@ def test_data_token_id_over_model_vocab(embedded_dir, monkeypatch):
     c = make_config(embedded_dir)
     c.model.vocab_size = 128
     monkeypatch.setattr(tokenizers.ByteTokenizer, "vocab_size", 128)
-    pipeline._STORE_CACHE.clear()
+    packing._STORE_CACHE.clear()
     with pytest.raises(ValueError, match=r"config\.model\.vocab_size=128.*token id \d+ >= it"):
         pipeline.make_iterator(c, process_index=0, process_count=1)
-    pipeline._STORE_CACHE.clear()
+    packing._STORE_CACHE.clear()
 
 
 def test_batch_not_divisible_by_process_count(tmp_path):
@@ -383,7 +383,7 @@ def test_text8_download_path_works_without_tensorflow(tmp_path, monkeypatch):
     try:
         monkeypatch.setattr(builders.Text8, "URL", f"http://127.0.0.1:{server.server_port}/text8.zip")
         c = make_config(tmp_path / "tfds", dataset="text8", tokenizer="char")
-        tokens, _ = pipeline.packed_tokens(c, "validation")
+        tokens, _ = packing.packed_tokens(c, "validation")
     finally:
         server.shutdown()
         server.server_close()
@@ -402,8 +402,8 @@ def test_process_defaults_come_from_jax(embedded_dir):
 
 def test_packed_dir_separate_from_tfds_data_and_remote_data_dir_needs_it(embedded_dir, tmp_path):
     c = make_config(embedded_dir, packed_dir=str(tmp_path / "packed"))
-    tokens, _ = pipeline.packed_tokens(c, "validation")
-    reference, _ = pipeline.packed_tokens(make_config(embedded_dir), "validation")
+    tokens, _ = packing.packed_tokens(c, "validation")
+    reference, _ = packing.packed_tokens(make_config(embedded_dir), "validation")
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(reference))
     assert list((tmp_path / "packed").rglob("validation.byte-*.bin"))
     c = make_config("gs://some-bucket/tfds")

@@ -112,6 +112,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["continuous", "arm"])
 def test_evaluate_reuses_the_train_eval_and_writes_its_report(trained, kind):
     c, wd, final = trained[kind]
@@ -128,6 +129,7 @@ def test_evaluate_reuses_the_train_eval_and_writes_its_report(trained, kind):
     assert saved["metadata"]["config"]["model"]["emb_dim"] == 32
 
 
+@pytest.mark.slow
 def test_mc_draws_average_independent_nelbo_draws(trained):
     c, wd, final = trained["continuous"]
     c2 = copy.deepcopy(c)
@@ -139,6 +141,7 @@ def test_mc_draws_average_independent_nelbo_draws(trained):
     assert abs(r["nats_per_token"] - final["eval/nats_per_token"]) < 6 * max(r["nats_per_token_stderr"], 1e-3)
 
 
+@pytest.mark.slow
 def test_sample_quality_of_real_text_matches_the_arm_eval(trained, tmp_path):
     """Scoring real validation sequences as 'samples' must reproduce the ARM's validation NLL on
     them (two code paths: objectives' ARM loss in the eval step vs sample_metrics.sequence_nlls),

@@ -151,6 +151,7 @@ def time_agnostic_run(tmp_path_factory):
     return c, wd, experiments.run(c, wd)
 
 
+@pytest.mark.slow
 def test_time_agnostic_end_to_end(time_agnostic_run):
     c, wd, res = time_agnostic_run
     for f in ("time_agnostic.json", "time_agnostic_nelbo.csv", "time_agnostic_kl.csv",
@@ -197,6 +198,7 @@ def test_time_agnostic_end_to_end(time_agnostic_run):
         experiments.train_run(arm_cfg, os.path.join(wd, "runs", "tf_discrete"))
 
 
+@pytest.mark.slow
 def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
     c_ta, wd_ta, _ = time_agnostic_run
     c = _tiny(_load_config("mdm_vs_arm"))

@@ -40,6 +40,7 @@ def sweep(tmp_path_factory):
     return workdir, out
 
 
+@pytest.mark.slow
 def test_precision_sweep_writes_its_report(sweep):
     workdir, out = sweep
     for f in ("precision_sweep.json", "precision_sweep_sweep.csv", "precision_sweep_one_step.csv",
@@ -79,6 +80,7 @@ def _rows(out):
     return {(r["sampler"], r["precision"], r["num_steps"]): r for r in out["rows"]}
 
 
+@pytest.mark.slow
 def test_low_precision_ancestral_loses_entropy_and_fhs_stays_put(sweep):
     _, out = sweep
     rows = _rows(out)
@@ -93,6 +95,7 @@ def test_low_precision_ancestral_loses_entropy_and_fhs_stays_put(sweep):
         assert abs(_z(rows[("factorized", p, 16)], rows[("factorized", p, n)])) < 4.0, p
 
 
+@pytest.mark.slow
 def test_float64_samplers_match_the_exact_model(sweep):
     _, out = sweep
     truth = out["results"]["exact"]
@@ -103,6 +106,7 @@ def test_float64_samplers_match_the_exact_model(sweep):
         assert abs(z) < 4.0, (r, truth)
 
 
+@pytest.mark.slow
 def test_float32_pytorch_effect_follows_the_grid_law(sweep):
     _, out = sweep
     rows = _rows(out)
@@ -162,6 +166,7 @@ def test_ancestral_token_law_grouping_equals_per_token_computation(prec):
         assert not np.allclose(fast, mu, rtol=1e-3)   # the float32 distortion is really there
 
 
+@pytest.mark.slow
 def test_sampler_speed_tiny(tmp_path):
     workdir = str(tmp_path)
     config = _config("sampler_speed", "tiny")

@@ -83,8 +83,8 @@ def test_local_multiprocess_trains_two_processes_of_two_devices(tmp_path):
     # Prepare the dataset once here, so the two processes only read it (no concurrent build).
     prep = subprocess.run(
         [PY, "-c", "import sys; sys.path.insert(0, '.'); from configs import quickstart; "
-                   "from mdm_jax.data import pipeline; c = quickstart.get_config(); "
-                   "[pipeline.packed_tokens(c, s) for s in ('train', 'validation')]"],
+                   "from mdm_jax.data import packing; c = quickstart.get_config(); "
+                   "[packing.packed_tokens(c, s) for s in ('train', 'validation')]"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stderr[-3000:]
     workdir = tmp_path / "mp"

@@ -63,6 +63,7 @@ def _snapshot(root):
                   for d, _, files in os.walk(root) for f in files)
 
 
+@pytest.mark.slow
 def test_cli_train_eval_sample_round_trip(tmp_path):
     wd = tmp_path / "run"
     r = _run(*TINY, f"--workdir={wd}", "--mode=train")

@@ -259,6 +259,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_forward_matches_single_device():
     """8 fake CPU devices as data=2 x fsdp=2 x tensor=2 (a fresh process: XLA_FLAGS before import)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

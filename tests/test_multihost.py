@@ -72,6 +72,7 @@ def _launch(num_processes: int, devices_per_process: int, workdir, out, cache_di
         return json.load(f), logs
 
 
+@pytest.mark.slow
 @pytest.mark.multihost
 def test_two_processes_match_one_process(tmp_path):
     from mdm_jax import checkpoint, config as config_lib, sharding, train

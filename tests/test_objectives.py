@@ -71,7 +71,7 @@ def draw_data(seed, n):
     return jnp.asarray(DATA.seqs[ids], jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batched_estimator(items):
     obj = types.SimpleNamespace(**dict(items))
 
@@ -210,7 +210,7 @@ def test_low_discrepancy_reduces_variance(kind):
     for ld in (False, True):
         obj = objective(kind, "linear", ld)
 
-        def one_batch(x, k):
+        def one_batch(x, k, obj=obj):
             c = objectives.corrupt(x, k, obj, vocab_size=8)
             return jnp.mean(objectives.sequence_losses(ratio_aware_logits(c.inputs, c.t), c))
 
@@ -253,7 +253,7 @@ def test_loss_fn_passes_time_only_to_time_conditioned_networks():
     for tc, kind, train in [(True, "continuous", True), (False, "continuous", True),
                             (True, "discrete", False), (True, "arm", False)]:
         c.model.time_conditioning, c.objective.kind = tc, kind
-        jax.eval_shape(lambda x, k: objectives.loss_fn(apply_fn, None, x, k, c, train=train),
+        jax.eval_shape(lambda x, k, train=train: objectives.loss_fn(apply_fn, None, x, k, c, train=train),
                        x0, jax.random.key(1))
         if tc and kind != "arm":
             assert seen["t"].shape == (8,) and seen["t"].dtype == jnp.float32

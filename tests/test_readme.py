@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from absl import flags
 from ml_collections import config_dict
 
@@ -67,6 +68,7 @@ def test_every_readme_command_parses(monkeypatch):
         assert fv.workdir and isinstance(fv.config, config_dict.ConfigDict), c
 
 
+@pytest.mark.slow
 def test_quickstart_chain_runs_as_written(tmp_path):
     commands = [c for block in _bash_commands() for c in block if MAIN in c]
     chain = [c for c in commands if "configs/quickstart" in c]

@@ -13,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mdm_jax import sampling, schedules
 from mdm_jax.reference.joint import ReferenceJoint
@@ -53,10 +54,11 @@ def run(sh, only_fhs=False):
                 ar=jnp.asarray(ar).tolist(), anc_nfe=st["nfe"])
 
 
+@pytest.mark.slow
 def test_same_tokens_on_one_and_eight_devices():
     here = os.path.dirname(os.path.abspath(__file__))
     src = "import inspect\n" + textwrap.dedent(
-        "B, V, L = {}, {}, {}\n".format(B, V, L)) + _source_of_run() + SCRIPT.format(tests=here)
+        f"B, V, L = {B}, {V}, {L}\n") + _source_of_run() + SCRIPT.format(tests=here)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     root = os.path.dirname(here)

@@ -20,7 +20,7 @@ dict {"params": ...} and logically boxed trees are accepted too. All functions a
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
