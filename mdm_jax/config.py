@@ -83,12 +83,13 @@ def base() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.method = "first_hitting"  # first_hitting | ancestral | autoregressive
+    c.sampling.method = "first_hitting"  # first_hitting | ancestral | mdlm_ancestral | autoregressive
     c.sampling.precision = "float64"     # one of PRECISIONS
     c.sampling.num_steps = 1024          # ancestral only
     c.sampling.tokens_per_step = 1       # first_hitting parallel variant
     c.sampling.cache = True              # ancestral: reuse output when nothing changed
     c.sampling.factorized = False        # ancestral: Bernoulli unmask + V-way token
+    c.sampling.uniform_bits = 0          # mdlm_ancestral: uniforms k 2^-b (0 = policy's; 24: Table 2 row 3)
     c.sampling.temperature = 1.0
     c.sampling.num_samples = 8
     c.sampling.batch_size = 8
@@ -100,6 +101,8 @@ def base() -> ml_collections.ConfigDict:
     c.eval.num_batches = 16
     c.eval.mc_draws = 1                  # Monte Carlo draws of t per sequence for the NELBO
     c.eval.evaluator_workdir = ""        # ARM workdir used for generative perplexity
+    c.eval.evaluator = ""                # "gpt2:/path/to/gpt2-large": a Hugging Face GPT-2 dir as evaluator
+    c.eval.gen_ppl_definition = "project"  # "project" (ids as sampled) | "mdlm" (decode, retokenise)
     c.eval.use_ema = True
 
     c.experiment = ml_collections.ConfigDict()

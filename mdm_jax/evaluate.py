@@ -37,7 +37,7 @@ import numpy as np
 import optax
 import scipy.stats
 
-from mdm_jax import rng, runs
+from mdm_jax import gen_ppl, rng, runs
 
 LOG2 = math.log(2.0)
 
@@ -132,6 +132,8 @@ def load_evaluator(config, evaluator_workdir: str | None = None):
     from mdm_jax import models
     from mdm_jax.models import adapters
 
+    if not evaluator_workdir and config.eval.get("evaluator", ""):
+        return _load_gpt2_evaluator(config, config.eval.evaluator)
     wd = evaluator_workdir or config.eval.evaluator_workdir
     if not wd:
         raise ValueError("generative perplexity needs an evaluator ARM: set --config.eval.evaluator_workdir "
@@ -150,6 +152,36 @@ def load_evaluator(config, evaluator_workdir: str | None = None):
     info = {"evaluator_workdir": os.path.abspath(wd), "evaluator_step": step,
             "evaluator_objective": "arm", "evaluator_bos_id": ecfg.model.vocab_size}
     return fn, ecfg.model.vocab_size, info
+
+
+def _load_gpt2_evaluator(config, spec: str):
+    """(evaluator, bos_id, info) of `eval.evaluator="gpt2:DIR"`: a GPT-2 scores GPT-2 token ids."""
+    # Imported here: it reads safetensors checkpoints (mdm_jax.interop), which only this path needs.
+    from mdm_jax import gpt2_evaluator
+
+    ev = gpt2_evaluator.load(spec)
+    if int(config.model.vocab_size) != ev.vocab_size:
+        raise ValueError(f"eval.evaluator={spec} has {ev.vocab_size} tokens but the samples' model has "
+                         f"model.vocab_size={config.model.vocab_size} (data.tokenizer="
+                         f"{config.data.tokenizer}): a GPT-2 evaluator scores GPT-2 token ids only")
+    return ev, ev.eot_id, ev.info()
+
+
+def _mdlm_gen_ppl(config, evaluator, tokens) -> dict:
+    """MDLM's definition (mdm_jax.gen_ppl) of samples of this config's model under a GPT-2 evaluator."""
+    from mdm_jax.data import tokenizers
+
+    if not hasattr(evaluator, "tokenizer"):
+        raise ValueError("eval.gen_ppl_definition='mdlm' decodes and retokenises text: it needs a GPT-2 "
+                         "evaluator (eval.evaluator='gpt2:/path/to/gpt2-large'), not an ARM workdir")
+    tok = tokenizers.get(config.data)
+    if tok.vocab_size != evaluator.vocab_size:
+        raise ValueError(f"data.tokenizer={config.data.tokenizer} has {tok.vocab_size} tokens, the evaluator "
+                         f"{evaluator.vocab_size}: MDLM's definition decodes with the samples' tokenizer")
+    return gen_ppl.mdlm_generative_perplexity(
+        evaluator, tokens, sample_tokenizer=tok, eval_tokenizer=evaluator.tokenizer,
+        eot_id=evaluator.eot_id, context=evaluator.context, vocab_size=evaluator.vocab_size,
+        group_size=int(config.sampling.batch_size), batch_size=int(config.sampling.batch_size))
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -221,7 +253,7 @@ def evaluate(config, workdir: str) -> dict:
               f"{m['bits_per_token']:.4f} bits/token ({bound}; ppl {m['ppl_bound']:.3f}) over "
               f"{m['num_tokens']} tokens, {m['mc_draws']} draw(s)/sequence -> {path}")
     result["path"] = path
-    if config.eval.evaluator_workdir:
+    if config.eval.evaluator_workdir or config.eval.get("evaluator", ""):
         result["sample_quality"] = score_sample_files(config, workdir)
     return result
 
@@ -304,18 +336,23 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
     s.setdefault("jax_version", jax.__version__)
     for k in SETTINGS:
         s.setdefault(k, None)
+    definition = gen_ppl.check_definition(config.eval.get("gen_ppl_definition", "project"))
     logits_fn, bos_id, info = evaluator if evaluator is not None else load_evaluator(config)
     ent = sequence_entropies(tokens)
-    nll = sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
-                        batch_size=int(config.sampling.batch_size))
+    if definition == "mdlm":
+        g = _mdlm_gen_ppl(config, logits_fn, tokens)
+        nll_sum, count = g["sequence_nll"].sum(), g["sequence_count"].sum()
+    else:
+        nll = sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
+                            batch_size=int(config.sampling.batch_size))
+        nll_sum, count = nll.sum(), tokens.size
     result = {
         **s, "seq_len": int(tokens.shape[1]),
         "entropy": float(ent.mean()), "entropy_std": float(ent.std()),
         "reference_entropy": reference_entropy(config, tokens.shape[1], tokens.shape[0], split=reference_split),
-        "gen_ppl": float(np.exp(nll.sum() / tokens.size)),
-        "gen_nll_per_token": float(nll.sum() / tokens.size),
-        "gen_ppl_definition": "exp(sum of NLL over all sampled tokens / their number); each sequence "
-                              "scored as sampled after the evaluator's BOS, separators scored like any token",
+        "gen_ppl": float(np.exp(nll_sum / count)),
+        "gen_nll_per_token": float(nll_sum / count),
+        "gen_ppl_definition": gen_ppl.DESCRIPTIONS[definition], "gen_ppl_definition_name": definition,
         **info,
     }
     name = name or f"sample_quality_{s['sampler']}_{s['precision']}_{s['steps']}"
@@ -325,7 +362,8 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
                      tables={"settings": [{k: result[k] for k in (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")}]},
                      findings=[(None, f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats "
                                       f"(real text {result['reference_entropy']:.3f}), gen PPL "
-                                      f"{result['gen_ppl']:.3f} under the ARM at {info.get('evaluator_workdir')}.")],
+                                      f"{result['gen_ppl']:.3f} ({definition} definition) under "
+                                      f"{info.get('evaluator_workdir') or info.get('evaluator')}.")],
                      title=f"Sample quality: {s['sampler']}, {s['precision']}", summary_name=f"{name}.md")
     result["path"] = os.path.join(out_dir, f"{name}.json")
     return result

@@ -28,7 +28,7 @@ import numpy as np
 
 from mdm_jax import models, rng, schedules, sharding
 
-MDM_METHODS = ("first_hitting", "ancestral")
+MDM_METHODS = ("first_hitting", "ancestral", "mdlm_ancestral")
 ARM_METHODS = ("autoregressive",)
 METHODS = MDM_METHODS + ARM_METHODS
 
@@ -45,7 +45,26 @@ def check_method(config) -> str:
     if not arm and method in ARM_METHODS:
         raise ValueError(f"sampling.method={method!r} needs an ARM (objective.kind='arm'); for this MDM "
                          "use --config.sampling.method=first_hitting or ancestral")
+    if method == "mdlm_ancestral":
+        _check_mdlm(config)
+    elif int(config.sampling.get("uniform_bits", 0)):
+        raise ValueError(f"sampling.uniform_bits={config.sampling.uniform_bits} applies to sampling.method="
+                         f"mdlm_ancestral only, not {method!r}: set it to 0")
     return method
+
+
+def _check_mdlm(config) -> None:
+    """MDLM's procedure moves masks with probability t itself: only linear-like schedules fit it."""
+    from mdm_jax.sampling import mdlm
+
+    mdlm.check(config.sampling.precision, config.sampling.uniform_bits)
+    if config.objective.schedule not in ("linear", "loglinear"):
+        raise ValueError(f"sampling.method=mdlm_ancestral is MDLM's procedure, whose mask level is t (MDLM's "
+                         f"log-linear schedule); this model was trained with objective.schedule="
+                         f"{config.objective.schedule!r}: use sampling.method=ancestral or first_hitting")
+    if float(config.sampling.temperature) != 1.0:
+        raise ValueError("sampling.method=mdlm_ancestral has no temperature (MDLM's sampler has none): "
+                         "set sampling.temperature=1.0 or use another sampling.method")
 
 
 def _seq_len(config) -> int:
@@ -118,6 +137,12 @@ def make_sampler(config, params, mesh):
                       batch_sharding=bs)
         if method == "first_hitting":
             return sampling.first_hitting(denoise, key, tokens_per_step=int(s.tokens_per_step), **common)
+        if method == "mdlm_ancestral":
+            # MDLM's own procedure: its time grid and move chance t (no schedule), no temperature.
+            for k in ("schedule", "temperature"):
+                common.pop(k)
+            return sampling.mdlm_ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
+                                           uniform_bits=int(s.uniform_bits), **common)
         return sampling.ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
                                   factorized=bool(s.factorized), **common)
     return run, seq_len, prompt
