@@ -183,3 +183,44 @@ def test_bad_settings_name_the_field():
         _run(0, 2, b=2, precision="float32-pytorch", uniform_bits=30)
     with pytest.raises(ValueError, match="num_steps"):
         _run(0, 0, b=2)
+
+
+def test_sample_mode_checks_the_mdlm_settings():
+    from mdm_jax import config as config_lib
+    from mdm_jax import generate
+
+    c = config_lib.base()
+    c.sampling.method, c.sampling.precision = "mdlm_ancestral", "float64"
+    assert generate.check_method(c) == "mdlm_ancestral"
+    for field, value, match in (("objective.schedule", "cosine", "objective.schedule"),
+                                ("sampling.temperature", 0.9, "sampling.temperature"),
+                                ("sampling.precision", "bfloat16", "sampling.precision")):
+        bad = config_lib.base()
+        bad.sampling.method, bad.sampling.precision = "mdlm_ancestral", "float64"
+        section, name = field.split(".")
+        bad[section][name] = value
+        with pytest.raises(ValueError, match=match):
+            generate.check_method(bad)
+    other = config_lib.base()
+    other.sampling.uniform_bits = 24      # only MDLM's sampler has this setting
+    with pytest.raises(ValueError, match="sampling.uniform_bits"):
+        generate.check_method(other)
+
+
+@pytest.mark.slow
+def test_sample_mode_runs_mdlms_sampler_on_a_project_model():
+    from mdm_jax import config as config_lib
+    from mdm_jax import generate, models, sharding
+
+    c = config_lib.base()
+    c.model.update(vocab_size=16, max_len=8, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
+    c.data.seq_len = 8
+    c.sampling.update(method="mdlm_ancestral", precision="float32-pytorch", num_steps=16, cache=False)
+    model = models.build(c)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,), jnp.float32),
+                        deterministic=True)["params"]
+    run, seq_len, _ = generate.make_sampler(c, params, sharding.make_mesh(c.mesh))
+    tokens, st = run(jax.random.key(1), 2)
+    tokens = np.asarray(tokens)
+    assert tokens.shape == (2, 8) and tokens.max() < 16 and st["method"] == "mdlm_ancestral"
+    assert st["nfe"] == 17 and st["uniform_bits"] == 24    # no cache: 16 steps + noise removal

@@ -15,7 +15,7 @@ import copy
 import importlib
 import os
 
-EXPERIMENTS = ("precision_sweep", "time_agnostic", "sampler_speed", "mdm_vs_arm")
+EXPERIMENTS = ("precision_sweep", "time_agnostic", "sampler_speed", "mdm_vs_arm", "table2")
 
 
 def run(config, workdir: str) -> dict:
