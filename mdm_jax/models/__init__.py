@@ -14,6 +14,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from mdm_jax import objectives
+from mdm_jax.models.dit import DiT
 from mdm_jax.models.transformer import Transformer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -50,9 +51,23 @@ def _transformer_takes_time(config) -> bool:
     return bool(config.model.time_conditioning) and objectives.of(config).time_input
 
 
+def _build_dit(config, objective) -> DiT:
+    m = config.model
+    if m.mlp_type != "gelu":
+        raise ValueError(f"model.family='mdlm' has MDLM's GELU MLP, not model.mlp_type={m.mlp_type!r}: "
+                         "set --config.model.mlp_type=gelu")
+    return DiT(vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
+               emb_dim=m.emb_dim, cond_dim=m.time_emb_dim, mlp_dim=m.mlp_dim, dropout=m.dropout,
+               time_conditioning=objectives.uses_time(config), rope_base=m.rope_base,
+               dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+               param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+
+
 FAMILIES = {f.name: f for f in (
     Family(name="transformer", build=_build_transformer, causal=(False, True),
            time_conditioned=_transformer_takes_time),
+    # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init.from); model.time_emb_dim is its cond_dim.
+    Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
 )}
 
 
