@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -91,34 +92,44 @@ def chunked_nlls(logits_fn: Callable, rows: Sequence[np.ndarray], *, eot_id: int
                  vocab_size: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(summed NLL [N], counted targets [N]) of MDLM's steps 3-4 for retokenised rows.
 
-    Rows of equal length are scored together (a padding group has one length), `batch_size` at a
-    time; logits_fn(ids int32[b, n]) -> logits [b, n, V] of a causal model (n <= context).
+    logits_fn(ids int32[b, n]) -> logits [b, n, V] of a causal model, n <= context. The weights are
+    those of each row as given (its own chunks); to run one compiled shape, every chunk is then
+    right-padded with end-of-text to a common width and the batch to `batch_size` rows, with weight
+    0: the model is causal, so padding on the right changes no counted target's logits.
     """
-    nll = np.zeros(len(rows))
-    count = np.zeros(len(rows))
-    by_len: dict[int, list[int]] = {}
+    n = len(rows)
+    width_all = max(len(r) for r in rows)
+    ids = np.full((n, width_all), eot_id, np.int64)
+    weights = np.zeros((n, width_all))          # weights[i, j]: target ids[i, j] (never j = chunk start)
     for i, r in enumerate(rows):
-        by_len.setdefault(len(r), []).append(i)
-    for length, idx in by_len.items():
-        arr = np.stack([rows[i] for i in idx])
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-            raise ValueError(f"retokenised ids outside the evaluator's vocabulary [0, {vocab_size}): "
-                             "the tokenizer does not belong to this evaluator")
-        bs = batch_size or len(idx)
-        for start in range(0, length, context):
-            chunk = arr[:, start:start + context]
-            if chunk.shape[1] < 2:
-                continue   # a one-token chunk has no target (torch: logits[..., :-1] is empty)
-            w = target_weights(chunk, eot_id)
-            for b in range(0, len(idx), bs):
-                x = jnp.asarray(chunk[b:b + bs], jnp.int32)
-                logits = jnp.asarray(logits_fn(x), jnp.float32)
-                ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], x[:, 1:]),
-                                np.float64)
-                rows_b = np.asarray(idx[b:b + bs])
-                nll[rows_b] += (ce * w[b:b + bs]).sum(axis=1)
-                count[rows_b] += w[b:b + bs].sum(axis=1)
-    return nll, count
+        ids[i, :len(r)] = r
+        for start in range(0, len(r), context):
+            chunk = np.asarray(r[start:start + context])
+            if len(chunk) >= 2:    # a one-token chunk has no target (torch: logits[..., :-1] is empty)
+                weights[i, start + 1:start + len(chunk)] = target_weights(chunk, eot_id)
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"retokenised ids outside the evaluator's vocabulary [0, {vocab_size}): "
+                         "the tokenizer does not belong to this evaluator")
+    width = min(context, width_all)
+    bs = min(batch_size or n, n)
+    rows_pad = -n % bs
+    ids = np.pad(ids, ((0, rows_pad), (0, -width_all % width)), constant_values=eot_id)
+    weights = np.pad(weights, ((0, rows_pad), (0, ids.shape[1] - width_all)))
+    nll = np.zeros(len(ids))
+    for start in range(0, ids.shape[1], width):
+        for b in range(0, len(ids), bs):
+            w = weights[b:b + bs, start + 1:start + width]
+            if not w.any():
+                continue
+            x = jnp.asarray(ids[b:b + bs, start:start + width], jnp.int32)
+            nll[b:b + bs] += (np.asarray(_target_nll(logits_fn(x), x), np.float64) * w).sum(axis=1)
+    return nll[:n], weights[:n].sum(axis=1)
+
+
+@jax.jit
+def _target_nll(logits, x):
+    """-log p(x[:, j] | x[:, :j]) for j >= 1 from causal logits [b, n, V], in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), x[:, 1:])
 
 
 def ratio_stderr(nll: np.ndarray, count: np.ndarray) -> float:
