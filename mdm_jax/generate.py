@@ -181,6 +181,7 @@ def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
                 "tokens_per_step": int(stats.get("tokens_per_step", 1)),
                 "precision": s.precision, "temperature": float(s.temperature),
                 "cache": stats.get("cache"), "factorized": stats.get("factorized"),
+                "uniform_bits": stats.get("uniform_bits"),
                 "schedule": stats.get("schedule"), "seq_len": seq_len,
                 "prompt": s.prompt, "prompt_tokens": int(len(prompt)),
                 "seed": int(config.seed), "nfe": int(stats["nfe"]), "wall_time_s": wall,
@@ -190,7 +191,9 @@ def sample(config, workdir, *, num_print: int = 3) -> list[dict]:
             })
 
     out_dir = os.path.join(os.fspath(workdir), "samples")
-    path = os.path.join(out_dir, f"{stats['method']}_{s.precision}_{int(stats['num_steps'])}.jsonl")
+    # A non-default uniform grid (mdlm_ancestral) is another policy: its own file.
+    bits = f"_u{int(s.uniform_bits)}" if int(s.get("uniform_bits", 0)) else ""
+    path = os.path.join(out_dir, f"{stats['method']}_{s.precision}{bits}_{int(stats['num_steps'])}.jsonl")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(path, "w") as f:
