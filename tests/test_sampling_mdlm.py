@@ -91,6 +91,23 @@ def test_truncated_uniforms_and_prompts_follow_the_law():
     assert chisquare_pvalue(REF.index(tokens), mdlm_law(n, eps, init=init[0])) > ALPHA
 
 
+def test_normalized_log_probs_are_only_exponentiated():
+    # MDLM's forward() returns normalised SUBS log-probabilities, which MDLM only exponentiates.
+    # normalized=True does the same; raw logits need normalized=False (a constant shift of the
+    # logits is then removed), and the shifted logits taken as log-probabilities change the law.
+    n, eps, b = 4, 0.2, 8000
+    shifted = lambda x, t: REF.denoise_fn(x, t) + 3.0  # noqa: E731
+    base, st = _run(6, n, b=b, eps=eps, normalized=True)
+    assert st["normalized"]
+    same, _ = sampling.mdlm_ancestral(shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V,
+                                      num_steps=n, eps=eps)
+    assert np.mean(np.asarray(base) == np.asarray(same)) > 0.999   # equal up to float32 rounding
+    assert chisquare_pvalue(REF.index(np.asarray(base)), mdlm_law(n, eps)) > ALPHA
+    wrong, _ = sampling.mdlm_ancestral(shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V,
+                                       num_steps=n, eps=eps, normalized=True)
+    assert chisquare_pvalue(REF.index(np.asarray(wrong)), mdlm_law(n, eps)) < REJECT
+
+
 def test_time_grid_is_mdlms():
     for n in (1, 7, 2048):
         t, s, d = mdlm.time_grid(n)

@@ -85,8 +85,9 @@ def _sample(row: str, s: dict, denoise_fn, mdlm_info, seq_len: int, key):
         k = rng.fold(key, "batch", i)
         if spec["sampler"] == "mdlm_ancestral":
             # MDLM reuses the network output only for a time-free network (`_sample`).
+            # The adapter returns MDLM's SUBS log-probabilities: p_x0 is their exp (normalized=True).
             tok, st = sampling.mdlm_ancestral(denoise_fn, k, num_steps=s["num_steps"],
-                                              uniform_bits=spec["uniform_bits"],
+                                              uniform_bits=spec["uniform_bits"], normalized=True,
                                               cache=not mdlm_info.time_conditioning, **common)
         else:
             kk = s["tokens_per_step"] if row.startswith("parallel") else 1
@@ -122,13 +123,19 @@ def compute(config, workdir: str) -> str:
     # The samples are decoded with the evaluator's GPT-2 tokenizer: MDLM OpenWebText has exactly its
     # 50,257 ids. A smaller vocabulary (the CI fixture's 600) is read as the first ids of GPT-2's.
     if vocab > ev.tokenizer.vocab_size:
-        raise ValueError(f"experiment.mdlm_dir={s['mdlm_dir']} has {vocab} tokens (+ mask), more than the "
-                         f"GPT-2 tokenizer in experiment.evaluator_dir ({ev.tokenizer.vocab_size}): the samples "
-                         "are decoded with that tokenizer, so they must use its ids (MDLM OpenWebText: 50,257)")
+        raise ValueError(f"experiment.mdlm_dir={s['mdlm_dir']} has {vocab} tokens (+ mask), more than "
+                         f"the GPT-2 tokenizer in experiment.evaluator_dir ({ev.tokenizer.vocab_size}): the "
+                         "samples are decoded with that tokenizer, so they must use its ids (MDLM "
+                         "OpenWebText: 50,257)")
     if vocab < ev.tokenizer.vocab_size:
         print(f"{NAME}: the MDLM model has {vocab} tokens, the GPT-2 tokenizer {ev.tokenizer.vocab_size}: "
-              "its ids are read as the first GPT-2 ids (a test setup, not a published checkpoint)", flush=True)
+              "its ids are read as the first GPT-2 ids (a test setup, not a published checkpoint)",
+              flush=True)
     seq_len = s["seq_len"] or int(mdlm_info.model_length)
+    if not 2 <= seq_len <= min(int(mdlm_info.model_length), ev.context):
+        raise ValueError(f"experiment.seq_len={seq_len}: the MDLM model takes at most "
+                         f"{mdlm_info.model_length} tokens and the evaluator reads {ev.context} (the "
+                         "project's gen PPL scores whole samples); use 0 for the model's length")
     root = rng.root_key(s["seed"])
     rows, records = [], []
     for row in s["rows"]:

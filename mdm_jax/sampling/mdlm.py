@@ -9,8 +9,9 @@ This is `Diffusion._sample` with `sampling.predictor=ddpm_cache` of github.com/k
    a float32 tensor in float32). eps = 1e-5, so the last step ends at s ~ 1e-5, not at 0.
 2. `_ddpm_caching_update`: the network gives log p_x0 = logits - logsumexp(logits) (the SUBS
    parameterisation: the mask column is -inf, so it drops out; `denoise_fn` already returns only
-   the V real columns), p_x0 = exp(log p_x0). The move chance is t itself (MDLM's log-linear
-   schedule with the network fed sigma(t)), so every masked position draws from the unnormalised
+   the V real columns; `normalized=True` takes MDLM's own log p_x0 as given), p_x0 = exp(log p_x0).
+   The move chance is t itself (MDLM's log-linear schedule with the network fed sigma(t)), so every
+   masked position draws from the unnormalised
        q = [ p_x0 (t_i - s_i) , s_i ]      (V tokens, then the mask id V)
    with `_sample_categorical`: argmax(q / (1e-10 - log(u + 1e-10))), u uniform. A position that
    is not masked keeps its token.
@@ -117,14 +118,18 @@ def _rounded(x, dtype):
     return x.astype(dtype).astype(jnp.float32)
 
 
-def subs_log_probs(logits, precision: str):
+def subs_log_probs(logits, precision: str, normalized: bool = False):
     """log p_x0 = logits - logsumexp(logits), as MDLM computes it, in the race's dtype (float32 array
     holding the rounded values for the 32-bit policy).
 
     "float64" computes in float64. Otherwise each op follows torch on a tensor of the logits' dtype:
     float32 stays float32; bfloat16 / float16 logits (a network under autocast) round every op's
     result (logsumexp's exp, sum, log and add, then the subtraction) to that dtype.
+    normalized=True: `logits` already are MDLM's SUBS log-probabilities (`forward`'s output, what
+    `interop.load_mdlm` returns) and are used as they are, only cast.
     """
+    if normalized:
+        return logits.astype(jnp.float64 if precision == "float64" else jnp.float32)
     if precision == "float64":
         lg = logits.astype(jnp.float64)
         return lg - jax.nn.logsumexp(lg, axis=-1, keepdims=True)
@@ -137,24 +142,26 @@ def subs_log_probs(logits, precision: str):
     return _rounded(lg - _rounded(lse + m, dtype), dtype)
 
 
-def subs_probs(logits, precision: str):
+def subs_probs(logits, precision: str, normalized: bool = False):
     """p_x0 = exp(log p_x0) (`forward(x, sigma).exp()`), rounded like `subs_log_probs`."""
     dtype = (logits.dtype if precision != "float64" and logits.dtype in (jnp.bfloat16, jnp.float16)
              else None)
-    p = jnp.exp(subs_log_probs(logits, precision))
+    p = jnp.exp(subs_log_probs(logits, precision, normalized))
     return p if dtype is None else _rounded(p, dtype)
 
 
 def mdlm_ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, num_steps: int,
                    precision: str = "float32-pytorch", uniform_bits: int | None = None,
-                   cache: bool = True, noise_removal: bool = True, eps: float = EPS, init=None,
-                   batch_sharding=None):
+                   cache: bool = True, noise_removal: bool = True, eps: float = EPS,
+                   normalized: bool = False, init=None, batch_sharding=None):
     """MDLM's sampler (module docstring) for N = num_steps; returns (tokens int32[B, L], stats).
 
     Same denoise_fn contract as the other samplers (mask id = V = number of logit columns; it
     receives t, which an MDLM checkpoint's adapter maps to sigma(t)). `cache=True` is MDLM's rule
-    for a time-free network, `cache=False` its rule for a time-conditioned one. init: optional
-    int32[B, L] whose set positions never change. stats["nfe"] counts real network calls,
+    for a time-free network, `cache=False` its rule for a time-conditioned one. `normalized=True`
+    when denoise_fn returns MDLM's SUBS log-probabilities (`interop.load_mdlm`): p_x0 is then their
+    exp, exactly MDLM's, rather than a renormalisation of them. init: optional int32[B, L] whose set
+    positions never change. stats["nfe"] counts real network calls,
     including the noise-removal call.
     """
     bits = check(precision, uniform_bits)
@@ -168,9 +175,11 @@ def mdlm_ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: i
         tokens, nfe, changes = _mdlm(
             key, init_arr, grid, fn_leaves, denoise_fn=fn_static, batch_size=batch_size,
             seq_len=seq_len, mask_id=mask_id, num_steps=n, precision=precision, bits=bits,
-            cache=bool(cache), noise_removal=bool(noise_removal), batch_sharding=batch_sharding)
+            cache=bool(cache), noise_removal=bool(noise_removal), normalized=bool(normalized),
+            batch_sharding=batch_sharding)
         nfe, changes = int(nfe), int(changes)
     stats = dict(method="mdlm_ancestral", precision=precision, uniform_bits=bits, nfe=nfe,
+                 normalized=bool(normalized),
                  num_steps=n, steps_with_change=changes, cache=bool(cache),
                  noise_removal=bool(noise_removal), eps=float(eps), schedule="mdlm (move chance t)",
                  temperature=1.0, batch_size=batch_size, seq_len=seq_len)
@@ -179,9 +188,9 @@ def mdlm_ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: i
 
 @functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
                                              "num_steps", "precision", "bits", "cache",
-                                             "noise_removal", "batch_sharding"))
+                                             "noise_removal", "normalized", "batch_sharding"))
 def _mdlm(key, init, grid, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_id, num_steps,
-          precision, bits, cache, noise_removal, batch_sharding):
+          precision, bits, cache, noise_removal, normalized, batch_sharding):
     denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     ts, ss, ds = grid
     keys = constrain(row_keys(key, batch_size), batch_sharding)
@@ -191,7 +200,7 @@ def _mdlm(key, init, grid, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_i
         return denoise_fn(x, jnp.full((batch_size,), t, jnp.float32))
 
     def probs(x, t):
-        return constrain(subs_probs(logits(x, t), precision), batch_sharding)
+        return constrain(subs_probs(logits(x, t), precision, normalized), batch_sharding)
 
     out = jax.eval_shape(probs, x0, ts[0])
 
@@ -212,7 +221,7 @@ def _mdlm(key, init, grid, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_i
     x, _, _, nfe, changes = jax.lax.fori_loop(0, num_steps, body, carry)
     if noise_removal:
         # `forward(x, sigma(eps)).argmax(-1)`: greedy at the positions still masked.
-        log_p = subs_log_probs(logits(x, ts[num_steps]), precision)
+        log_p = subs_log_probs(logits(x, ts[num_steps]), precision, normalized)
         greedy = jnp.argmax(log_p, axis=-1).astype(jnp.int32)
         x = constrain(jnp.where(x == mask_id, greedy, x), batch_sharding)
         nfe = nfe + 1
