@@ -72,14 +72,14 @@ def test_config_that_describes_another_network_names_every_field():
 
 def test_bad_init_from_and_family_settings_fail_early(vocab_600, tmp_path):
     c = mdlm_config(vocab_600, tmp_path)
-    for spec in ("gpt2:/data/gpt2", "mdlm:", "/data/mdlm-owt"):
+    for spec in ("bert:/data/bert", "mdlm:", "/data/mdlm-owt"):
         c.init["from"] = spec
         with pytest.raises(ValueError, match="init.from=.*expected FORMAT:DIRECTORY"):
             init_from.check(c)
     c = mdlm_config(vocab_600, tmp_path)
     c.data.update(tokenizer="byte")
     with pytest.raises(ValueError, match=r"config.data.tokenizer: the 'byte' tokenizer does not match the "
-                                         r"MDLM checkpoint .*256 token ids, the model 600"):
+                                         r"mdlm checkpoint .*256 token ids, the model 600"):
         init_from.check(c)
     c = mdlm_config(vocab_600, tmp_path)
     c.objective.kind = "arm"
@@ -134,3 +134,95 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
     with contextlib.redirect_stdout(buf):
         result = main.run("train", c, workdir)
     assert result["step"] == 2 and "resumed from" in buf.getvalue() and np.isfinite(result["eval/nelbo"])
+
+
+# ----------------------------------------------------------------------------- GPT-2 as an ARM family
+
+GPT2_FIXTURE = os.path.join(os.path.dirname(FIXTURE), "gpt2-tiny")
+GPT2_FIELDS = dict(family="gpt2", vocab_size=512, max_len=64, emb_dim=64, num_layers=2, num_heads=4,
+                   mlp_dim=256, mlp_type="gelu")
+
+
+@pytest.fixture(scope="module")
+def vocab_512(tmp_path_factory):
+    """GPT-2-format files with 512 ids (byte-level symbols 0..255, fillers, <|endoftext|> = 511)."""
+    from tokenizers import pre_tokenizers
+
+    d = tmp_path_factory.mktemp("vocab512")
+    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({f"<filler_{i}>": i for i in range(256, 511)})
+    vocab["<|endoftext|>"] = 511
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    return str(d)
+
+
+def gpt2_config(vocab_dir):
+    c = config_lib.base()
+    c.objective.kind = "arm"
+    c.model.update(GPT2_FIELDS)
+    c.init["from"] = f"gpt2:{GPT2_FIXTURE}"
+    c.data.update(tokenizer="gpt2", gpt2_vocab_dir=vocab_dir, seq_len=16)
+    c.train.update(batch_size=4, warmup_steps=0, lr=1e-3)
+    c.sampling.update(method="autoregressive", precision="float32", seq_len=16)
+    return c
+
+
+def test_gpt2_family_kv_cached_decoding_reproduces_transformers():
+    """The "gpt2" family's decode path (the autoregressive sampler's) and its full causal forward both
+    give the reference logits; the ARM's BOS (id V) is read as <|endoftext|>."""
+    from mdm_jax.models import adapters
+
+    apply_fn, params, info = interop.load_gpt2(GPT2_FIXTURE)
+    ref = np.load(os.path.join(GPT2_FIXTURE, "reference.npz"))
+    tokens = ref["tokens"][:2, :12]
+    with jax.default_matmul_precision("highest"):
+        full = np.asarray(adapters.ar_logits_fn(apply_fn.model, params)(tokens))
+        step_fn, state = adapters.ar_step_fn(apply_fn.model, params, 2)
+        decode = jax.jit(lambda f, s, x, p: f(s, x, p))  # one compile; params as traced arguments
+        steps = []
+        for pos in range(12):
+            logits, state = decode(step_fn, state, tokens[:, pos], pos)
+            steps.append(np.asarray(logits))
+        as_bos = np.where(tokens == 511, 512, tokens)
+        bos = np.asarray(adapters.ar_logits_fn(apply_fn.model, params)(as_bos))
+    want = ref["logits"][:2, :12]
+    assert np.max(np.abs(full - want)) <= 5e-5
+    assert np.max(np.abs(np.stack(steps, 1) - want)) <= 5e-5
+    np.testing.assert_array_equal(bos, full)
+
+
+@pytest.mark.slow
+def test_gpt2_family_from_checkpoint_trains_as_arm_and_samples(vocab_512):
+    """init.from=gpt2: step 0 holds GPT-2's weights, and the ARM train loss at step 0 is GPT-2's own
+    NLL of [<|endoftext|>, x_0, ..., x_L-1] (what the ARM objective scores); then it samples."""
+    from mdm_jax import rng
+
+    c = gpt2_config(vocab_512)
+    bad = gpt2_config(vocab_512)
+    bad.model.num_heads = 8
+    with pytest.raises(ValueError, match=r"--config.model.num_heads=4 \(config.json n_head\), the config has "
+                                         r"8"):
+        init_from.check(bad)
+    init_from.check(c)
+    mesh = sharding.make_mesh(c.mesh)
+    state, shardings = train.create_train_state(c, mesh)
+    apply_fn, loaded, _ = interop.load_gpt2(GPT2_FIXTURE)
+    got, want = flat(state.params), flat(loaded)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+    batch = np.random.default_rng(0).integers(0, 511, (4, 16)).astype(np.int32)
+    step = train.make_train_step(c, mesh, shardings)
+    with jax.default_matmul_precision("highest"):
+        key = rng.fold(state.root_key(), "train", 0)
+        state, metrics = step(state, sharding.global_batch(batch, mesh), key)
+        with_eot = np.concatenate([np.full((4, 1), 511, np.int32), batch], axis=1)
+        nll = np.asarray(interop.sequence_nll(apply_fn, loaded, with_eot))
+    assert float(metrics["loss"]) == pytest.approx(float(nll.mean()), abs=1e-5)
+    assert int(state.step) == 1
+
+    run, seq_len, _ = generate.make_sampler(c, state.params, mesh)
+    tokens, stats = run(jax.random.key(3), 2)
+    tokens = np.asarray(tokens)
+    assert tokens.shape == (2, 16) and tokens.min() >= 0 and tokens.max() < 512
+    assert stats["nfe"] == 16
