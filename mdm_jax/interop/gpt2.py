@@ -21,8 +21,10 @@ from mdm_jax.interop import hf, layout
 from mdm_jax.models.gpt2 import GPT2
 from mdm_jax.models.transformer import padded_vocab
 
-__all__ = ["GPT2Info", "load_gpt2", "sequence_nll"]
+__all__ = ["GPT2Info", "load_gpt2", "sequence_nll", "CONFIG_FIELDS", "config_values", "open_checked",
+           "read_params", "eot_id"]
 
+FAMILY = "gpt2"        # the model family (models.FAMILIES) these checkpoints initialise
 HINT = ("Download a GPT-2 directory once with network access, e.g. `huggingface-cli download "
         "openai-community/gpt2-large config.json model.safetensors --local-dir /data/gpt2-large`.")
 _BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
@@ -30,6 +32,9 @@ _ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh approximat
 # Settings of GPT2Config this implementation does not reproduce: (field, the supported value).
 _FIXED = (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
           ("add_cross_attention", False), ("tie_word_embeddings", True))
+# The project's config field of every shape-defining GPT-2 field: model.<ours> <- config.json <theirs>.
+CONFIG_FIELDS = (("vocab_size", "vocab_size"), ("max_len", "n_positions"), ("emb_dim", "n_embd"),
+                 ("num_layers", "n_layer"), ("num_heads", "n_head"), ("mlp_dim", "n_inner or 4 * n_embd"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,20 @@ class GPT2Info:
     emb_dim: int
     path: str
     dtype: str
+
+
+def config_values(cfg: dict) -> dict:
+    """The project's model.* values that describe the network of a GPT-2 config.json."""
+    d = int(cfg["n_embd"])
+    return dict(vocab_size=int(cfg["vocab_size"]), max_len=int(cfg["n_positions"]), emb_dim=d,
+                num_layers=int(cfg["n_layer"]), num_heads=int(cfg["n_head"]),
+                mlp_dim=int(cfg.get("n_inner") or 4 * d))
+
+
+def eot_id(cfg: dict) -> int:
+    """<|endoftext|>: eos_token_id, else the last id (GPT-2's convention)."""
+    eot = cfg.get("eos_token_id")
+    return int(cfg["vocab_size"]) - 1 if eot is None else int(eot)
 
 
 def _dims(ckpt: hf.Checkpoint) -> dict:
@@ -57,14 +76,13 @@ def _dims(ckpt: hf.Checkpoint) -> dict:
     d, heads = int(cfg["n_embd"]), int(cfg["n_head"])
     if d % heads:
         raise ValueError(f"{ckpt.directory}/config.json: n_embd={d} is not divisible by n_head={heads}")
-    return dict(vocab_size=int(cfg["vocab_size"]), max_len=int(cfg["n_positions"]),
-                num_layers=int(cfg["n_layer"]), num_heads=heads, emb_dim=d,
-                mlp_dim=int(cfg.get("n_inner") or 4 * d), eps=float(cfg.get("layer_norm_epsilon", 1e-5)))
+    return dict(config_values(cfg), eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                bos_id=eot_id(cfg))
 
 
-def _tensors(m: dict):
+def _tensors(model: GPT2):
     """{checkpoint name (bare layout): (shape, params path, converter of the stored array)}."""
-    d, n, v, mlp = m["emb_dim"], m["num_heads"], m["vocab_size"], m["mlp_dim"]
+    d, n, v, mlp = model.emb_dim, model.num_heads, model.vocab_size, model.mlp_dim
     hd = d // n
 
     def pad_rows(a):
@@ -72,9 +90,9 @@ def _tensors(m: dict):
 
     same = lambda a: a  # noqa: E731
     out = {"wte.weight": ((v, d), ("wte", "embedding"), pad_rows),
-           "wpe.weight": ((m["max_len"], d), ("wpe",), same),
+           "wpe.weight": ((model.max_len, d), ("wpe",), same),
            "ln_f.weight": ((d,), ("ln_f", "scale"), same), "ln_f.bias": ((d,), ("ln_f", "bias"), same)}
-    for i in range(m["num_layers"]):
+    for i in range(model.num_layers):
         h, p = f"h.{i}.", f"h_{i}"
         for ln in ("ln_1", "ln_2"):
             out[h + ln + ".weight"] = ((d,), (p, ln, "scale"), same)
@@ -116,6 +134,40 @@ class _Apply:
         return self.model.apply({"params": params}, jnp.asarray(tokens, jnp.int32))
 
 
+def open_checked(path, model: GPT2 | None = None, *, compute=jnp.float32, pdtype=jnp.float32):
+    """(checkpoint, model, tensors, stored names): the directory checked against the network it
+    implies (or `model`, for init.from) before any weight is read."""
+    ckpt = hf.open_dir(path, model_type="gpt2", hint=HINT)
+    dims = _dims(ckpt)
+    if model is None:
+        model = GPT2(dtype=compute, param_dtype=pdtype, **dims)
+    elif model.eps != dims["eps"]:
+        raise ValueError(f"{ckpt.directory}/config.json sets layer_norm_epsilon={dims['eps']}; the "
+                         f"'gpt2' model family uses {model.eps}")
+    tensors = _tensors(model)
+    stored, head = _stored_names(ckpt)
+    hf.check_tensors(ckpt, {k: t[0] for k, t in tensors.items()}, stored_names=stored, what="GPT-2")
+    if head is not None:
+        if ckpt.shapes[head] != ckpt.shapes[stored["wte.weight"]]:
+            raise ValueError(f"{ckpt.directory}: lm_head.weight has shape {ckpt.shapes[head]}, not that of "
+                             f"the token embedding {ckpt.shapes[stored['wte.weight']]}: an untied head")
+        stored = dict(stored, **{"lm_head.weight": head})
+    return ckpt, model, tensors, stored
+
+
+def read_params(ckpt, model: GPT2, tensors: dict, stored: dict, mesh, abstract=None, shardings=None):
+    """The checkpoint's weights as `model`'s params on `mesh` (in `shardings` if given)."""
+    if "lm_head.weight" in stored and not np.array_equal(ckpt.read(stored["lm_head.weight"]),
+                                                         ckpt.read(stored["wte.weight"])):
+        raise ValueError(f"{ckpt.directory}: lm_head.weight differs from the token embedding; only GPT-2 "
+                         "with its output head tied to wte (the published models) is supported")
+    if abstract is None:
+        abstract, shardings = layout.param_layout(
+            lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)), mesh)
+    host = {t[1]: (lambda k=k, t=t: t[2](ckpt.read(stored[k]))) for k, t in tensors.items()}
+    return layout.place(host, abstract, shardings)
+
+
 def load_gpt2(path, dtype: str = "float32", *, mesh=None, param_dtype: str | None = None):
     """(apply_fn, params, info) of the GPT-2 in the Hugging Face directory `path`.
 
@@ -128,26 +180,10 @@ def load_gpt2(path, dtype: str = "float32", *, mesh=None, param_dtype: str | Non
     """
     compute, pdtype = layout.dtypes_of(dtype, param_dtype)
     mesh = layout.default_mesh() if mesh is None else mesh
-    ckpt = hf.open_dir(path, model_type="gpt2", hint=HINT)
-    dims = _dims(ckpt)
-    tensors = _tensors(dims)
-    stored, head = _stored_names(ckpt)
-    hf.check_tensors(ckpt, {k: t[0] for k, t in tensors.items()}, stored_names=stored, what="GPT-2")
-    if head is not None and ckpt.shapes[head] != ckpt.shapes[stored["wte.weight"]]:
-        raise ValueError(f"{ckpt.directory}: lm_head.weight has shape {ckpt.shapes[head]}, not that of "
-                         f"the token embedding {ckpt.shapes[stored['wte.weight']]}: an untied head")
-    model = GPT2(dtype=compute, param_dtype=pdtype, **dims)
-    abstract, shardings = layout.param_layout(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)), mesh)
-    host = {t[1]: (lambda k=k, t=t: t[2](ckpt.read(stored[k]))) for k, t in tensors.items()}
-    params = layout.place(host, abstract, shardings)
-    if head is not None and not np.array_equal(ckpt.read(head), ckpt.read(stored["wte.weight"])):
-        raise ValueError(f"{ckpt.directory}: lm_head.weight differs from the token embedding; only GPT-2 "
-                         "with its output head tied to wte (the published models) is supported")
-    eot = ckpt.config.get("eos_token_id")
-    info = GPT2Info(vocab_size=dims["vocab_size"], context_length=dims["max_len"],
-                    eot_id=int(dims["vocab_size"] - 1 if eot is None else eot),
-                    num_layers=dims["num_layers"], num_heads=dims["num_heads"], emb_dim=dims["emb_dim"],
+    ckpt, model, tensors, stored = open_checked(path, compute=compute, pdtype=pdtype)
+    params = read_params(ckpt, model, tensors, stored, mesh)
+    info = GPT2Info(vocab_size=model.vocab_size, context_length=model.max_len, eot_id=eot_id(ckpt.config),
+                    num_layers=model.num_layers, num_heads=model.num_heads, emb_dim=model.emb_dim,
                     path=ckpt.directory, dtype=str(compute))
     return _Apply(model), params, info
 

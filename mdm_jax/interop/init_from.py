@@ -1,4 +1,7 @@
-"""Training initialised from published weights: `--config.init.from=mdlm:/path/to/mdlm-owt`.
+"""Training initialised from published weights: `--config.init.from=FORMAT:DIRECTORY`.
+
+    --config.init.from=mdlm:/data/mdlm-owt    MDLM's DiT (model.family="mdlm"), an MDM objective
+    --config.init.from=gpt2:/data/gpt2        GPT-2 (model.family="gpt2"), objective.kind="arm"
 
 A fresh run (no checkpoint in its workdir yet) starts from the loaded weights: params and their
 EMA are the checkpoint's, read straight into the train state's shardings; the optimizer state is
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 from mdm_jax import models
 from mdm_jax.data import tokenizers
-from mdm_jax.interop import hf, mdlm, vocab
+from mdm_jax.interop import gpt2, hf, mdlm, vocab
 
 __all__ = ["FORMATS", "source", "check", "load_params"]
 
-FORMATS = ("mdlm",)
+# format (= the model_type of its config.json) -> its interop module (the same functions in each)
+FORMATS = {"mdlm": mdlm, "gpt2": gpt2}
 
 
 def source(config) -> tuple[str, str] | None:
@@ -34,15 +38,15 @@ def source(config) -> tuple[str, str] | None:
     return fmt, path
 
 
-def _mismatches(config, ckpt: hf.Checkpoint) -> list[str]:
-    m = config.model
-    want = {"family": "mdlm", "mlp_type": "gelu", **mdlm.config_values(ckpt.config)}
+def _mismatches(config, fmt: str, ckpt: hf.Checkpoint) -> list[str]:
+    module = FORMATS[fmt]
+    want = {"family": module.FAMILY, "mlp_type": "gelu", **module.config_values(ckpt.config)}
+    origins = dict(module.CONFIG_FIELDS)
     out = []
     for name, value in want.items():
-        have = m.get(name)
+        have = config.model.get(name)
         if have != value:
-            origin = dict(mdlm.CONFIG_FIELDS).get(name)
-            why = f" (config.json {origin})" if origin else ""
+            why = f" (config.json {origins[name]})" if name in origins else ""
             out.append(f"--config.model.{name}={value}{why}, the config has {have!r}")
     return out
 
@@ -52,22 +56,23 @@ def check(config) -> None:
     src = source(config)
     if src is None:
         return
-    _, path = src
-    ckpt = hf.open_dir(path, model_type="mdlm", hint=mdlm.HINT)
-    problems = _mismatches(config, ckpt)
+    fmt, path = src
+    module = FORMATS[fmt]
+    ckpt = hf.open_dir(path, model_type=fmt, hint=module.HINT)
+    problems = _mismatches(config, fmt, ckpt)
     if problems:
         raise ValueError(
             f"init.from={config.init['from']!r}: the config describes another network than the checkpoint; "
             "set these fields (or use the checkpoint that matches the config):\n  " + "\n  ".join(problems))
-    model = models.build(config)
-    ckpt, model, tensors, stored = mdlm.open_checked(path, model)
-    mdlm.check_rotary(ckpt, stored, model)
+    ckpt, model, _, _ = module.open_checked(path, models.build(config))
     vocab.check_tokenizer(tokenizers.get(config.data), vocab_size=model.vocab_size,
-                          model=f"the MDLM checkpoint {ckpt.directory}", field="config.data.tokenizer")
+                          eot_id=module.eot_id(ckpt.config), model=f"the {fmt} checkpoint {ckpt.directory}",
+                          field="config.data.tokenizer")
 
 
 def load_params(config, mesh, abstract_params, param_shardings):
     """The checkpoint's weights as the train state's params: same tree, dtypes and shardings."""
-    _, path = source(config)
-    ckpt, model, tensors, stored = mdlm.open_checked(path, models.build(config))
-    return mdlm.read_params(ckpt, model, tensors, stored, mesh, abstract_params, param_shardings)
+    fmt, path = source(config)
+    module = FORMATS[fmt]
+    ckpt, model, tensors, stored = module.open_checked(path, models.build(config))
+    return module.read_params(ckpt, model, tensors, stored, mesh, abstract_params, param_shardings)

@@ -25,8 +25,9 @@ from mdm_jax.models.dit import FREQ_DIM, DiT
 from mdm_jax.models.transformer import padded_vocab
 
 __all__ = ["MDLMInfo", "load_mdlm", "load_mdlm_model", "CONFIG_FIELDS", "config_values", "read_params",
-           "open_checked", "check_rotary"]
+           "open_checked", "check_rotary", "eot_id"]
 
+FAMILY = "mdlm"        # the model family (models.FAMILIES) these checkpoints initialise
 HINT = ("Download an MDLM directory once with network access, e.g. `huggingface-cli download "
         "kuleshov-group/mdlm-owt config.json model.safetensors --local-dir /data/mdlm-owt`.")
 MLP_RATIO = 4  # MDLM's DiT: mlp width = 4 * hidden_dim (not stored in config.json)
@@ -50,6 +51,12 @@ class MDLMInfo:
     cond_dim: int
     path: str
     dtype: str
+
+
+def eot_id(cfg: dict) -> None:
+    """MDLM's config.json names no end-of-text id (its tokenizer's is checked by vocabulary size)."""
+    del cfg
+    return None
 
 
 def config_values(cfg: dict) -> dict:
@@ -115,12 +122,13 @@ def _stored_names(ckpt: hf.Checkpoint) -> dict:
 
 def open_checked(path, model: DiT | None = None, *, compute=jnp.float32, pdtype=jnp.float32):
     """(checkpoint, model, tensors, stored names): the directory checked against the network it
-    implies (or `model`, for init.from) before any weight is read."""
+    implies (or `model`, for init.from) before any weight is read (only the tiny rotary buffer)."""
     ckpt = hf.open_dir(path, model_type="mdlm", hint=HINT)
     model = _model(ckpt.config, ckpt.directory, compute, pdtype) if model is None else model
     tensors = _tensors(model)
     stored = _stored_names(ckpt)
     hf.check_tensors(ckpt, {k: v[0] for k, v in tensors.items()}, stored_names=stored, what="MDLM DiT")
+    check_rotary(ckpt, stored, model)
     return ckpt, model, tensors, stored
 
 
@@ -137,7 +145,6 @@ def check_rotary(ckpt: hf.Checkpoint, stored: dict, model: DiT) -> None:
 
 def read_params(ckpt, model: DiT, tensors: dict, stored: dict, mesh, abstract=None, shardings=None):
     """The checkpoint's weights as `model`'s params on `mesh` (in `shardings` if given)."""
-    check_rotary(ckpt, stored, model)
     if abstract is None:
         abstract, shardings = layout.param_layout(
             lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
