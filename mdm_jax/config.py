@@ -117,18 +117,23 @@ SCHEMA: dict[str, Field | Group] = {
         "max_nonfinite_skips": F(10, "nonfinite=skip: stop after this many non-finite steps in a row"),
         "checkpoint_fallback": F(True, "unreadable latest checkpoint: warn and restore the one before"),
     }),
+    "init_from": F("", "weights of a fresh run: \"\" (random) | mdlm:DIR | gpt2:DIR (a Hugging Face "
+                       "checkpoint directory, mdm_jax/interop); a resumed run restores its own checkpoint"),
     "mesh": Group("device mesh; -1 fills the remaining devices", {
         "data": F(-1, "data-parallel axis"),
         "fsdp": F(1, "fully sharded data-parallel axis: shards parameters and optimizer state"),
         "tensor": F(1, "tensor-parallel axis: shards heads and MLP"),
     }),
     "sampling": Group("sampling (--mode=sample, and the experiments' samplers)", {
-        "method": F("first_hitting", "first_hitting | ancestral (MDMs) | autoregressive (ARM)"),
+        "method": F("first_hitting", "first_hitting | ancestral | mdlm_ancestral (MDMs; the last is MDLM's "
+                                     "own procedure) | autoregressive (ARM)"),
         "precision": F("float64", "how categorical draws are made: one of mdm_jax.sampling.PRECISIONS"),
         "num_steps": F(1024, "ancestral: steps N"),
         "tokens_per_step": F(1, "first_hitting (and precision_sweep's parallel): tokens unmasked per call"),
         "cache": F(True, "ancestral: reuse the network output when no token changed"),
         "factorized": F(False, "ancestral: Bernoulli unmask then a V-way token draw"),
+        "uniform_bits": F(0, "mdlm_ancestral: uniforms on the grid k 2^-b (0 = the policy's own; 24 with "
+                             "float64 = Table 2's third row)"),
         "temperature": F(1.0, "softmax temperature of the model's predictions"),
         "num_samples": F(8, "sequences to draw (experiments: per cell)"),
         "batch_size": F(8, "sequences per sampler call"),
@@ -140,6 +145,9 @@ SCHEMA: dict[str, Field | Group] = {
         "num_batches": F(16, "validation batches"),
         "mc_draws": F(1, "Monte Carlo draws of t (or n) per sequence for the NELBO"),
         "evaluator_workdir": F("", "ARM workdir whose model scores samples (generative perplexity)"),
+        "evaluator": F("", "gpt2:DIR: a Hugging Face GPT-2 directory scores samples instead (e.g. gpt2-large)"),
+        "gen_ppl_definition": F("project", "project (ids scored as sampled) | mdlm (decode, retokenise with "
+                                           "the evaluator's tokenizer, chunk: docs/evaluation.md)"),
         "use_ema": F(True, "evaluate the EMA parameters"),
     }),
     "experiment": Group("--mode=experiment; the fields of each experiment: EXPERIMENT_FIELDS", {
@@ -181,6 +189,14 @@ EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
         "kl_ratios": F((0.15, 0.5, 0.85), "mask ratios n/L of the fixed inputs of the KL-vs-t probe"),
         "kl_num_times": F(24, "points of the t grid of the KL probe"),
         "kl_num_sequences": F(16, "validation sequences per mask ratio in the KL probe"),
+    },
+    "table2": {
+        "mdlm_dir": F("checkpoints/mdlm-owt", "Hugging Face MDLM directory (kuleshov-group/mdlm-owt)"),
+        "evaluator_dir": F("checkpoints/gpt2-large", "Hugging Face GPT-2 directory scoring the samples"),
+        "rows": F(("mdlm_float32", "mdlm_float64", "mdlm_float64_truncated", "fhs_float64",
+                   "parallel_fhs_float64"), "rows of the table (mdm_jax/experiments/table2.py ROWS)"),
+        "mdlm_dtype": F("float32", "compute dtype of the MDLM network"),
+        "evaluator_dtype": F("float32", "compute dtype of the GPT-2 evaluator"),
     },
     "mdm_vs_arm": {
         "mdm_workdir": F("", "a trained MDM workdir (\"\" = train the config's MDM in workdir/runs/mdm)"),

@@ -44,7 +44,25 @@ def check_method(config) -> str:
         raise errors.ConfigError(
             f"sampling.method={method!r} cannot sample a model trained with objective.kind="
             f"{objective.name!r}: use --config.sampling.method={' or '.join(objective.sampling_methods)}")
+    if method == "mdlm_ancestral":
+        _check_mdlm(config)
+    elif int(config.sampling.uniform_bits):
+        raise errors.ConfigError(f"sampling.uniform_bits={config.sampling.uniform_bits} applies to "
+                                 f"sampling.method=mdlm_ancestral only, not {method!r}: set it to 0")
     return method
+
+
+def _check_mdlm(config) -> None:
+    """MDLM's procedure moves masks with probability t itself: only linear-like schedules fit it."""
+    sampling.mdlm.check(config.sampling.precision, config.sampling.uniform_bits)
+    if config.objective.schedule not in ("linear", "loglinear"):
+        raise errors.ConfigError(
+            f"sampling.method=mdlm_ancestral is MDLM's procedure, whose mask level is t (MDLM's "
+            f"log-linear schedule); this model was trained with objective.schedule="
+            f"{config.objective.schedule!r}: use sampling.method=ancestral or first_hitting")
+    if float(config.sampling.temperature) != 1.0:
+        raise errors.ConfigError("sampling.method=mdlm_ancestral has no temperature (MDLM's sampler has "
+                                 "none): set sampling.temperature=1.0 or use another sampling.method")
 
 
 def check_sampling(config) -> None:
@@ -59,7 +77,7 @@ def check_sampling(config) -> None:
     if method == "first_hitting" and int(s.tokens_per_step) < 1:
         raise errors.ConfigError(f"sampling.tokens_per_step={s.tokens_per_step} must be >= 1 (tokens "
                                  "unmasked per network call; 1 is the exact first-hitting sampler)")
-    if method == "ancestral" and int(s.num_steps) < 1:
+    if method in ("ancestral", "mdlm_ancestral") and int(s.num_steps) < 1:
         raise errors.ConfigError(f"sampling.num_steps={s.num_steps} must be >= 1 (ancestral steps)")
     if not (math.isfinite(s.temperature) and s.temperature > 0):
         raise errors.ConfigError(f"sampling.temperature={s.temperature} must be a finite number > 0")
@@ -137,6 +155,12 @@ def make_sampler(config, params, mesh):
                       batch_sharding=bs)
         if method == "first_hitting":
             return sampling.first_hitting(denoise, key, tokens_per_step=int(s.tokens_per_step), **common)
+        if method == "mdlm_ancestral":
+            # MDLM's own procedure: its time grid and move chance t (no schedule), no temperature.
+            for k in ("schedule", "temperature"):
+                common.pop(k)
+            return sampling.mdlm_ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
+                                           uniform_bits=int(s.uniform_bits), **common)
         return sampling.ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
                                   factorized=bool(s.factorized), **common)
     return run, seq_len, prompt
@@ -173,6 +197,7 @@ def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict
                 "tokens_per_step": int(stats.get("tokens_per_step", 1)),
                 "precision": s.precision, "temperature": float(s.temperature),
                 "cache": stats.get("cache"), "factorized": stats.get("factorized"),
+                "uniform_bits": stats.get("uniform_bits"),
                 "schedule": stats.get("schedule"), "seq_len": seq_len,
                 "prompt": s.prompt, "prompt_tokens": int(len(prompt)),
                 "seed": int(config.seed), "nfe": int(stats["nfe"]), "wall_time_s": wall,
@@ -182,7 +207,9 @@ def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict
             })
 
     out_dir = os.path.join(os.fspath(output_dir or workdir), "samples")
-    path = os.path.join(out_dir, f"{stats['method']}_{s.precision}_{int(stats['num_steps'])}.jsonl")
+    # A non-default uniform grid (mdlm_ancestral) is another policy: its own file.
+    bits = f"_u{int(s.uniform_bits)}" if int(s.uniform_bits) else ""
+    path = os.path.join(out_dir, f"{stats['method']}_{s.precision}{bits}_{int(stats['num_steps'])}.jsonl")
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(path, "w") as f:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mdm_jax import checkpoint, guards, metrics, objectives, preemption, rng, sharding, train
 from mdm_jax import workdir as workdir_lib
 from mdm_jax.data import pipeline
+from mdm_jax.interop import init_from
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -45,6 +46,8 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt = None
     try:
         ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints)
+        if ckpt.latest_step() is None:
+            init_from.check(config)  # a fresh run from loaded weights: fail before data and compilation
         it = pipeline.make_iterator(config, split="train")
         eval_data = pipeline.eval_batches(config, tc.eval_batches, split="validation")
         if ckpt.latest_step() is not None:

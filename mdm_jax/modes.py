@@ -34,7 +34,7 @@ def _train(config, workdir: str, output_dir=None):
 
 def _eval(config, workdir: str, output_dir=None):
     result = likelihood.evaluate(config, workdir, output_dir=output_dir)
-    if config.eval.evaluator_workdir:
+    if config.eval.evaluator or config.eval.evaluator_workdir:
         result["sample_quality"] = sample_quality.score_sample_files(config, output_dir or workdir)
     return result
 

@@ -158,7 +158,7 @@ def _draw_arm(x0, key, objective, mask_id, low_discrepancy):
 
 _MDM = dict(causal=False, time_input=True, uses_schedule=True, random_estimate=True, metric="nelbo",
             likelihood="NELBO bound", perplexity="ppl bound",
-            sampling_methods=("first_hitting", "ancestral"))
+            sampling_methods=("first_hitting", "ancestral", "mdlm_ancestral"))
 OBJECTIVES = {o.name: o for o in (
     Objective(name="continuous", draw=_draw_continuous, **_MDM),
     Objective(name="discrete", draw=_draw_discrete, **_MDM),

@@ -56,7 +56,7 @@ def _check(config, mode: str, workdir: str, output_dir_flag: str | None) -> None
     if mode == "train":
         train.check_config(config, sharding.make_mesh(config.mesh))
         pipeline.validate(config)
-        if config.train.get("sample_at_end", False):
+        if config.train.sample_at_end:
             generate.check_sampling(config)
         checkpoint.ensure_writable(workdir)
         return

@@ -4,7 +4,9 @@
 ids plus settings) with `mdm_jax.sample_metrics` under an evaluator from `mdm_jax.evaluators`,
 and writes `workdir/eval/<name>.json` and `<name>.md` recording every sampler setting;
 `score_sample_files` does it for every `workdir/samples/*.jsonl` of `--mode=sample` (what
-`--mode=eval` runs when `eval.evaluator_workdir` is set).
+`--mode=eval` runs when an evaluator is set). Gen PPL follows `eval.gen_ppl_definition`: the
+project's (token ids scored as sampled) or MDLM's (decode, retokenise, chunk; `mdm_jax.gen_ppl`);
+every report records which (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from mdm_jax import evaluators, report, sample_metrics
+from mdm_jax import evaluators, gen_ppl, report, sample_metrics
+from mdm_jax.data import tokenizers
 
 __all__ = ["SETTINGS", "sample_quality", "score_sample_files"]
 
@@ -71,32 +74,52 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
     s.setdefault("jax_version", jax.__version__)
     for k in SETTINGS:
         s.setdefault(k, None)
+    definition = gen_ppl.check_definition(config.eval.gen_ppl_definition)
     logits_fn, bos_id, info = evaluator if evaluator is not None else evaluators.load_evaluator(config)
     ent = sample_metrics.sequence_entropies(tokens)
-    nll = sample_metrics.sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
-                                       batch_size=int(config.sampling.batch_size))
+    if definition == "mdlm":
+        g = _mdlm_gen_ppl(config, logits_fn, tokens)
+        nll_sum, count = g["sequence_nll"].sum(), g["sequence_count"].sum()
+    else:
+        nll = sample_metrics.sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
+                                           batch_size=int(config.sampling.batch_size))
+        nll_sum, count = nll.sum(), tokens.size
     result = {
         **s, "seq_len": int(tokens.shape[1]),
         "entropy": float(ent.mean()), "entropy_std": float(ent.std()),
         "reference_entropy": sample_metrics.reference_entropy(config, tokens.shape[1], tokens.shape[0],
                                                               split=reference_split),
-        "gen_ppl": float(np.exp(nll.sum() / tokens.size)),
-        "gen_nll_per_token": float(nll.sum() / tokens.size),
-        "gen_ppl_definition": "exp(sum of NLL over all sampled tokens / their number); each sequence "
-                              "scored as sampled after the evaluator's BOS, separators scored like any token",
+        "gen_ppl": float(np.exp(nll_sum / count)),
+        "gen_nll_per_token": float(nll_sum / count),
+        "gen_ppl_definition": gen_ppl.DESCRIPTIONS[definition], "gen_ppl_definition_name": definition,
         **info,
     }
     name = name or f"sample_quality_{s['sampler']}_{s['precision']}_{s['steps']}"
     out_dir = os.path.join(workdir, "eval")
     if jax.process_index() == 0:
         finding = (f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats (real text "
-                   f"{result['reference_entropy']:.3f}), gen PPL {result['gen_ppl']:.3f} under the ARM at "
-                   f"{info.get('evaluator_workdir')}.")
+                   f"{result['reference_entropy']:.3f}), gen PPL {result['gen_ppl']:.3f} ({definition} "
+                   f"definition) under {info.get('evaluator_workdir') or info.get('evaluator')}.")
         report.write(out_dir, name, config=config, results=result,
                      tables={"settings": [{k: result[k] for k in _TABLE}]}, findings=[(None, finding)],
                      title=f"Sample quality: {s['sampler']}, {s['precision']}", summary_name=f"{name}.md")
     result["path"] = os.path.join(out_dir, f"{name}.json")
     return result
+
+
+def _mdlm_gen_ppl(config, evaluator, tokens) -> dict:
+    """MDLM's definition (mdm_jax.gen_ppl) of samples of this config's model under a GPT-2 evaluator."""
+    if not hasattr(evaluator, "tokenizer"):
+        raise ValueError("eval.gen_ppl_definition='mdlm' decodes and retokenises text: it needs a GPT-2 "
+                         "evaluator (eval.evaluator='gpt2:/path/to/gpt2-large'), not an ARM workdir")
+    tok = tokenizers.get(config.data)
+    if tok.vocab_size != evaluator.vocab_size:
+        raise ValueError(f"data.tokenizer={config.data.tokenizer} has {tok.vocab_size} tokens, the evaluator "
+                         f"{evaluator.vocab_size}: MDLM's definition decodes with the samples' tokenizer")
+    return gen_ppl.mdlm_generative_perplexity(
+        evaluator, tokens, sample_tokenizer=tok, eval_tokenizer=evaluator.tokenizer,
+        eot_id=evaluator.eot_id, context=evaluator.context, vocab_size=evaluator.vocab_size,
+        group_size=int(config.sampling.batch_size), batch_size=int(config.sampling.batch_size))
 
 
 def score_sample_files(config, workdir: str) -> list[dict]:

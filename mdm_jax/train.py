@@ -31,6 +31,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdm_jax import errors, guards, models, objectives, rng, sharding
+from mdm_jax.interop import init_from
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -181,6 +182,12 @@ def create_train_state(config, mesh):
     """Fresh (state, state_shardings), initialised from rng.fold(root, "params") into its shardings."""
     init, _, shardings = _boxed_init(config, mesh)
     state = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(rng.root_key(config.seed))
+    if init_from.source(config) is not None:
+        # Loaded weights replace params and EMA (a distinct copy: the state is donated); Adam's fresh
+        # moments do not depend on the params.
+        params = init_from.load_params(config, mesh, state.params, shardings.params)
+        ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(params)
+        state = state.replace(params=params, ema_params=ema)
     return state, shardings
 
 

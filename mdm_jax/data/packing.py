@@ -138,10 +138,9 @@ def check_packed_dir_local(config) -> None:
 def _fingerprint(tok, config, split: _Split) -> str:
     """Names a packed file by everything its content depends on besides the TFDS data."""
     h = hashlib.sha1(f"{tok.name}:{tok.vocab_size}:{tok.eot_id}:{_PACK_FORMAT}:{split}".encode())
-    if tok.name == "gpt2":
-        for f in ("vocab.json", "merges.txt"):
-            with open(os.path.join(os.path.expanduser(config.data.gpt2_vocab_dir), f), "rb") as fh:
-                h.update(fh.read())
+    for path in getattr(tok, "files", ()):  # the vocabulary files of a file-based tokenizer (gpt2)
+        with open(path, "rb") as fh:
+            h.update(fh.read())
     return h.hexdigest()[:12]
 
 

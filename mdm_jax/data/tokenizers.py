@@ -1,5 +1,10 @@
 """Tokenizers: `byte`, `char` (text8-style) and `gpt2` (BPE from local files).
 
+The real GPT-2 vocabulary ships with the package (`BUNDLED_GPT2_DIR`, `assets/gpt2.tiktoken`, from
+openai-whisper, MIT licence; see `assets/README.md`): `--config.data.tokenizer=gpt2
+--config.data.gpt2_vocab_dir=<BUNDLED_GPT2_DIR>` works offline. Any directory with the Hugging Face
+files `vocab.json` + `merges.txt` (e.g. a downloaded openai-community/gpt2 directory) works too.
+
 Every tokenizer has `.name`, `.vocab_size` (real tokens; the model's mask token is id
 `vocab_size` of the *model*, not part of any tokenizer), `.eot_id` (the separator inserted
 between packed documents), `.encode(str) -> np.int32[n]` and `.decode(ids) -> str`, where ids
@@ -8,18 +13,25 @@ outside the vocabulary (the mask) are shown as `MASK_CHAR`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
+import tiktoken
+from tiktoken_ext import openai_public
 from tokenizers import Tokenizer as HFTokenizer, decoders, models as hf_models, pre_tokenizers
 
 MASK_CHAR = "_"
 GPT2_EOT = "<|endoftext|>"
+BUNDLED_GPT2_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+TIKTOKEN_FILE = "gpt2.tiktoken"
 GPT2_FILES_HELP = (
-    "Get the GPT-2 files with network access once, e.g. "
+    "The real GPT-2 vocabulary ships with this package: set "
+    f"--config.data.gpt2_vocab_dir={BUNDLED_GPT2_DIR}. "
+    "Or get the Hugging Face files with network access once, e.g. "
     "`curl -LO https://huggingface.co/openai-community/gpt2/resolve/main/vocab.json` and "
     "`curl -LO https://huggingface.co/openai-community/gpt2/resolve/main/merges.txt`, into a "
     "directory, and set --config.data.gpt2_vocab_dir=THAT_DIR."
@@ -104,24 +116,39 @@ class CharTokenizer:
 
 
 class GPT2Tokenizer:
-    """GPT-2 byte-level BPE read from local `vocab.json` + `merges.txt` (never downloaded).
+    """GPT-2 byte-level BPE read from local files (never downloaded), in either published form:
 
-    With the real GPT-2 files: vocab_size 50257, eot_id 50256 (`<|endoftext|>`). Any files in
-    the same format work (the tests use a tiny BPE trained locally).
+    - `vocab.json` + `merges.txt` (Hugging Face's form), read with `tokenizers`; any files in this
+      format work (the tests also use a tiny BPE trained locally);
+    - `gpt2.tiktoken` (tiktoken's form: base64 bytes and rank per line, `<|endoftext|>` after the
+      last rank), read with `tiktoken` and GPT-2's pre-tokenisation pattern; the real file is
+      bundled (`BUNDLED_GPT2_DIR`).
+    If a directory has both, the Hugging Face files are used. With the real GPT-2 vocabulary:
+    vocab_size 50257, eot_id 50256 (`<|endoftext|>`). `<|endoftext|>` in input text is encoded as
+    ordinary text in both forms; documents are separated by `eot_id`, inserted by the data pipeline.
     """
 
     name = "gpt2"
 
     def __init__(self, vocab_dir: str):
         vocab_dir = os.path.expanduser(vocab_dir or "")
-        vocab, merges = (os.path.join(vocab_dir, f) for f in ("vocab.json", "merges.txt"))
-        missing = [p for p in (vocab, merges) if not os.path.isfile(p)]
-        if not vocab_dir or missing:
+        vocab, merges, ranks = (os.path.join(vocab_dir, f)
+                                for f in ("vocab.json", "merges.txt", TIKTOKEN_FILE))
+        if vocab_dir and os.path.isfile(vocab) and os.path.isfile(merges):
+            self.files = (vocab, merges)  # what the vocabulary depends on (packed-data fingerprints)
+            self._init_hf(vocab_dir, vocab, merges)
+        elif vocab_dir and os.path.isfile(ranks):
+            self.files = (ranks,)
+            self._init_tiktoken(vocab_dir, ranks)
+        else:
+            missing = [p for p in (vocab, merges) if not os.path.isfile(p)]
             raise ValueError(
                 f"config.data.gpt2_vocab_dir={vocab_dir!r}: tokenizer 'gpt2' needs vocab.json and "
-                f"merges.txt there (missing: {missing or ['vocab.json', 'merges.txt']}). "
+                f"merges.txt there (missing: {missing or ['vocab.json', 'merges.txt']}), or {TIKTOKEN_FILE}. "
                 + GPT2_FILES_HELP
             )
+
+    def _init_hf(self, vocab_dir: str, vocab: str, merges: str) -> None:
         with open(vocab, encoding="utf-8") as f:
             vocab_map = json.load(f)
         if GPT2_EOT not in vocab_map:
@@ -132,16 +159,42 @@ class GPT2Tokenizer:
         tok = HFTokenizer(hf_models.BPE.from_file(vocab, merges))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        self._tok = tok
+        self._hf, self._tt = tok, None
         self.vocab_size = max(vocab_map.values()) + 1
         self.eot_id = int(vocab_map[GPT2_EOT])
 
+    def _init_tiktoken(self, vocab_dir: str, path: str) -> None:
+        # Read directly rather than with tiktoken.load.load_tiktoken_bpe, which also copies the
+        # file into a cache directory under the system temp dir.
+        try:
+            with open(path, "rb") as f:
+                ranks = {base64.b64decode(tok): int(rank)
+                         for tok, rank in (line.split() for line in f if line.strip())}
+        except ValueError as e:
+            raise ValueError(f"config.data.gpt2_vocab_dir={vocab_dir!r}: {path} is not a tiktoken rank file "
+                             f"(lines of base64 bytes and a rank): {e}") from e
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise ValueError(f"config.data.gpt2_vocab_dir={vocab_dir!r}: the ranks in {path} are not "
+                             f"0..{len(ranks) - 1} without gaps")
+        self.eot_id = len(ranks)
+        self._hf = None
+        self._tt = tiktoken.Encoding(name="gpt2", pat_str=openai_public.r50k_pat_str, mergeable_ranks=ranks,
+                                     special_tokens={GPT2_EOT: self.eot_id})
+        self.vocab_size = self._tt.n_vocab
+
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text).ids, dtype=np.int32)
+        if self._tt is not None:
+            return np.asarray(self._tt.encode_ordinary(text), dtype=np.int32)
+        return np.asarray(self._hf.encode(text).ids, dtype=np.int32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """Multi-threaded (Rust) batch encoding, used when packing large corpora."""
-        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch(texts)]
+        """Multi-threaded batch encoding, used when packing large corpora."""
+        if self._tt is not None:
+            return [np.asarray(ids, dtype=np.int32) for ids in self._tt.encode_ordinary_batch(texts)]
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._hf.encode_batch(texts)]
+
+    def _decode_run(self, run: list[int]) -> str:
+        return self._tt.decode(run) if self._tt is not None else self._hf.decode(run)
 
     def decode(self, ids: Iterable[int]) -> str:
         arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
@@ -150,9 +203,9 @@ class GPT2Tokenizer:
             if 0 <= i < self.vocab_size:
                 run.append(int(i))
             else:
-                out.append(self._tok.decode(run) + MASK_CHAR)
+                out.append(self._decode_run(run) + MASK_CHAR)
                 run = []
-        out.append(self._tok.decode(run))
+        out.append(self._decode_run(run))
         return "".join(out)
 
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from mdm_jax import objectives
+from mdm_jax import errors, objectives
+from mdm_jax.models.dit import DiT
+from mdm_jax.models.gpt2 import GPT2
 from mdm_jax.models.transformer import Transformer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -46,9 +48,37 @@ def _build_transformer(config, objective) -> Transformer:
         param_dtype=dtype_of(config.dtype.param, "dtype.param"))
 
 
+def _build_dit(config, objective) -> DiT:
+    m = config.model
+    if m.mlp_type != "gelu":
+        raise errors.ConfigError(f"model.family='mdlm' has MDLM's GELU MLP, not model.mlp_type="
+                                 f"{m.mlp_type!r}: set --config.model.mlp_type=gelu")
+    return DiT(vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
+               emb_dim=m.emb_dim, cond_dim=m.time_emb_dim, mlp_dim=m.mlp_dim, dropout=m.dropout,
+               time_conditioning=objectives.uses_time(config), rope_base=m.rope_base,
+               dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+               param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+
+
+def _build_gpt2(config, objective) -> GPT2:
+    del objective  # causal only: family_of has checked the objective
+    m = config.model
+    if m.mlp_type != "gelu":
+        raise errors.ConfigError(f"model.family='gpt2' has GPT-2's GELU MLP, not model.mlp_type="
+                                 f"{m.mlp_type!r}: set --config.model.mlp_type=gelu")
+    return GPT2(vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
+                emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, dropout=m.dropout,
+                dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+                param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+
+
 FAMILIES = {f.name: f for f in (
     Family(name="transformer", build=_build_transformer, causal=(False, True),
            time_conditioned=objectives.uses_time),
+    # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its cond_dim.
+    Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
+    # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init_from); no time input.
+    Family(name="gpt2", build=_build_gpt2, causal=(True,), time_conditioned=lambda config: False),
 )}
 
 
@@ -56,13 +86,13 @@ def family_of(config) -> Family:
     """The family named by config.model.family, checked against the objective's attention mode."""
     name = config.model.family
     if name not in FAMILIES:
-        raise ValueError(f"unknown model.family {name!r}: choose one of {', '.join(FAMILIES)}")
+        raise errors.ConfigError(f"unknown model.family {name!r}: choose one of {', '.join(FAMILIES)}")
     family = FAMILIES[name]
     objective = objectives.of(config)
     if objective.causal not in family.causal:
         mode = "causal" if objective.causal else "bidirectional"
-        raise ValueError(f"model.family={name!r} has no {mode} form, which objective.kind="
-                         f"{objective.name!r} needs; choose another --config.model.family or objective")
+        raise errors.ConfigError(f"model.family={name!r} has no {mode} form, which objective.kind="
+                                 f"{objective.name!r} needs; choose another --config.model.family or objective")
     return family
 
 
