@@ -77,8 +77,7 @@ def base() -> ml_collections.ConfigDict:
     c.train.plot = True                  # write loss_curve.png at the end
     c.train.sample_at_end = False        # print a few first-hitting samples after training
 
-    c.init = ml_collections.ConfigDict()
-    c.init["from"] = ""                  # weights of a fresh run: "" (random) | "mdlm:/dir" (see interop)
+    c.init_from = ""                     # weights of a fresh run: "" (random), "mdlm:DIR", "gpt2:DIR"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1 fills the remaining devices

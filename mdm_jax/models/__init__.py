@@ -79,9 +79,9 @@ def _build_gpt2(config, objective) -> GPT2:
 FAMILIES = {f.name: f for f in (
     Family(name="transformer", build=_build_transformer, causal=(False, True),
            time_conditioned=_transformer_takes_time),
-    # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init.from); model.time_emb_dim is its cond_dim.
+    # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its cond_dim.
     Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
-    # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init.from); no time input.
+    # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init_from); no time input.
     Family(name="gpt2", build=_build_gpt2, causal=(True,), time_conditioned=lambda config: False),
 )}
 
