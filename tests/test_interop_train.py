@@ -23,7 +23,8 @@ from mdm_jax import generate, interop, main, models, sharding, train
 from mdm_jax.data import tokenizers
 from mdm_jax.interop import init_from
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mdlm-tiny")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "mdlm-tiny")
 FIELDS = dict(family="mdlm", vocab_size=600, max_len=64, emb_dim=64, num_layers=2, num_heads=4,
               time_emb_dim=32, mlp_dim=256, mlp_type="gelu", time_conditioning=False)
 
@@ -75,7 +76,7 @@ def test_init_from_is_a_command_line_field():
     parses override paths as Python, where `from` is a keyword)."""
     from absl import flags
 
-    argv = ["m", f"--config={main.__file__.rsplit('/mdm_jax/', 1)[0]}/configs/quickstart.py",
+    argv = ["m", f"--config={ROOT}/configs/quickstart.py",
             f"--config.init_from=mdlm:{FIXTURE}", "--config.model.family=mdlm", "--workdir=/unused"]
     assert main.unknown_override_message(argv) is None
     fv = flags.FlagValues()
