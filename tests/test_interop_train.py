@@ -1,4 +1,4 @@
-"""MDLM's DiT as the model family "mdlm": a run initialised from an MDLM checkpoint (`init.from`)
+"""MDLM's DiT as the model family "mdlm": a run initialised from an MDLM checkpoint (`init_from`)
 trains, checkpoints, resumes and samples through the project's normal paths.
 
 The checkpoint is the mdlm-tiny fixture (random weights, 600 real tokens + mask, L = 64). Its data
@@ -23,7 +23,8 @@ from mdm_jax import generate, interop, main, models, sharding, train
 from mdm_jax.data import tokenizers
 from mdm_jax.interop import init_from
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mdlm-tiny")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "mdlm-tiny")
 FIELDS = dict(family="mdlm", vocab_size=600, max_len=64, emb_dim=64, num_layers=2, num_heads=4,
               time_emb_dim=32, mlp_dim=256, mlp_type="gelu", time_conditioning=False)
 
@@ -46,7 +47,7 @@ def vocab_600(tmp_path_factory):
 def mdlm_config(vocab_dir, packed_dir, **train_fields):
     c = config_lib.base()
     c.model.update(FIELDS)
-    c.init["from"] = f"mdlm:{FIXTURE}"
+    c.init_from = f"mdlm:{FIXTURE}"
     c.objective.schedule = "loglinear"
     c.data.update(tokenizer="gpt2", gpt2_vocab_dir=vocab_dir, seq_len=16, packed_dir=str(packed_dir))
     c.train.update(batch_size=4, num_steps=2, warmup_steps=0, lr=1e-3, log_every=1, eval_every=100,
@@ -61,7 +62,7 @@ def flat(tree):
 
 def test_config_that_describes_another_network_names_every_field():
     c = config_lib.base()
-    c.init["from"] = f"mdlm:{FIXTURE}"
+    c.init_from = f"mdlm:{FIXTURE}"
     with pytest.raises(ValueError) as e:
         init_from.check(c)
     msg = str(e.value)
@@ -70,11 +71,26 @@ def test_config_that_describes_another_network_names_every_field():
     assert "(config.json hidden_dim), the config has 512" in msg
 
 
+def test_init_from_is_a_command_line_field():
+    """`--config.init_from=FORMAT:DIR` parses (a group field named `from` could not: ml_collections
+    parses override paths as Python, where `from` is a keyword)."""
+    from absl import flags
+
+    argv = ["m", f"--config={ROOT}/configs/quickstart.py",
+            f"--config.init_from=mdlm:{FIXTURE}", "--config.model.family=mdlm", "--workdir=/unused"]
+    assert main.unknown_override_message(argv) is None
+    fv = flags.FlagValues()
+    main.define_flags(fv, sys_argv=argv)
+    fv(argv)
+    assert fv.config.init_from == f"mdlm:{FIXTURE}" and fv.config.model.family == "mdlm"
+    assert init_from.source(fv.config) == ("mdlm", FIXTURE)
+
+
 def test_bad_init_from_and_family_settings_fail_early(vocab_600, tmp_path):
     c = mdlm_config(vocab_600, tmp_path)
     for spec in ("bert:/data/bert", "mdlm:", "/data/mdlm-owt"):
-        c.init["from"] = spec
-        with pytest.raises(ValueError, match="init.from=.*expected FORMAT:DIRECTORY"):
+        c.init_from = spec
+        with pytest.raises(ValueError, match="init_from=.*expected FORMAT:DIRECTORY"):
             init_from.check(c)
     c = mdlm_config(vocab_600, tmp_path)
     c.data.update(tokenizer="byte")
@@ -129,8 +145,8 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
         assert r["tokens"][:4] == prompt and r["text"].startswith("The ")
         assert r["checkpoint_step"] == 2 and r["nfe"] == 12
 
-    # A resumed run restores its own checkpoint: init.from is not read again (here it is gone).
-    c.init["from"] = f"mdlm:{tmp_path / 'gone'}"
+    # A resumed run restores its own checkpoint: init_from is not read again (here it is gone).
+    c.init_from = f"mdlm:{tmp_path / 'gone'}"
     with contextlib.redirect_stdout(buf):
         result = main.run("train", c, workdir)
     assert result["step"] == 2 and "resumed from" in buf.getvalue() and np.isfinite(result["eval/nelbo"])
@@ -161,7 +177,7 @@ def gpt2_config(vocab_dir):
     c = config_lib.base()
     c.objective.kind = "arm"
     c.model.update(GPT2_FIELDS)
-    c.init["from"] = f"gpt2:{GPT2_FIXTURE}"
+    c.init_from = f"gpt2:{GPT2_FIXTURE}"
     c.data.update(tokenizer="gpt2", gpt2_vocab_dir=vocab_dir, seq_len=16)
     c.train.update(batch_size=4, warmup_steps=0, lr=1e-3)
     c.sampling.update(method="autoregressive", precision="float32", seq_len=16)
@@ -194,7 +210,7 @@ def test_gpt2_family_kv_cached_decoding_reproduces_transformers():
 
 @pytest.mark.slow
 def test_gpt2_family_from_checkpoint_trains_as_arm_and_samples(vocab_512):
-    """init.from=gpt2: step 0 holds GPT-2's weights, and the ARM train loss at step 0 is GPT-2's own
+    """init_from=gpt2: step 0 holds GPT-2's weights, and the ARM train loss at step 0 is GPT-2's own
     NLL of [<|endoftext|>, x_0, ..., x_L-1] (what the ARM objective scores); then it samples."""
     from mdm_jax import rng
 

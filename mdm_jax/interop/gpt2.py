@@ -136,7 +136,7 @@ class _Apply:
 
 def open_checked(path, model: GPT2 | None = None, *, compute=jnp.float32, pdtype=jnp.float32):
     """(checkpoint, model, tensors, stored names): the directory checked against the network it
-    implies (or `model`, for init.from) before any weight is read."""
+    implies (or `model`, for init_from) before any weight is read."""
     ckpt = hf.open_dir(path, model_type="gpt2", hint=HINT)
     dims = _dims(ckpt)
     if model is None:

@@ -1,12 +1,12 @@
-"""Training initialised from published weights: `--config.init.from=FORMAT:DIRECTORY`.
+"""Training initialised from published weights: `--config.init_from=FORMAT:DIRECTORY`.
 
-    --config.init.from=mdlm:/data/mdlm-owt    MDLM's DiT (model.family="mdlm"), an MDM objective
-    --config.init.from=gpt2:/data/gpt2        GPT-2 (model.family="gpt2"), objective.kind="arm"
+    --config.init_from=mdlm:/data/mdlm-owt    MDLM's DiT (model.family="mdlm"), an MDM objective
+    --config.init_from=gpt2:/data/gpt2        GPT-2 (model.family="gpt2"), objective.kind="arm"
 
 A fresh run (no checkpoint in its workdir yet) starts from the loaded weights: params and their
 EMA are the checkpoint's, read straight into the train state's shardings; the optimizer state is
 fresh and the step is 0. A run that resumes restores its own checkpoint and never reads
-`init.from` again (the source directory may be gone by then).
+`init_from` again (the source directory may be gone by then).
 
 The config must describe the checkpoint's network. `check(config)` compares every field that
 defines it (model.family, vocab_size, max_len, emb_dim, ...) with the checkpoint's config.json and
@@ -27,14 +27,14 @@ FORMATS = {"mdlm": mdlm, "gpt2": gpt2}
 
 
 def source(config) -> tuple[str, str] | None:
-    """(format, directory) of config.init.from, or None for a random initialisation."""
-    spec = str(config.get("init", {}).get("from", "") or "")
+    """(format, directory) of config.init_from, or None for a random initialisation."""
+    spec = str(config.get("init_from", "") or "")
     if not spec:
         return None
     fmt, sep, path = spec.partition(":")
     if not sep or fmt not in FORMATS or not path:
-        raise ValueError(f"init.from={spec!r}: expected FORMAT:DIRECTORY with FORMAT one of "
-                         f"{', '.join(FORMATS)}, e.g. --config.init.from=mdlm:/data/mdlm-owt")
+        raise ValueError(f"init_from={spec!r}: expected FORMAT:DIRECTORY with FORMAT one of "
+                         f"{', '.join(FORMATS)}, e.g. --config.init_from=mdlm:/data/mdlm-owt")
     return fmt, path
 
 
@@ -52,7 +52,7 @@ def _mismatches(config, fmt: str, ckpt: hf.Checkpoint) -> list[str]:
 
 
 def check(config) -> None:
-    """Raises before any work unless config.init.from can initialise this config's network."""
+    """Raises before any work unless config.init_from can initialise this config's network."""
     src = source(config)
     if src is None:
         return
@@ -62,7 +62,7 @@ def check(config) -> None:
     problems = _mismatches(config, fmt, ckpt)
     if problems:
         raise ValueError(
-            f"init.from={config.init['from']!r}: the config describes another network than the checkpoint; "
+            f"init_from={config.init_from!r}: the config describes another network than the checkpoint; "
             "set these fields (or use the checkpoint that matches the config):\n  " + "\n  ".join(problems))
     ckpt, model, _, _ = module.open_checked(path, models.build(config))
     vocab.check_tokenizer(tokenizers.get(config.data), vocab_size=model.vocab_size,

@@ -7,7 +7,7 @@ model_length, hidden_dim, cond_dim, n_blocks, n_heads, time_conditioning, dropou
 reshaped to [D, 3, heads, head_dim] and [heads, head_dim, D]. The stored rotary buffer
 `rotary_emb.inv_freq` is not a parameter; it is checked against the rotary base instead.
 
-The same mapping initialises training (`init.from`, `mdm_jax.interop.init_from`): the project's
+The same mapping initialises training (`init_from`, `mdm_jax.interop.init_from`): the project's
 config names these fields differently (`CONFIG_FIELDS`).
 """
 
@@ -122,7 +122,7 @@ def _stored_names(ckpt: hf.Checkpoint) -> dict:
 
 def open_checked(path, model: DiT | None = None, *, compute=jnp.float32, pdtype=jnp.float32):
     """(checkpoint, model, tensors, stored names): the directory checked against the network it
-    implies (or `model`, for init.from) before any weight is read (only the tiny rotary buffer)."""
+    implies (or `model`, for init_from) before any weight is read (only the tiny rotary buffer)."""
     ckpt = hf.open_dir(path, model_type="mdlm", hint=HINT)
     model = _model(ckpt.config, ckpt.directory, compute, pdtype) if model is None else model
     tensors = _tensors(model)
