@@ -1,4 +1,4 @@
-"""Sample metrics: pure functions of token ids, as the field computes them (PAPER.md section 5).
+"""Sample metrics: pure functions of token ids, as the field computes them (docs/paper.md section 5).
 
 - `sequence_entropy`: per sequence, the unigram entropy of its own token ids (nats), averaged;
 - `generative_perplexity`: exp of the token-weighted mean NLL of *all* samples together under

@@ -33,7 +33,9 @@ def _variants(name):
     spec = importlib.util.spec_from_file_location(f"_variants_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return [(name, v) for v in module._BASES]
+    # Variants: the keys of _BASES (variant -> base config file), or VARIANTS for an experiment whose
+    # variants all start from config.base() (table2: its model comes from a checkpoint).
+    return [(name, v) for v in getattr(module, "VARIANTS", None) or module._BASES]
 
 
 EXPERIMENT_VARIANTS = [nv for n in sorted(config_lib.EXPERIMENT_FIELDS) for nv in _variants(n)]

@@ -19,7 +19,7 @@ import pytest
 from flax import traverse_util
 
 from mdm_jax import config as config_lib
-from mdm_jax import generate, interop, main, models, sharding, train
+from mdm_jax import cli, generate, interop, models, modes, sharding, train
 from mdm_jax.data import tokenizers
 from mdm_jax.interop import init_from
 
@@ -78,9 +78,9 @@ def test_init_from_is_a_command_line_field():
 
     argv = ["m", f"--config={ROOT}/configs/quickstart.py",
             f"--config.init_from=mdlm:{FIXTURE}", "--config.model.family=mdlm", "--workdir=/unused"]
-    assert main.unknown_override_message(argv) is None
+    assert cli.unknown_override_message(argv) is None
     fv = flags.FlagValues()
-    main.define_flags(fv, sys_argv=argv)
+    cli.define_flags(fv, sys_argv=argv)
     fv(argv)
     assert fv.config.init_from == f"mdlm:{FIXTURE}" and fv.config.model.family == "mdlm"
     assert init_from.source(fv.config) == ("mdlm", FIXTURE)
@@ -132,8 +132,8 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
     c = mdlm_config(vocab_600, tmp_path / "packed")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        result = main.run("train", c, workdir)
-    assert result["step"] == 2 and np.isfinite(result["train/loss"]) and np.isfinite(result["eval/nelbo"])
+        result = modes.run("train", c, workdir)
+    assert result["step"] == 2 and np.isfinite(result["train/loss"]) and np.isfinite(result["eval/nats_per_token"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
 
     with contextlib.redirect_stdout(buf):
@@ -148,8 +148,8 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
     # A resumed run restores its own checkpoint: init_from is not read again (here it is gone).
     c.init_from = f"mdlm:{tmp_path / 'gone'}"
     with contextlib.redirect_stdout(buf):
-        result = main.run("train", c, workdir)
-    assert result["step"] == 2 and "resumed from" in buf.getvalue() and np.isfinite(result["eval/nelbo"])
+        result = modes.run("train", c, workdir)
+    assert result["step"] == 2 and "resumed from" in buf.getvalue() and np.isfinite(result["eval/nats_per_token"])
 
 
 # ----------------------------------------------------------------------------- GPT-2 as an ARM family
@@ -230,7 +230,7 @@ def test_gpt2_family_from_checkpoint_trains_as_arm_and_samples(vocab_512):
     batch = np.random.default_rng(0).integers(0, 511, (4, 16)).astype(np.int32)
     step = train.make_train_step(c, mesh, shardings)
     with jax.default_matmul_precision("highest"):
-        key = rng.fold(state.root_key(), "train", 0)
+        key = rng.fold(rng.root_key(c.seed), "train", 0)
         state, metrics = step(state, sharding.global_batch(batch, mesh), key)
         with_eot = np.concatenate([np.full((4, 1), 511, np.int32), batch], axis=1)
         nll = np.asarray(interop.sequence_nll(apply_fn, loaded, with_eot))

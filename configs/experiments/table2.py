@@ -24,10 +24,12 @@ seq_len: 0 = the MDLM model's length).
 
 from mdm_jax import config as config_lib
 
+VARIANTS = ("paper", "tiny")  # both start from config.base(): the model comes from experiment.mdlm_dir
+
 
 def get_config(variant="paper"):
-    if variant not in ("paper", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use paper or tiny")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} after ':' in --config: use {' or '.join(VARIANTS)}")
     c = config_lib.with_experiment(config_lib.base(), "table2")
     s = c.sampling
     s.num_steps = 2048                 # the paper's Table 2

@@ -47,8 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.sampling import fn_args
-from mdm_jax.sampling.categorical import (
-    constrain, initial_tokens, row_keys, sampler_scope, step_keys)
+from mdm_jax.sampling.plumbing import constrain, initial_tokens, row_keys, sampler_scope, step_keys
 
 __all__ = ["mdlm_ancestral", "time_grid", "race", "uniforms", "subs_log_probs", "subs_probs", "check",
            "PRECISIONS", "EPS"]
