@@ -1,0 +1,78 @@
+"""`python -m mdm_jax.numerics report` and `compare` end to end: two quick reports made here with
+different settings differ in exactly the rows those settings should change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mdm_jax.numerics import arithmetic, compare, draws, environment
+from mdm_jax.numerics import rows as R
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("max_abs_err", "rel_err", "top1", "sample_identical", "sample_entropy")
+
+
+def _report(tmp_path, name, **env):
+    # A persistent compilation cache shared by the two runs: the second compiles only what its
+    # settings change (most of the report is the same HLO), which keeps the test well under a minute.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               **env)
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, "-m", "mdm_jax.numerics", "report", "--size=quick", f"--out={out}", "--fixtures="]
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    return R.load(str(out))
+
+
+@pytest.mark.slow
+def test_two_reports_differ_in_exactly_the_rows_their_settings_change(tmp_path):
+    a = _report(tmp_path, "a")
+    b = _report(tmp_path, "b", JAX_ENABLE_X64="1", JAX_DEFAULT_MATMUL_PRECISION="highest")
+    ra, rb = a["rows"], b["rows"]
+    assert ra["env/x64"]["value"] is False and rb["env/x64"]["value"] is True
+    assert (ra["env/default_matmul_precision"]["value"], rb["env/default_matmul_precision"]["value"]) == (
+        "unset", "highest")
+
+    # Every section is there: every policy's draws, every variant's model rows.
+    for p in draws.POLICIES:
+        assert {f"cap/{p}/max", f"tail/{p}/measured", f"tokens/{p}/fhs_reference"} <= set(ra)
+    for v in arithmetic.VARIANTS:
+        assert {f"model/owt_mdm_small/{v}/{m}" for m in METRICS} <= set(ra), v
+    assert ra["model/present"]["value"] == "owt_mdm_small"
+
+    # The expected differences: the two settings themselves, and the default-precision model rows
+    # only if the default's measured arithmetic changed (it does on a TPU or GPU; XLA:CPU ignores
+    # the setting, which the probe shows).
+    expected = {"env/x64", "env/default_matmul_precision"}
+    if ra["matmul/native/default"]["value"] != rb["matmul/native/default"]["value"]:
+        expected |= {"matmul/native/default"} | {f"model/owt_mdm_small/{v}/{m}" for m in METRICS
+                                                  for v in ("matmul=default", "compute=bfloat16")}
+    lines = compare.compare_reports([a, b])
+    assert {ln.name for ln in lines if ln.differs} == expected
+    assert len(lines) == len(ra) == len(rb)
+
+    # The model's arithmetic is visible on any backend: the emulated one-pass bfloat16 matmul and
+    # bfloat16 compute move the logits by far more than float32 rounding, the three-pass one lies
+    # between, and each native setting's error matches the arithmetic the probe found for it.
+    err = {v: ra[f"model/owt_mdm_small/{v}/rel_err"]["value"] for v in arithmetic.VARIANTS}
+    assert err["matmul=float32"] < 1e-5
+    assert err["emulated=bfloat16"] > 100 * err["matmul=float32"]
+    assert err["compute=bfloat16"] > 100 * err["matmul=float32"]
+    assert err["emulated=bfloat16"] > err["emulated=tensorfloat32"] > err["emulated=bfloat16_3x"]
+    assert err["emulated=bfloat16_3x"] > err["matmul=float32"]
+    for setting in environment.SETTINGS:
+        found = ra[f"matmul/native/{setting}"]["value"]
+        native = err[f"matmul={setting}"]
+        like = err["matmul=float32"] if found == "float32" else err[f"emulated={found}"]
+        assert like / 4 <= native <= like * 4, (setting, found, native, like)
+
+    # The command prints the same table, marks the two rows and exits 0 (a report, not a gate).
+    out = subprocess.run([sys.executable, "-m", "mdm_jax.numerics", "compare", str(tmp_path / "a.json"),
+                          str(tmp_path / "b.json"), "--differences"], check=True, cwd=tmp_path,
+                         capture_output=True, text=True).stdout
+    assert "| env/x64 | equal | False | True * |" in out
+    assert f"{len(expected)} differ from {tmp_path / 'a.json'} beyond their tolerance" in out
