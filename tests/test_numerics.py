@@ -157,11 +157,12 @@ def test_the_network_has_owt_mdm_small_architecture():
 
 def test_the_network_has_trained_size_logits_and_its_float64_twin_agrees():
     net = networks.owt_mdm_small("quick")
-    logits = np.asarray(net.build("float32")(*net.inputs))[net.scored]
+    forward = jax.jit(lambda fn, *args: fn(*args))
+    logits = np.asarray(forward(net.build("float32"), *net.inputs))[net.scored]
     # Redrawn weights: every logit is nonzero with a trained model's spread (std near LOGIT_STD).
     assert np.all(logits != 0) and 2.0 < logits.std() < 3 * networks.LOGIT_STD
     with jax.enable_x64(True):
-        ref = np.asarray(net.build("float64")(*net.inputs))[net.scored]
+        ref = np.asarray(forward(net.build("float64"), *net.inputs))[net.scored]
     err = np.max(np.abs(logits - ref)) / np.max(np.abs(ref))
     assert 0 < err < 1e-5   # float32 rounding, measured against a float64 forward
 

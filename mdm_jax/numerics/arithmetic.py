@@ -16,8 +16,8 @@ relative to the largest reference logit, top-1 agreement, and the effect on samp
 same keys, the fraction of tokens identical to the reference network's samples (first-hitting
 for an MDM, autoregressive for an ARM) and the mean unigram entropy of each sample. The draws use
 the "float32" sampling policy everywhere, so only the network's arithmetic differs between the
-runs (a V-way draw per token is well scaled: its policy barely matters, docs: notebook 03), and
-the same draws run on TPUs, which have no float64.
+runs (a V-way draw per token is well scaled, so its policy barely matters: notebook 03), and the
+same draws run on TPUs, which have no native float64.
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ def _logits(fn, inputs) -> np.ndarray:
     return np.asarray(out.astype(jnp.float32) if out.dtype == jnp.bfloat16 else out, np.float64)
 
 
+def _build(net, compute):
+    """net.build(compute) as a `jax.tree_util.Partial`: its arrays (if it binds any) are traced
+    arguments of the jitted forward and samplers, and `device_put` can move them."""
+    fn = net.build(compute)
+    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+
+
 def _sample(fn, net, key) -> np.ndarray:
     s = net.sample
     if net.kind == "mdm":
@@ -80,7 +87,7 @@ def _reference(net, key):
     """(logits, samples) of the float64 network, on the host CPU."""
     cpu = jax.devices("cpu")[0]
     with jax.enable_x64(True), jax.default_device(cpu):
-        fn = jax.device_put(net.build("float64"), cpu)
+        fn = jax.device_put(_build(net, "float64"), cpu)
         # A network may round its float64 logits to float32 on the way out (this package's
         # transformer does): relative 6e-8, far below any variant's error; the report says which.
         dtype = str(jax.eval_shape(fn, *net.inputs).dtype)
@@ -89,7 +96,7 @@ def _reference(net, key):
 
 def _variant(net, name, key):
     compute, setting, fmt = VARIANTS[name]
-    fn = net.build(compute)
+    fn = _build(net, compute)
     if fmt is not None:
         fn = emulate_lib.emulate(fn, fmt)
     with environment.matmul_context(setting):

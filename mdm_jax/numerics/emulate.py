@@ -2,9 +2,9 @@
 
 A float32 matrix product on a TPU runs by default as one bfloat16 pass (both operands rounded to
 bfloat16, exact products, float32 accumulation); "tensorfloat32" there means three bfloat16 passes;
-on recent NVIDIA GPUs the default is TF32 (operands rounded to a 10-bit mantissa). XLA:CPU ignores
-`jax.default_matmul_precision` altogether (see `environment.matmul_probe`), so on a CPU those
-settings change nothing. `emulate(fn, fmt)` returns fn with every float32 `dot_general` in its
+on recent NVIDIA GPUs the default is TF32 (operands rounded to a 10-bit mantissa). XLA:CPU (jaxlib
+0.10) ignores `jax.default_matmul_precision` altogether (`environment.matmul_probe` measures it), so
+on a CPU those settings change nothing. `emulate(fn, fmt)` returns fn with every float32 `dot_general` in its
 jaxpr replaced by that arithmetic, computed exactly on whatever backend runs it: the CPU can then
 predict what a TPU or GPU does to the same network, and an accelerator report can check the
 prediction against its native rows.

@@ -41,7 +41,7 @@ FIXTURES = ("gpt2-tiny", "mdlm-tiny", "mdlm-tiny-tc")
 # Reduced shapes of owt_mdm_small (12 layers, width 768, 12 heads, MLP 3072, L = 1024).
 SIZES = {
     "full": dict(num_layers=12, emb_dim=64, num_heads=4, mlp_dim=256, seq_len=64, batch=4),
-    "quick": dict(num_layers=2, emb_dim=32, num_heads=2, mlp_dim=128, seq_len=16, batch=2),
+    "quick": dict(num_layers=1, emb_dim=16, num_heads=2, mlp_dim=64, seq_len=8, batch=2),
 }
 
 
