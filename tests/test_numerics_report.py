@@ -20,9 +20,10 @@ def _start(tmp_path, name, **env):
     # XLA at -O0: a quick report is almost all compilation, and the test is about which rows change
     # between settings, not about this CPU's speed (the flag is recorded in both reports alike).
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", **env)
-    cmd = [sys.executable, "-m", "mdm_jax.numerics", "report", "--size=quick", f"--out={tmp_path / name}.json",
-           "--fixtures="]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-m", "mdm_jax.numerics", "report", "--size=quick",
+           f"--out={tmp_path / name}.json", "--fixtures="]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _finish(proc, tmp_path, name):
