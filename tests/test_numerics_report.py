@@ -1,5 +1,6 @@
 """`python -m mdm_jax.numerics report` and `compare` end to end: two quick reports made here with
-different settings differ in exactly the rows those settings should change."""
+different settings differ in exactly the rows those settings should change; and this CPU still
+reproduces the committed CPU report's fixed-key token ids."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 
 import pytest
 
+from mdm_jax import rng
 from mdm_jax.numerics import arithmetic, compare, draws, environment
 from mdm_jax.numerics import rows as R
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = ("max_abs_err", "rel_err", "top1", "sample_identical", "sample_entropy")
 
@@ -82,3 +86,19 @@ def test_two_reports_differ_in_exactly_the_rows_their_settings_change(tmp_path):
                          capture_output=True, text=True).stdout
     assert "| env/x64 | equal | False | True * |" in out
     assert f"{len(expected)} differ from {tmp_path / 'a.json'} beyond their tolerance" in out
+
+
+@pytest.mark.slow
+def test_this_cpu_reproduces_the_committed_reports_token_ids():
+    # docs/numerics/cpu_report.json is what every other backend's report is compared with: the
+    # current sampling code must still produce its fixed-key token ids on this CPU, every policy (a
+    # changed uniform grid or noise formula changes most of them; at most one id may flip on a
+    # near-tie, as another x86-64 CPU's vectorised log may round one last bit differently).
+    committed = R.load(os.path.join(ROOT, "docs", "numerics", "cpu_report.json"))["rows"]
+    size = draws.FULL
+    for i, p in enumerate(draws.POLICIES):
+        ids = draws.same_tokens(rng.fold(rng.root_key(0), "same", i), p, size["zipf_rows"],
+                                size["fhs_batch"], size["fhs_len"])
+        for kind, values in ids.items():
+            want = committed[f"tokens/{p}/{kind}"]["value"]
+            assert len(values) == len(want) and sum(a != b for a, b in zip(values, want)) <= 1, (p, kind)
