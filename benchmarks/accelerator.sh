@@ -4,7 +4,11 @@
 #   2. sampler_speed:owt               FHS vs cached ancestral at owt_mdm_small's full shape (L=1024,
 #                                      GPT-2 vocabulary, batch 1, N = 1024 and 10^4): the 20x claim
 #   2b. the same with exact (float64) draws, both vocabularies and the ARM's KV cache at L=256/1024
-#   3. benchmarks/numerics.py          Gumbel caps, the tail law and token identity vs the CPU file
+#   3. python -m mdm_jax.numerics      the numerics report (Gumbel caps, tail law, token ids, the
+#                                      network's arithmetic per matmul precision) and its comparison
+#                                      with docs/numerics/cpu_report.json, written straight into
+#                                      docs/numerics/<device>_report.json and cpu_vs_<device>.md:
+#                                      commit both (notebook 05 picks the report up)
 #   4. benchmarks/train_throughput.py  owt_mdm_small, bf16, batch 32: tokens/s and MFU
 # Usage: benchmarks/accelerator.sh OUT_DIR   (PYTHON=... to pick the interpreter; default python3;
 #        PARTS="sweep speed speed64 numerics throughput" to run a subset)
@@ -42,8 +46,15 @@ want speed64 && { timeout ${T_SPEED64:-330} $PY -m mdm_jax.main --mode=experimen
   --config.experiment.repeats=1 --config.experiment.arm_lengths=256,1024 \
   > "$OUT/sampler_speed_float64.log" 2>&1; echo "sampler_speed_float64 rc=$?" | tee -a "$OUT/env.log"; pack; }
 
-want numerics && { timeout ${T_NUMERICS:-60} $PY benchmarks/numerics.py --scale=6 --compare=benchmarks/numerics_cpu.json \
-  --out="$W/numerics.json" > "$OUT/numerics.log" 2>&1; echo "numerics rc=$?" | tee -a "$OUT/env.log"; pack; }
+want numerics && { timeout ${T_NUMERICS:-300} $PY -m mdm_jax.numerics report --scale=6 \
+  --out="$OUT/numerics_report.json" > "$OUT/numerics.log" 2>&1; echo "numerics rc=$?" | tee -a "$OUT/env.log"
+  DEV=$($PY -c 'import json, re, sys; r = json.load(open(sys.argv[1]))["rows"]["env/device_kind"]["value"]
+print(re.sub("[^a-z0-9]+", "-", r.lower()).strip("-"))' "$OUT/numerics_report.json") && {
+    cp "$OUT/numerics_report.json" "docs/numerics/${DEV}_report.json"
+    $PY -m mdm_jax.numerics compare docs/numerics/cpu_report.json "docs/numerics/${DEV}_report.json" \
+      --out="docs/numerics/cpu_vs_${DEV}.md" > "$OUT/numerics_compare.log" 2>&1
+    echo "numerics compare rc=$? -> docs/numerics/${DEV}_report.json, docs/numerics/cpu_vs_${DEV}.md" | tee -a "$OUT/env.log"; }
+  pack; }
 
 want throughput && { timeout ${T_THROUGHPUT:-110} $PY benchmarks/train_throughput.py --config=configs/owt_mdm_small.py \
   --config.train.batch_size=32 --steps=5 --matmul_steps=10 \
