@@ -5,7 +5,8 @@
 #                                      GPT-2 vocabulary, batch 1, N = 1024 and 10^4): the 20x claim
 #   2b. the same with exact (float64) draws, both vocabularies and the ARM's KV cache at L=256/1024
 #   3. benchmarks/numerics.py          Gumbel caps, the tail law and token identity vs the CPU file
-#   4. benchmarks/train_throughput.py  owt_mdm_small, bf16, batch 32: tokens/s and MFU
+#   4. benchmarks/train_throughput.py  owt_mdm_small, bf16, batch 32: tokens/s and MFU (median step), 5
+#                                      slots interleaved with an 8192^3 bf16 matmul reference
 # Usage: benchmarks/accelerator.sh OUT_DIR   (PYTHON=... to pick the interpreter; default python3;
 #        PARTS="sweep speed speed64 numerics throughput" to run a subset)
 # Each part has its own time limit, so one that overruns costs only itself. Everything lands in
@@ -45,7 +46,7 @@ want speed64 && { timeout ${T_SPEED64:-330} $PY -m mdm_jax.main --mode=experimen
 want numerics && { timeout ${T_NUMERICS:-60} $PY benchmarks/numerics.py --scale=6 --compare=benchmarks/numerics_cpu.json \
   --out="$W/numerics.json" > "$OUT/numerics.log" 2>&1; echo "numerics rc=$?" | tee -a "$OUT/env.log"; pack; }
 
-want throughput && { timeout ${T_THROUGHPUT:-110} $PY benchmarks/train_throughput.py --config=configs/owt_mdm_small.py \
-  --config.train.batch_size=32 --steps=5 --matmul_steps=10 \
+want throughput && { timeout ${T_THROUGHPUT:-180} $PY benchmarks/train_throughput.py --config=configs/owt_mdm_small.py \
+  --config.train.batch_size=32 --slots=5 --min_seconds=1.5 --json="$OUT/train_throughput.json" \
   > "$OUT/train_throughput.log" 2>&1; echo "train_throughput rc=$?" | tee -a "$OUT/env.log"; pack; }
 exit 0  # a skipped last part must not read as a failure
