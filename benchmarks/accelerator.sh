@@ -9,7 +9,8 @@
 #                                      with docs/numerics/cpu_report.json, written straight into
 #                                      docs/numerics/<device>_report.json and cpu_vs_<device>.md:
 #                                      commit both (notebook 05 picks the report up)
-#   4. benchmarks/train_throughput.py  owt_mdm_small, bf16, batch 32: tokens/s and MFU
+#   4. benchmarks/train_throughput.py  owt_mdm_small, bf16, batch 32: tokens/s and MFU (median step), 5
+#                                      slots interleaved with an 8192^3 bf16 matmul reference
 # Usage: benchmarks/accelerator.sh OUT_DIR   (PYTHON=... to pick the interpreter; default python3;
 #        PARTS="sweep speed speed64 numerics throughput" to run a subset)
 # Each part has its own time limit, so one that overruns costs only itself. Everything lands in
@@ -56,7 +57,7 @@ print(re.sub("[^a-z0-9]+", "-", r.lower()).strip("-"))' "$OUT/numerics_report.js
     echo "numerics compare rc=$? -> docs/numerics/${DEV}_report.json, docs/numerics/cpu_vs_${DEV}.md" | tee -a "$OUT/env.log"; }
   pack; }
 
-want throughput && { timeout ${T_THROUGHPUT:-110} $PY benchmarks/train_throughput.py --config=configs/owt_mdm_small.py \
-  --config.train.batch_size=32 --steps=5 --matmul_steps=10 \
+want throughput && { timeout ${T_THROUGHPUT:-180} $PY benchmarks/train_throughput.py --config=configs/owt_mdm_small.py \
+  --config.train.batch_size=32 --slots=5 --min_seconds=1.5 --json="$OUT/train_throughput.json" \
   > "$OUT/train_throughput.log" 2>&1; echo "train_throughput rc=$?" | tee -a "$OUT/env.log"; pack; }
 exit 0  # a skipped last part must not read as a failure

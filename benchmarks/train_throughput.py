@@ -1,20 +1,28 @@
-"""Training throughput: step time, tokens/s, model FLOP/s vs this device's own matmul rate, MFU.
+"""Training throughput, measured interleaved with a matmul reference: step time, tokens/s, MFU.
 
   python benchmarks/train_throughput.py                                   # config.base()'s model
-  python benchmarks/train_throughput.py --config=configs/owt_mdm_small.py --config.train.batch_size=64
-  python benchmarks/train_throughput.py --config.model.num_layers=2 --steps=3
+  python benchmarks/train_throughput.py --slots=8 --json=/tmp/train_throughput.json
+  python benchmarks/train_throughput.py --config=configs/owt_mdm_small.py --config.train.batch_size=32
+  python benchmarks/train_throughput.py --config.model.num_layers=2 --slots=2 --train_only
 
 Without --config the network is `mdm_jax.config.base()`'s (6 layers, width 512, 8 heads, SwiGLU
-1376, L=256, V=256, batch 16: the issue's CPU target shape; this file's get_config() returns it).
+1376, L=256, V=256, batch 16, float32: the CPU target shape; this file's get_config() returns it).
 
-What is timed (each compiled first; best and median of --steps calls, each blocked on):
-  train step   `mdm_jax.train.make_train_step` exactly as training runs it: the diffusion objective
-               (t or n draws, masking, weights), forward+backward, clip, AdamW, EMA.
-  plain step   the same network, optimizer and EMA, with the diffusion objective replaced by plain
+What is timed (each compiled and called once first), in every slot, back to back in this order:
+  matmul       the reference: [n, n] @ [n, n] in the compute dtype accumulating in float32
+               (--matmul_n: 2048 on a CPU, 8192 on accelerators, where a 2048^3 matmul is far too
+               small to load the device: on an H200 it reaches 193 TFLOP/s of the 989 peak)
+  train        `mdm_jax.train.make_train_step` exactly as training runs it: the diffusion
+               objective (t or n draws, masking, weights), forward+backward, clip, AdamW, EMA
+  plain        the same network, optimizer and EMA with the objective replaced by plain
                cross-entropy on every position of the clean input: train/plain - 1 is the
-               overhead of the objective (target <= 10%).
-  fwd+bwd      value_and_grad of that plain loss alone; forward: the loss alone.
-  matmul       f32 [2048,2048] @ [2048,2048] (2 * 2048^3 FLOP), and bf16 on accelerators.
+               overhead of the objective (target <= 10%)
+  fwdbwd, fwd  value_and_grad of that plain loss alone; the loss alone (skipped by --train_only)
+Each is called until --min_seconds have passed in the slot (the slot's figure is the median of
+those calls), so the reference covers a window like the step's and both see the same load.
+`mdm_jax.timing` runs the slots, records the 1-minute load and other processes' CPU use of each,
+flags the slots above --max_load and summarises the kept ones (medians, best call, spread).
+Ratios (model FLOP rate / matmul rate, the objective's overhead) are per slot, then summarised.
 
 Model FLOPs per token (PaLM appendix B convention, forward + backward = 3 x forward):
   6 * N_matmul + 12 * n_layers * L * d
@@ -22,50 +30,41 @@ N_matmul counts the weights every token is multiplied by: attention qkv/out, MLP
 head (d x V); not the input embedding (a gather) nor adaLN/time-MLP weights (applied once per
 sequence, not per token). The attention term is QK^T and PV over all L keys (what XLA computes,
 also for causal models). No rematerialisation is used, so model FLOPs = hardware FLOPs.
-MFU = model FLOP/s / the device's published dense peak for the compute dtype (table below).
-
-The machine may be shared: the 1-minute load average is printed next to the figures; compare
-runs at similar load, take the best of several.
+MFU = model FLOP/s of the MEDIAN train step / the device's published dense peak for the compute
+dtype (`mdm_jax.timing.PEAK_FLOPS`; float32 compute uses the peak of the matmul arithmetic in
+force, e.g. TF32 on NVIDIA GPUs); the best step's MFU is printed beside it. Unknown device: no MFU.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
-# Published dense peak FLOP/s by device kind substring and compute dtype (no sparsity).
-PEAK_FLOPS = {
-    # NVIDIA datasheets: SXM parts, dense tensor-core bf16/fp16; tf32 for float32 matmuls.
-    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494.5e12},
-    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 494.5e12},
-    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
-    # Google Cloud TPU system architecture pages, per chip, bf16.
-    "TPU v4": {"bfloat16": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12},  # v5e reports device_kind "TPU v5 lite"
-    "TPU v5e": {"bfloat16": 197e12},
-    "TPU v5p": {"bfloat16": 459e12},
-    "TPU v5": {"bfloat16": 459e12},       # v5p reports "TPU v5"
-}
+# Run from a checkout without installation: the repository root holds the mdm_jax package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from mdm_jax import config as config_lib  # noqa: E402
+from mdm_jax import models, objectives, rng, sharding, timing, train  # noqa: E402
+
+STEPS = ("train", "plain", "fwdbwd", "fwd")
+LABELS = {"matmul": "matmul reference", "train": "train step (diffusion objective)",
+          "plain": "plain step (CE, same net+optimizer)", "fwdbwd": "fwd+bwd only (plain CE)",
+          "fwd": "forward only"}
 
 
 def get_config():
     """The default benchmark shape: config.base() (lets config_flags load this file as --config)."""
-    from mdm_jax import config as config_lib
     return config_lib.base()
-
-
-def peak_flops(device_kind: str, dtype: str):
-    for kind, peaks in PEAK_FLOPS.items():  # first match: more specific names come first
-        if kind.lower() in device_kind.lower():
-            return peaks.get(dtype)
-    return None
 
 
 def model_flops_per_token(config, params) -> tuple[float, int]:
     """(training FLOPs per token, N_matmul): the formula in the module docstring."""
-    import jax
     m = config.model
     n_matmul = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -77,161 +76,179 @@ def model_flops_per_token(config, params) -> tuple[float, int]:
     return 6.0 * n_matmul + attention, n_matmul
 
 
-def timed(fn, steps: int):
-    """fn() -> a blocking call; returns (best, median) seconds of `steps` calls."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
-
-
-def matmul_rate(dtype, steps: int, n: int = 2048) -> float:
-    """Dense [n, n] @ [n, n] FLOP/s on the default device (best of `steps`)."""
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    best, _ = timed(lambda: f(a, b).block_until_ready(), steps)
-    return 2.0 * n ** 3 / best
-
-
-def run(config, steps: int, matmul_steps: int, parts: bool = True) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    from mdm_jax import models, objectives, rng, sharding, train
-
-    mesh = sharding.make_mesh(config.mesh)
+def _measures(config, mesh, parts: bool):
+    """name -> fn(call_index) of each timed step, and the model's figures."""
     b, length, vocab = config.train.batch_size, config.data.seq_len, config.model.vocab_size
     # Synthetic tokens: throughput does not depend on the text, and the data pipeline stays out.
     gen = np.random.default_rng(0)
     local = gen.integers(0, vocab, (b // jax.process_count(), length), dtype=np.int32)
     batch = sharding.global_batch(local, mesh)
-
     state, shardings = train.create_train_state(config, mesh)
     flops_token, n_matmul = model_flops_per_token(config, state.params)
-    n_total = sum(x.size for x in jax.tree.leaves(state.params))
+    info = {"params": sum(x.size for x in jax.tree.leaves(state.params)), "n_matmul": n_matmul,
+            "flops_per_token": flops_token, "tokens_per_step": b * length}
     root = rng.root_key(config.seed)  # the run's root key (state.key holds its data)
-    keys = [rng.fold(root, "train", i) for i in range(steps + 2)]
-    out = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-           "params": n_total, "n_matmul": n_matmul, "flops_per_token": flops_token,
-           "tokens_per_step": b * length, "compute_dtype": config.dtype.compute}
-
-    # --- the real train step (state is donated: thread it through)
     train_step = train.make_train_step(config, mesh, shardings)
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch, keys[0]).compile()
-    out["compile_s"] = time.perf_counter() - start
-    holder = {"state": state, "i": 0}
+    compiled = train_step.lower(state, batch, rng.fold(root, "train", 0)).compile()
+    info["train_compile_s"] = time.perf_counter() - start
+    holder = {"state": state}  # both steps donate the state: thread it through
 
-    def one_train_step():
-        holder["state"], m = compiled(holder["state"], batch, keys[holder["i"]])
-        holder["i"] += 1
-        jax.block_until_ready(m)
+    def one_train_step(i):
+        holder["state"], metrics = compiled(holder["state"], batch, rng.fold(root, "train", i))
+        return metrics
 
-    one_train_step()
-    out["train_best_s"], out["train_median_s"] = timed(one_train_step, steps)
+    measures = {"train": one_train_step}
+    if not parts:
+        return measures, info
+    model = models.build(config)
+    tx = train.make_optimizer(config)
+    t_const = jnp.full((b,), 0.5, jnp.float32) if objectives.uses_time(config) else None
 
+    def plain_loss(params, tokens):
+        with train._in_mesh_context(mesh):
+            logits = model.apply({"params": params}, tokens, t_const, deterministic=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean()
+
+    def plain_step(st, tokens):
+        loss, grads = jax.value_and_grad(plain_loss)(st.params, tokens)
+        updates, opt_state = tx.update(grads, st.opt_state, st.params)
+        params = optax.apply_updates(st.params, updates)
+        ema = optax.incremental_update(params, st.ema_params,
+                                       1.0 - train.ema_decay_at(config.train.ema_decay, st.step))
+        return st.replace(step=st.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
+
+    bsh = sharding.batch_sharding(mesh)
+    plain = jax.jit(plain_step, in_shardings=(shardings, bsh), out_shardings=(shardings, None),
+                    donate_argnums=0)
+    grad = jax.jit(jax.value_and_grad(plain_loss), in_shardings=(shardings.params, bsh))
+    fwd = jax.jit(plain_loss, in_shardings=(shardings.params, bsh))
+
+    def one_plain_step(i):
+        holder["state"], loss = plain(holder["state"], batch)
+        return loss
+
+    # fwd+bwd and forward read the params of the moment: the state is donated by the steps.
+    measures.update(plain=one_plain_step, fwdbwd=lambda i: grad(holder["state"].params, batch),
+                    fwd=lambda i: fwd(holder["state"].params, batch))
+    return measures, info
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(config, num_slots: int, min_seconds: float, max_load: float, matmul_n: int, parts: bool = True,
+        log=_progress) -> dict:
+    env = timing.environment(config)
+    mesh = sharding.make_mesh(config.mesh)
+    step_measures, info = _measures(config, mesh, parts)
+    n = matmul_n or (2048 if jax.default_backend() == "cpu" else 8192)
+    matmul, matmul_flops = timing.matmul_reference(n, jnp.dtype(config.dtype.compute))
+    measures = {"matmul": matmul, **step_measures}
+    step_flops = info["flops_per_token"] * info["tokens_per_step"]
+    flops = {"matmul": matmul_flops, "train": step_flops, "plain": step_flops, "fwdbwd": step_flops,
+             "fwd": step_flops / 3.0}
+    ratios = {"model FLOP rate / matmul rate":
+              lambda s: (step_flops / s["train"]) / (matmul_flops / s["matmul"])}
     if parts:
-        model = models.build(config)
-        tx = train.make_optimizer(config)
-        t_const = jnp.full((b,), 0.5, jnp.float32) if objectives.uses_time(config) else None
-
-        def plain_loss(params, tokens):
-            with train._in_mesh_context(mesh):
-                logits = model.apply({"params": params}, tokens, t_const, deterministic=True)
-                return optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean()
-
-        def plain_step(st, tokens):
-            loss, grads = jax.value_and_grad(plain_loss)(st.params, tokens)
-            updates, opt_state = tx.update(grads, st.opt_state, st.params)
-            params = optax.apply_updates(st.params, updates)
-            ema = optax.incremental_update(params, st.ema_params,
-                                           1.0 - train.ema_decay_at(config.train.ema_decay, st.step))
-            return st.replace(step=st.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
-
-        bsh = sharding.batch_sharding(mesh)
-        plain = jax.jit(plain_step, in_shardings=(shardings, bsh), out_shardings=(shardings, None),
-                        donate_argnums=0)
-        grad = jax.jit(jax.value_and_grad(plain_loss), in_shardings=(shardings.params, bsh))
-        fwd = jax.jit(plain_loss, in_shardings=(shardings.params, bsh))
-
-        def one_plain_step():
-            holder["state"], loss = plain(holder["state"], batch)
-            jax.block_until_ready(loss)
-
-        one_plain_step()
-        out["plain_best_s"], out["plain_median_s"] = timed(one_plain_step, steps)
-        params = holder["state"].params
-        jax.block_until_ready(grad(params, batch))
-        out["fwdbwd_best_s"], _ = timed(lambda: jax.block_until_ready(grad(params, batch)), steps)
-        fwd(params, batch).block_until_ready()
-        out["fwd_best_s"], _ = timed(lambda: fwd(params, batch).block_until_ready(), steps)
-
-    out["matmul_f32"] = matmul_rate(jnp.float32, matmul_steps)
-    if jax.default_backend() != "cpu":
-        out["matmul_bf16"] = matmul_rate(jnp.bfloat16, matmul_steps)
-    out["load_avg_1m"] = os.getloadavg()[0]
-    return out
-
-
-def report(out: dict, config) -> str:
-    tokens = out["tokens_per_step"]
-    model_flops = out["flops_per_token"] * tokens
-    ref_name = "bf16" if config.dtype.compute in ("bfloat16", "float16") and "matmul_bf16" in out else "f32"
-    ref = out[f"matmul_{ref_name}"]
-    m = config.model
-    lines = [
-        f"device: {out['device']} x{out['num_devices']}   (1-min load average {out['load_avg_1m']:.1f})",
-        f"model: {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, {m.mlp_type} {m.mlp_dim}, "
-        f"V={m.vocab_size}, L={config.data.seq_len}, batch {config.train.batch_size}, "
-        f"objective {config.objective.kind}, time_conditioning={m.time_conditioning}, "
-        f"compute {config.dtype.compute}",
-        f"params {out['params'] / 1e6:.2f}M (N_matmul {out['n_matmul'] / 1e6:.2f}M); "
-        f"model FLOPs/token = 6*N_matmul + 12*layers*L*d = {out['flops_per_token'] / 1e6:.1f}M; "
-        f"per step {model_flops / 1e9:.1f} GFLOP",
-        f"matmul 2048^3: f32 {out['matmul_f32'] / 1e9:.1f} GFLOP/s"
-        + (f", bf16 {out['matmul_bf16'] / 1e9:.1f} GFLOP/s" if "matmul_bf16" in out else ""),
-        f"compile (train step): {out['compile_s']:.1f} s",
-    ]
-    rows = [("train step (diffusion objective)", "train")]
-    if "plain_best_s" in out:
-        rows += [("plain step (CE, same net+optimizer)", "plain"), ("fwd+bwd only (plain CE)", "fwdbwd"),
-                 ("forward only", "fwd")]
-    for label, key in rows:
-        best = out[f"{key}_best_s"]
-        flops = model_flops / (3.0 if key == "fwd" else 1.0)
-        rate = flops / best
-        line = (f"{label:38s} {best:8.3f} s/step (median {out.get(f'{key}_median_s', best):.3f})  "
-                f"{tokens / best:9.0f} tokens/s  {rate / 1e9:9.1f} GFLOP/s  "
-                f"{100 * rate / ref:5.1f}% of {ref_name} matmul")
-        peak = peak_flops(out["device"], config.dtype.compute)
+        ratios["objective overhead train/plain - 1"] = lambda s: s["train"] / s["plain"] - 1.0
+    slots = timing.run_slots(measures, num_slots, min_seconds, log=log)
+    result = timing.summarize(slots, max_load, ratios)
+    peak = timing.peak_flops(env["device_kind"], config.dtype.compute, env["f32_matmul"])
+    derived = {}
+    summary = result["summary"] or result["all_slots_load_affected"]
+    for name, s in summary["measures"].items():
+        derived[name] = {"median_flops_per_s": flops[name] / s["median"],
+                         "best_flops_per_s": flops[name] / s["best"]}
+        if name in STEPS:
+            derived[name].update(median_tokens_per_s=info["tokens_per_step"] / s["median"],
+                                 best_tokens_per_s=info["tokens_per_step"] / s["best"])
         if peak:
-            line += f"  MFU {100 * rate / peak:5.1f}%"
+            derived[name].update(median_mfu=derived[name]["median_flops_per_s"] / peak[0],
+                                 best_mfu=derived[name]["best_flops_per_s"] / peak[0])
+    m = config.model
+    return {"benchmark": "train_throughput", "environment": env,
+            "model": {"num_layers": m.num_layers, "emb_dim": m.emb_dim, "num_heads": m.num_heads,
+                      "mlp": f"{m.mlp_type} {m.mlp_dim}", "vocab_size": m.vocab_size,
+                      "seq_len": config.data.seq_len, "batch_size": config.train.batch_size,
+                      "objective": config.objective.kind, "time_conditioning": bool(m.time_conditioning),
+                      "compute_dtype": config.dtype.compute, **info},
+            "matmul_reference": {"n": n, "dtype": config.dtype.compute, "accumulation": "float32",
+                                 "flops_per_call": matmul_flops},
+            "peak": {"flops_per_s": peak[0], "name": peak[1]} if peak else None,
+            "method": {"slots": num_slots, "min_seconds_per_measure": min_seconds,
+                       "order_in_slot": list(measures)},
+            "slots": slots, "result": result, "derived": derived,
+            "derived_from_kept_slots": bool(result["kept"])}
+
+
+def _show(flops):
+    def show(name, seconds):
+        if name == "matmul":
+            return f"{flops['matmul'] / seconds / 1e9:.1f} GFLOP/s"
+        return f"{seconds:.4g} s"
+    return show
+
+
+def report(out: dict) -> str:
+    env, m, res = out["environment"], out["model"], out["result"]
+    mm = out["matmul_reference"]
+    show = _show({"matmul": mm["flops_per_call"]})
+    lines = [
+        f"device: {env['device_kind']} x{env['num_devices']}; CPU {env['cpu_model']}, "
+        f"{env['cpu_count']} cores; "
+        f"jax {env['jax_version']}; default matmul precision {env['jax_default_matmul_precision']}: "
+        f"float32 matmuls computed as {env['f32_matmul']} (rel. error {env['f32_matmul_rel_error']:.1e})",
+        f"model: {m['num_layers']} layers, width {m['emb_dim']}, {m['num_heads']} heads, {m['mlp']}, "
+        f"V={m['vocab_size']}, L={m['seq_len']}, batch {m['batch_size']}, objective {m['objective']}, "
+        f"time_conditioning={m['time_conditioning']}, compute {m['compute_dtype']}",
+        f"params {m['params'] / 1e6:.2f}M (N_matmul {m['n_matmul'] / 1e6:.2f}M); model FLOPs/token = "
+        f"6*N_matmul + 12*layers*L*d = {m['flops_per_token'] / 1e6:.1f}M; per step "
+        f"{m['flops_per_token'] * m['tokens_per_step'] / 1e9:.1f} GFLOP; train step compiled in "
+        f"{m['train_compile_s']:.1f} s",
+        f"reference: {mm['n']}^3 {mm['dtype']} matmul, float32 accumulation; method: "
+        f"{out['method']['slots']} slots, order {', '.join(out['method']['order_in_slot'])}, each called "
+        f"for >= {out['method']['min_seconds_per_measure']} s per slot",
+        "", *[timing.format_slot(sl, show) for sl in out["slots"]],
+        *timing.format_summary(res, show), ""]
+    quotable = out["derived_from_kept_slots"]
+    tag = "" if quotable else "  [load-affected: no slot kept]"
+    peak = out["peak"]
+    d = out["derived"]
+    lines.append("median (best) per measure" + tag + ":")
+    for name, v in d.items():
+        line = (f"  {LABELS[name]:38s} {v['median_flops_per_s'] / 1e9:10.1f} "
+                f"({v['best_flops_per_s'] / 1e9:.1f}) GFLOP/s")
+        if "median_tokens_per_s" in v:
+            line += f"  {v['median_tokens_per_s']:10.0f} ({v['best_tokens_per_s']:.0f}) tokens/s"
+        if "median_mfu" in v:
+            line += (f"  {'MFU' if name in STEPS else 'of peak'} {100 * v['median_mfu']:.1f}% "
+                     f"({100 * v['best_mfu']:.1f}%)")
         lines.append(line)
-    if "plain_best_s" in out:
-        lines.append(f"diffusion objective overhead: train/plain - 1 = "
-                     f"{100 * (out['train_best_s'] / out['plain_best_s'] - 1):+.1f}% (target <= 10%)")
+    lines.append(f"peak for MFU: {peak['name']}" if peak else
+                 f"peak for MFU: none known for {env['device_kind']!r} with {m['compute_dtype']} compute "
+                 f"(float32 matmuls as {env['f32_matmul']}): no MFU; see mdm_jax.timing.PEAK_FLOPS")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    import jax
     from absl import flags
-    config = flags.FLAGS.config
+    f = flags.FLAGS
+    config = f.config
     if config.train.batch_size % jax.device_count():
         raise SystemExit(f"--config.train.batch_size={config.train.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
+    if f.slots < 1 or f.min_seconds < 0:
+        raise SystemExit(f"--slots={f.slots} must be >= 1 and --min_seconds={f.min_seconds} >= 0")
     config.data.seq_len = min(config.data.seq_len, config.model.max_len)
-    out = run(config, flags.FLAGS.steps, flags.FLAGS.matmul_steps, parts=not flags.FLAGS.train_only)
-    print(report(out, config), flush=True)
+    max_load = f.max_load if f.max_load > 0 else timing.default_max_load()
+    out = run(config, f.slots, f.min_seconds, max_load, f.matmul_n, parts=not f.train_only)
+    print(report(out), flush=True)
+    if f.json:
+        timing.write_json(f.json, out)
+        print(f"wrote {f.json}")
 
 
 if __name__ == "__main__":
@@ -240,10 +257,13 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
                                     "Config file (configs/*.py); default config.base().", lock_config=True)
-    flags.DEFINE_integer("steps", 5, "Timed calls of each step (best and median are reported).")
-    flags.DEFINE_integer("matmul_steps", 10, "Timed 2048^3 matmuls (best is reported).")
-    flags.DEFINE_bool("train_only", False, "Time only the real train step (skip plain/fwd+bwd/forward).")
+    flags.DEFINE_integer("slots", 7, "Slots; each times the reference and every step back to back.")
+    flags.DEFINE_float("min_seconds", 2.0, "Each measure is called for at least this long per slot.")
+    flags.DEFINE_float("max_load", 0.0, "Slots whose 1-minute load exceeds this are flagged and left out "
+                       "of the summary (<= 0: CPU cores + 0.5).")
+    flags.DEFINE_integer("matmul_n", 0, "Reference matmul size n (0: 2048 on CPU, 8192 on accelerators).")
+    flags.DEFINE_bool("train_only", False, "Time only the reference and the real train step.")
+    flags.DEFINE_string("json", "", "Also write everything (environment, slots, summary) to this JSON file.")
     app.run(main)

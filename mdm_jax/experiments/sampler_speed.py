@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.optimize
 
-from mdm_jax import models, objectives, report, rng, sampling
+from mdm_jax import models, objectives, report, rng, sampling, timing
 from mdm_jax.experiments import parse_list
 from mdm_jax.models import adapters
 
@@ -69,19 +68,6 @@ def _init(config, seq_len: int, key):
     t = jnp.zeros((1,), jnp.float32) if model.time_conditioning else None
     params = jax.jit(lambda k: model.init(k, tokens, t, deterministic=True))(key)["params"]
     return model, params
-
-
-def _best_time(fn, keys):
-    """Runs fn(keys[0]) to compile and warm up, then times fn on the other keys; best seconds."""
-    out, stats = fn(keys[0])
-    np.asarray(out)
-    best = float("inf")
-    for k in keys[1:]:
-        t0 = time.perf_counter()
-        out, stats = fn(k)
-        np.asarray(out)  # blocks until the tokens exist
-        best = min(best, time.perf_counter() - t0)
-    return best, stats
 
 
 def _expected_nfe(num_steps: int, positions: int) -> float:
@@ -115,13 +101,13 @@ def _mdm_timings(config, root, vocab: int, steps, log):
     def keys(tag, n):
         return [rng.fold(root, "sampler_speed", vocab, tag, n, r) for r in range(repeats + 1)]
 
-    sec, st = _best_time(lambda k: sampling.first_hitting(
+    sec, (_, st) = timing.best_time(lambda k: sampling.first_hitting(
         denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, precision=prec), keys(0, 0))
     rows.append({"vocab": vocab, "sampler": "first_hitting", "num_steps": L, "nfe": st["nfe"],
                  "draws": b * L * vocab, "seconds_per_batch": sec, "seconds_per_sequence": sec / b})
     log(f"sampler_speed: V={vocab} first_hitting NFE={st['nfe']}: {sec / b:.4f} s/sequence")
     for n in steps:
-        sec, st = _best_time(lambda k: sampling.ancestral(
+        sec, (_, st) = timing.best_time(lambda k: sampling.ancestral(
             denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, num_steps=int(n),
             precision=prec, cache=True), keys(1, n))
         rows.append({"vocab": vocab, "sampler": "ancestral", "num_steps": int(n), "nfe": st["nfe"],
@@ -144,9 +130,9 @@ def _arm_timings(config, lengths, root, log):
         step_fn, state = adapters.ar_step_fn(model, params, b)
         logits_fn = adapters.ar_logits_fn(model, params)
         keys = [rng.fold(root, "sampler_speed_arm", L, r) for r in range(int(exp.repeats) + 1)]
-        cached, _ = _best_time(lambda k: sampling.autoregressive(
+        cached, _ = timing.best_time(lambda k: sampling.autoregressive(
             step_fn, state, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
-        uncached, _ = _best_time(lambda k: sampling.autoregressive_uncached(
+        uncached, _ = timing.best_time(lambda k: sampling.autoregressive_uncached(
             logits_fn, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
         rows.append({"seq_len": L, "cached_s_per_sequence": cached / b,
                      "uncached_s_per_sequence": uncached / b, "uncached_over_cached": uncached / cached})
