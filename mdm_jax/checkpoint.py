@@ -24,6 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mdm_jax.models import scan_layout
+
 __all__ = ["Checkpointer", "ensure_writable", "shape_mismatches"]
 
 _MISMATCH_HELP = ("this workdir was trained with a different config: use a new --workdir or the "
@@ -164,6 +166,8 @@ class Checkpointer:
                 "and this --workdir")
         stored = self._manager.item_metadata(step)["state"]
         stored = getattr(stored, "tree", stored)
+        # A checkpoint of the other model.scan_layers layout is read in its own layout and converted.
+        abstract_state, to_wanted_layout = scan_layout.restore_plan(stored, abstract_state)
         problems = shape_mismatches(stored, abstract_state)
         if problems:
             shown = "\n  ".join(problems[:20])
@@ -174,7 +178,7 @@ class Checkpointer:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                           data=ocp.args.JsonRestore()))
-        return restored.state, dict(restored.data or {})
+        return to_wanted_layout(restored.state), dict(restored.data or {})
 
     def wait(self) -> None:
         """Blocks until the in-flight asynchronous save (if any) is finalised on disk."""

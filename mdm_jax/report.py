@@ -37,6 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mdm_jax import models
+
 __all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", "markdown_table",
            "save_figure", "write", "fmt"]
 
@@ -73,6 +75,9 @@ def metadata(config=None, **extra) -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
+    if config is not None and "model" in config and models.family_of(config).name == "transformer":
+        # The attention kernel actually used (e.g. an "auto" that fell back to XLA on a GPU).
+        meta["attention"] = models.attention_choice(config).as_dict()
     meta.update(extra)
     meta["config"] = _config_dict(config)
     return to_jsonable(meta)

@@ -16,6 +16,7 @@ out_shardings=...)`), never materialised on one device first.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from typing import Any, Optional
@@ -28,7 +29,8 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdm_jax import models, objectives, rng, sharding
+from mdm_jax import models, objectives, profiling, report, rng, sharding
+from mdm_jax.models import scan_layout
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -60,6 +62,8 @@ def check_config(config, mesh=None) -> None:
                          f"{', '.join(LR_SCHEDULES)}")
     if t.grad_accum_steps < 1:
         raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+    profiling.check_profile_steps(t.profile_steps)
+    models.build(config)  # bad model options (model.remat, model.attention) fail here, before any data
     if config.data.seq_len > config.model.max_len:
         raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; "
                          "lower --config.data.seq_len or raise --config.model.max_len")
@@ -98,7 +102,7 @@ def weight_decay_mask(params):
     usual AdamW practice (decaying them shrinks normalisation gains and rare tokens' rows)."""
     def decays(path, x):
         names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
-        return x.ndim >= 2 and "embedding" not in names
+        return scan_layout.per_layer_ndim(path, x) >= 2 and "embedding" not in names
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -300,6 +304,9 @@ def train_and_evaluate(config, workdir) -> dict:
     eval_step = make_eval_step(config, mesh, shardings.params)
     root = state.root_key()
     writer = metrics.MetricsWriter(workdir)
+    if lead:  # what this run resolved (attention kernel, devices, versions) next to its metrics
+        report.write_json(os.path.join(workdir, "run_metadata.json"), report.metadata(config))
+    profiler = profiling.StepProfiler(workdir, tc.profile_steps)
     step = int(state.step)
     tokens_per_step = tc.batch_size * config.data.seq_len
     final: dict = {"step": step}
@@ -321,8 +328,10 @@ def train_and_evaluate(config, workdir) -> dict:
     try:
         while step < tc.num_steps:
             batch = sharding.global_batch(next(it), mesh)
-            state, m = train_step(state, batch, rng.fold(root, "train", step))
+            with profiler.step(step):
+                state, m = train_step(state, batch, rng.fold(root, "train", step))
             step += 1
+            profiler.step_done(step, m)
             pending.append(m)
             if t0 is None:
                 jax.block_until_ready(m)
@@ -354,6 +363,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 timed_steps, t0 = 0, time.perf_counter()
         run_eval(step)  # the final eval (also when restarted on a finished workdir)
     finally:
+        profiler.close()
         if bar is not None:
             bar.close()
         ckpt.close()
