@@ -66,11 +66,15 @@ def peak_flops(device_kind: str, dtype: str):
 def model_flops_per_token(config, params) -> tuple[float, int]:
     """(training FLOPs per token, N_matmul): the formula in the module docstring."""
     import jax
+
+    from mdm_jax.models import scan_layout
     m = config.model
     n_matmul = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         names = [getattr(p, "key", "") for p in path]
-        if leaf.ndim >= 2 and names[0].startswith("block_") and "adaln" not in names:
+        # block_<i>, or the stacked "blocks" of model.scan_layers (whose norm scales are [layers, d])
+        if (scan_layout.per_layer_ndim(path, leaf) >= 2 and names[0].startswith("block")
+                and "adaln" not in names):
             n_matmul += leaf.size
     n_matmul += m.emb_dim * m.vocab_size  # the head's real columns (padding columns are sliced off)
     attention = 12 * m.num_layers * config.data.seq_len * m.emb_dim

@@ -48,7 +48,8 @@ class StepProfiler:
 
     def __init__(self, workdir, profile_steps, *, enabled: bool | None = None):
         self.window = check_profile_steps(profile_steps)
-        self.enabled = (jax.process_index() == 0 if enabled is None else bool(enabled)) and self.window is not None
+        lead = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.enabled = lead and self.window is not None
         self.log_dir = os.path.join(os.fspath(workdir), "profile")
         self.active = False
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from mdm_jax import config as config_lib, models, report
-from mdm_jax.models import adapters, attention
+from mdm_jax.models import attention
 from mdm_jax.models.transformer import Transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,8 @@ def test_choice_is_built_into_the_model_and_recorded_in_metadata():
 @pytest.mark.parametrize("causal", [False, True])
 def test_splash_kernel_in_interpret_mode_matches_xla(causal):
     b, length, heads, head_dim = 2, 128, 2, 32
-    q, k, v = (jax.random.normal(jax.random.key(i), (b, length, heads, head_dim), jnp.float32) for i in range(3))
+    shape = (b, length, heads, head_dim)
+    q, k, v = (jax.random.normal(jax.random.key(i), shape, jnp.float32) for i in range(3))
     w = jax.random.normal(jax.random.key(9), (b, length, heads, head_dim), jnp.float32)
 
     def loss(impl):
@@ -159,8 +160,9 @@ SHARDED_SCRIPT = textwrap.dedent("""
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), sharding.rules_context():
             return model.apply({"params": p}, x, t)
 
-    out = jax.jit(forward, in_shardings=(shardings, sharding.batch_sharding(mesh),
-                                         sharding.batch_sharding(mesh, 1)))(jax.device_put(params, shardings), x, t)
+    rows = sharding.batch_sharding(mesh)
+    f = jax.jit(forward, in_shardings=(shardings, rows, sharding.batch_sharding(mesh, 1)))
+    out = f(jax.device_put(params, shardings), x, t)
     ref = jax.jit(lambda p, x, t: ref_model.apply({"params": p}, x, t))(params, x, t)
     assert float(jnp.abs(ref).max()) > 0.1
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)

@@ -181,7 +181,8 @@ def test_per_layer_rules_ignore_the_layers_axis():
     assert mask_s["blocks"]["attn_norm"]["scale"] is False and mask_s["blocks"]["mlp"]["wo"]["kernel"] is True
     model = tiny(time_conditioning=False, scan_layers=True, dtype=jnp.bfloat16)
     held = adapters.denoise_fn(model, scan_layout.to_scanned(params)).args[0]["params"]["blocks"]
-    assert held["attn_norm"]["scale"].dtype == jnp.float32 and held["attn"]["qkv"]["kernel"].dtype == jnp.bfloat16
+    assert held["attn_norm"]["scale"].dtype == jnp.float32
+    assert held["attn"]["qkv"]["kernel"].dtype == jnp.bfloat16
 
 
 def tiny_config(scan: bool, layers: int = 2):
@@ -216,9 +217,10 @@ def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scan):
     params, step, _, _ = runs.restore_params(c_other, str(tmp_path))
     assert step == 3 and scan_layout.layout_of(params) == scan_layout.layout_of(abstract.params)
     # Another depth is still a clear shape error (in the checkpoint's layout), not a silent conversion.
+    deeper = train.abstract_train_state(tiny_config(not saved_scan, layers=3), mesh)[0]
     with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
-        with pytest.raises(ValueError, match=r"block_2/\S+: missing|checkpoint shape \(2, .*config shape \(3, "):
-            ckpt.restore(train.abstract_train_state(tiny_config(not saved_scan, layers=3), mesh)[0])
+        with pytest.raises(ValueError, match=r"block_2/\S+: missing|shape \(2, .*config shape \(3, "):
+            ckpt.restore(deeper)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""

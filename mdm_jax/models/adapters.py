@@ -45,7 +45,8 @@ def _variables(params, model: Transformer) -> dict:
     dtype = jnp.dtype(model.dtype)
 
     def cast(path, x):  # per_layer_ndim: a scanned norm scale [layers, d] is a vector
-        if scan_layout.per_layer_ndim(path, x) >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+        matrix = scan_layout.per_layer_ndim(path, x) >= 2
+        if matrix and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
             return jnp.asarray(x, dtype)
         return x
 

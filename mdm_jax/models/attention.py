@@ -82,7 +82,8 @@ def select(requested: str, *, backend: str, dtype, seq_len: int, num_heads: int,
         return Choice(requested, kernel, "requested" if requested == kernel else f"preferred on {backend}",
                       False)
     if requested == "auto":
-        logging.warning("model.attention=auto: %s cannot run here (%s); using XLA's attention", kernel, problem)
+        logging.warning("model.attention=auto: %s cannot run here (%s); using XLA's attention",
+                        kernel, problem)
         return Choice(requested, "xla", f"{kernel} unavailable: {problem}", True)
     raise ValueError(f"model.attention={requested!r} cannot run this model: {problem}; use "
                      "--config.model.attention=auto (picks what runs) or xla")
@@ -101,7 +102,8 @@ def _unsupported(kernel, *, backend, dtype, seq_len, num_heads, head_dim, causal
         return f"the Splash kernel needs a sequence length that is a multiple of 128 (got {seq_len})"
     q = jax.ShapeDtypeStruct((1, seq_len, num_heads, head_dim), jnp.dtype(dtype))
     try:  # the kernels check shapes and dtypes when traced; eval_shape traces without compiling
-        jax.eval_shape(functools.partial(attend, implementation=kernel, is_causal=causal, strict=True), q, q, q)
+        probe = functools.partial(attend, implementation=kernel, is_causal=causal, strict=True)
+        jax.eval_shape(probe, q, q, q)
     except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -131,7 +133,8 @@ def attend(q, k, v, *, implementation: str, is_causal: bool = False, mask=None, 
                             "using XLA's attention", tuple(q.shape))
             return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
         return _splash(q, k, v, is_causal=is_causal, interpret=implementation == "splash_interpret")
-    raise ValueError(f"unknown attention implementation {implementation!r}: choose one of {', '.join(KERNELS)}")
+    raise ValueError(f"unknown attention implementation {implementation!r}: "
+                     f"choose one of {', '.join(KERNELS)}")
 
 
 def _splash_block(seq_len: int) -> int:

@@ -102,7 +102,8 @@ def _convert_mapping(node: Mapping, layout: str) -> dict:
         for i in range(n.pop()):
             rest[block_name(i)] = jax.tree.map(lambda x, i=i: _index(x, i), stacked)
     else:  # already in `layout` (or no blocks): keep them as they are
-        rest.update({k: v for k, v in node.items() if k == SCANNED_BLOCKS or (isinstance(k, str) and _BLOCK.match(k))})
+        rest.update({k: v for k, v in node.items()
+                     if k == SCANNED_BLOCKS or (isinstance(k, str) and _BLOCK.match(k))})
     return rest
 
 
