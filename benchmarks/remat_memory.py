@@ -16,8 +16,10 @@ memory is temp minus the temp of the same network with 0 layers (what no policy 
 embedding, the head, the [B, L, V] logits and their gradient, the optimizer update).
 
 Step time: --time_rounds rounds, each running one train step of every policy in a rotated order
-(interleaved), at --time_batch sequences and float32 compute (bf16 matmuls are emulated on CPUs);
-median seconds per step and the cost relative to `none`. The 1-minute load average is printed.
+(interleaved), at --time_batch sequences, float32 compute (bf16 matmuls are emulated on CPUs) and
+scanned layers (--time_scan; on the CPU backend remat only saves memory under scan, see
+benchmarks/RESULTS.md); median seconds per step and the cost relative to `none`. The 1-minute
+load average is printed.
 """
 
 from __future__ import annotations
@@ -68,15 +70,15 @@ def memory(config) -> dict:
             "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes}
 
 
-def step_times(config, rounds: int, batch: int) -> tuple[dict, list]:
-    """Interleaved step times (seconds) per policy at float32 compute, unscanned."""
+def step_times(config, rounds: int, batch: int, scan: bool) -> tuple[dict, list]:
+    """Interleaved step times (seconds) per policy at float32 compute."""
     import jax
     import numpy as np
 
     from mdm_jax import rng, sharding, train
     runs = {}
     for policy in POLICIES:
-        c = _variant(config, policy, False, batch, compute="float32")
+        c = _variant(config, policy, scan, batch, compute="float32")
         mesh = sharding.make_mesh(c.mesh)
         state, shardings = train.create_train_state(c, mesh)
         step = train.make_train_step(c, mesh, shardings)
@@ -118,17 +120,17 @@ def main(argv):
     no_blocks = _variant(config, "none", False, f.batch)
     with no_blocks.unlocked():
         no_blocks.model.num_layers = 0
-    rest = memory(no_blocks)["temp"]
+    rest = memory(no_blocks)["temp"] if f.memory else 0
     print(f"  0 layers (everything but the blocks): temp {rest / MB:.0f} MiB", flush=True)
     mem = {}
-    for scan in (False, True):
+    for scan in (False, True) if f.memory else ():
         for policy in POLICIES:
             mem[(policy, scan)] = memory(_variant(config, policy, scan, f.batch))
             print(f"  {policy}, scan={scan}: {mem[(policy, scan)]}", flush=True)
     print("\n| remat | scan_layers | temp MiB | blocks' activations MiB (temp - 0-layer temp) | "
           "activations / none's | arguments MiB | outputs MiB |")
     print("|---|---|---|---|---|---|---|")
-    for scan in (False, True):
+    for scan in (False, True) if f.memory else ():
         none_act = mem[("none", scan)]["temp"] - rest
         for policy in POLICIES:
             r = mem[(policy, scan)]
@@ -136,8 +138,8 @@ def main(argv):
             print(f"| {policy} | {scan} | {r['temp'] / MB:.0f} | {act / MB:.0f} | {act / none_act:.3f} | "
                   f"{r['arguments'] / MB:.0f} | {r['outputs'] / MB:.0f} |")
     if f.time_rounds:
-        times, loads = step_times(config, f.time_rounds, f.time_batch)
-        print(f"\nstep time, batch {f.time_batch}, float32 compute, unscanned; 1-minute load "
+        times, loads = step_times(config, f.time_rounds, f.time_batch, f.time_scan)
+        print(f"\nstep time, batch {f.time_batch}, float32 compute, scan_layers={f.time_scan}; 1-minute load "
               f"{min(loads):.1f} - {max(loads):.1f}\n")
         print("| remat | median s/step | best s/step | median / none's |")
         print("|---|---|---|---|")
@@ -157,4 +159,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch", 8, "Sequences per train step for the memory analysis.")
     flags.DEFINE_integer("time_batch", 1, "Sequences per train step for the step-time rounds.")
     flags.DEFINE_integer("time_rounds", 3, "Interleaved rounds of step timing (0: memory only).")
+    flags.DEFINE_bool("time_scan", True, "Time the scanned layout (where remat saves memory on CPUs).")
+    flags.DEFINE_bool("memory", True, "Run the memory analysis (--memory=false: step times only).")
     app.run(main)

@@ -39,9 +39,9 @@ def base() -> ml_collections.ConfigDict:
     c.model.time_conditioning = True     # adaLN conditioning on t (ignored for ARM)
     c.model.time_emb_dim = 128
     c.model.rope_base = 10000.0
-    c.model.scan_layers = False          # nn.scan over the blocks: compile time flat in depth (README "Scaling up")
-    c.model.remat = "none"               # none | full | dots: what each block keeps for the backward pass
-    c.model.attention = "auto"           # auto | xla | cudnn | splash | splash_interpret (models/attention.py)
+    c.model.scan_layers = False          # nn.scan over the blocks: compile time flat in depth
+    c.model.remat = "none"               # none | full | dots: what a block keeps (use with scan_layers)
+    c.model.attention = "auto"           # auto | xla | cudnn | splash | splash_interpret
 
     # Dtype policy: three separate, named precisions.
     c.dtype = ml_collections.ConfigDict()
@@ -79,7 +79,7 @@ def base() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.plot = True                  # write loss_curve.png at the end
     c.train.sample_at_end = False        # print a few first-hitting samples after training
-    c.train.profile_steps = ()           # (start, stop): jax.profiler trace of steps [start, stop) in workdir/profile
+    c.train.profile_steps = ()           # (start, stop): profiler trace of those steps in workdir/profile
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1 fills the remaining devices
