@@ -67,6 +67,12 @@ def preferred(backend: str, dtype) -> str:
 def select(requested: str, *, backend: str, dtype, seq_len: int, num_heads: int, head_dim: int,
            causal: bool) -> Choice:
     """Resolves `requested` (one of IMPLEMENTATIONS) for these shapes on `backend`; see the module doc."""
+    return _select(requested, backend, jnp.dtype(dtype), int(seq_len), int(num_heads), int(head_dim),
+                   bool(causal))
+
+
+@functools.lru_cache(maxsize=None)  # one probe (and one fallback warning) per run shape, not per build
+def _select(requested, backend, dtype, seq_len, num_heads, head_dim, causal) -> Choice:
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"unknown model.attention={requested!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
     if requested == "xla":

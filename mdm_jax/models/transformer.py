@@ -130,8 +130,9 @@ class Einsum(nn.Module):
         return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-# Rematerialisation policies (`model.remat`): what a block keeps from its forward pass for the
-# backward pass; everything else is recomputed. None = save nothing (jax.checkpoint's default).
+# Rematerialisation policies (`model.remat`): the jax.checkpoint policy of each block, i.e. what it
+# keeps from its forward pass for the backward pass; everything else is recomputed. Effective under
+# scan_layers: unscanned, XLA's CPU scheduler runs the recomputation early (benchmarks/RESULTS.md).
 REMAT_POLICIES = {
     "none": None,   # no rematerialisation: every intermediate is kept (fastest, most memory)
     "full": jax.checkpoint_policies.nothing_saveable,   # keep only the block's input
