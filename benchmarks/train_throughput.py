@@ -51,6 +51,7 @@ import optax  # noqa: E402
 
 from mdm_jax import config as config_lib  # noqa: E402
 from mdm_jax import models, objectives, rng, sharding, timing, train  # noqa: E402
+from mdm_jax.models import scan_layout  # noqa: E402
 
 STEPS = ("train", "plain", "fwdbwd", "fwd")
 LABELS = {"matmul": "matmul reference", "train": "train step (diffusion objective)",
@@ -69,7 +70,9 @@ def model_flops_per_token(config, params) -> tuple[float, int]:
     n_matmul = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         names = [getattr(p, "key", "") for p in path]
-        if leaf.ndim >= 2 and names[0].startswith("block_") and "adaln" not in names:
+        # block_<i>, or the stacked "blocks" of model.scan_layers (whose norm scales are [layers, d])
+        if (scan_layout.per_layer_ndim(path, leaf) >= 2 and names[0].startswith("block")
+                and "adaln" not in names):
             n_matmul += leaf.size
     n_matmul += m.emb_dim * m.vocab_size  # the head's real columns (padding columns are sliced off)
     attention = 12 * m.num_layers * config.data.seq_len * m.emb_dim

@@ -38,6 +38,7 @@ from absl import logging
 from etils import epath
 
 from mdm_jax import errors, guards
+from mdm_jax.models import scan_layout
 
 __all__ = ["Checkpointer", "CheckpointMismatch", "CorruptCheckpoint", "SaveFailed", "ensure_writable",
            "shape_mismatches"]
@@ -314,6 +315,8 @@ class Checkpointer:
         try:
             stored = self._manager.item_metadata(step)["state"]
             stored = getattr(stored, "tree", stored)
+            # A checkpoint of the other model.scan_layers layout is read in its own layout and converted.
+            abstract_state, to_wanted_layout = scan_layout.restore_plan(stored, abstract_state)
             problems = shape_mismatches(stored, abstract_state)
         except (ValueError, OSError, KeyError, TypeError) as e:
             path, reason = _corrupt_file(step_dir, e)
@@ -338,7 +341,7 @@ class Checkpointer:
             if bad:
                 raise CorruptCheckpoint(f"checkpoint step {step} holds non-finite values (a diverged run) in "
                                         f"{guards.describe_subtrees(bad)}", step, step_dir)
-        return restored.state, dict(restored.data or {})
+        return to_wanted_layout(restored.state), dict(restored.data or {})
 
     def set_aside(self, step: int) -> str:
         """Moves an unreadable step out of `checkpoints/` into `checkpoints_unreadable/` (kept for a

@@ -78,6 +78,12 @@ SCHEMA: dict[str, Field | Group] = {
         "time_conditioning": F(True, "adaLN-Zero conditioning on t; False = time-free (ignored by the ARM)"),
         "time_emb_dim": F(128, "width of the sinusoidal time embedding"),
         "rope_base": F(10000.0, "base of the rotary position embedding frequencies"),
+        "scan_layers": F(False, "nn.scan over the blocks (parameters stacked on a 'layers' axis): compile time "
+                                "flat in depth; checkpoints convert between the layouts on restore"),
+        "remat": F("none", "what a block keeps for the backward pass: none | full | dots (matmul outputs); "
+                           "use with scan_layers"),
+        "attention": F("auto", "attention kernel: auto (cuDNN on GPU in 16-bit, XLA otherwise) | xla | cudnn | "
+                               "splash (TPU) | splash_interpret (the Splash kernel interpreted, for tests)"),
     }),
     "dtype": Group("parameter and compute precision (sampling precision: sampling.precision)", {
         "param": F("float32", "storage of parameters and optimizer state: float32 | bfloat16 | float16"),
@@ -112,6 +118,8 @@ SCHEMA: dict[str, Field | Group] = {
         "keep_checkpoints": F(3, "most recent checkpoints kept"),
         "plot": F(True, "write loss_curve.png into the workdir at the end"),
         "sample_at_end": F(False, "print a few samples (sampling.*) after training"),
+        "profile_steps": F((), "(start, stop): a jax.profiler trace of those steps in workdir/profile "
+                               "(process 0; () = none)"),
         "nonfinite": F("stop", "a step with a non-finite loss, gradient or update is never applied: "
                                "stop (exit 3) | skip it"),
         "max_nonfinite_skips": F(10, "nonfinite=skip: stop after this many non-finite steps in a row"),

@@ -10,6 +10,7 @@ preemption (`mdm_jax.preemption`), unreadable checkpoints and failed saves (`mdm
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 
@@ -18,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from mdm_jax import checkpoint, guards, metrics, objectives, preemption, rng, sharding, train
+from mdm_jax import checkpoint, guards, metrics, objectives, preemption, profiling, report, rng, sharding, train
 from mdm_jax import workdir as workdir_lib
 from mdm_jax.data import pipeline
 from mdm_jax.interop import init_from
@@ -94,6 +95,9 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
     root = rng.root_key(config.seed)  # the run's one root key (mdm_jax/rng.py)
     objective = objectives.of(config)
     writer = metrics.MetricsWriter(workdir)
+    if lead:  # what this run resolved (attention kernel, devices, versions) next to its metrics
+        report.write_json(os.path.join(workdir, "run_metadata.json"), report.metadata(config))
+    profiler = profiling.StepProfiler(workdir, tc.profile_steps)
     step = int(state.step)
     tokens_per_step = tc.batch_size * config.data.seq_len
     final: dict = {"step": step}
@@ -138,8 +142,10 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
         with preemption.Watcher(ckpt) as watcher:
             while step < tc.num_steps:
                 batch = sharding.global_batch(next(it), mesh)
-                state, m = train_step(state, batch, rng.fold(root, "train", step))
+                with profiler.step(step):
+                    state, m = train_step(state, batch, rng.fold(root, "train", step))
                 step += 1
+                profiler.step_done(step, m)
                 pending.append(m)
                 if t0 is None:
                     jax.block_until_ready(m)
@@ -183,6 +189,7 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
                     raise watcher.stopped(step, str(ckpt.directory / str(step)))
             run_eval(step)  # the final eval (also when restarted on a finished workdir)
     finally:
+        profiler.close()
         if bar is not None:
             bar.close()
         writer.close()

@@ -44,6 +44,8 @@ import flax
 import jax
 import numpy as np
 
+from mdm_jax import models
+
 __all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", "markdown_table",
            "save_figure", "log_x", "write_results", "read_results", "write_summary", "write", "fmt"]
 
@@ -75,6 +77,9 @@ def metadata(config=None, **extra) -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
+    if config is not None and "model" in config and models.family_of(config).name == "transformer":
+        # The attention kernel actually used (e.g. an "auto" that fell back to XLA on a GPU).
+        meta["attention"] = models.attention_choice(config).as_dict()
     meta.update(extra)
     meta["config"] = _config_dict(config)
     return to_jsonable(meta)

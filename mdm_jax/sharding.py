@@ -31,6 +31,7 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("kv", None),
     ("time", None),
+    ("layers", None),   # the stacked axis of scanned blocks: every device holds every layer's shard
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),

@@ -30,8 +30,9 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdm_jax import errors, guards, models, objectives, rng, sharding
+from mdm_jax import errors, guards, models, objectives, profiling, rng, sharding
 from mdm_jax.interop import init_from
+from mdm_jax.models import scan_layout
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -66,6 +67,8 @@ def check_config(config, mesh=None) -> None:
                          f"{', '.join(LR_SCHEDULES)}")
     if t.grad_accum_steps < 1:
         raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+    profiling.check_profile_steps(t.profile_steps)
+    models.build(config)  # bad model options (model.remat, model.attention) fail here, before any data
     if config.data.seq_len > config.model.max_len:
         raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; "
                          "lower --config.data.seq_len or raise --config.model.max_len")
@@ -131,7 +134,7 @@ def weight_decay_mask(params):
     usual AdamW practice (decaying them shrinks normalisation gains and rare tokens' rows)."""
     def decays(path, x):
         names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
-        return x.ndim >= 2 and "embedding" not in names
+        return scan_layout.per_layer_ndim(path, x) >= 2 and "embedding" not in names
     return jax.tree_util.tree_map_with_path(decays, params)
 
 

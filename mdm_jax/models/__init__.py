@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 from mdm_jax import errors, objectives
+from mdm_jax.models import attention
 from mdm_jax.models.dit import DiT
 from mdm_jax.models.gpt2 import GPT2
-from mdm_jax.models.transformer import Transformer
+from mdm_jax.models.transformer import Transformer, check_remat
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -39,13 +41,27 @@ class Family:
 
 def _build_transformer(config, objective) -> Transformer:
     m = config.model
+    check_remat(m.remat)
     return Transformer(
         vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
         emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, mlp_type=m.mlp_type, dropout=m.dropout,
         causal=objective.causal, time_conditioning=objectives.uses_time(config),
         time_emb_dim=m.time_emb_dim, rope_base=m.rope_base,
         dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-        param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
+        scan_layers=bool(m.scan_layers), remat=m.remat,
+        attention=attention_choice(config).implementation)
+
+
+def attention_choice(config) -> attention.Choice:
+    """The attention kernel `config.model.attention` resolves to on this backend for the run's
+    shapes (data.seq_len); recorded in run metadata. Raises for a kernel that cannot run here."""
+    m = config.model
+    return attention.select(
+        m.attention, backend=jax.default_backend(),
+        dtype=dtype_of(config.dtype.compute, "dtype.compute"), seq_len=int(config.data.seq_len),
+        num_heads=int(m.num_heads), head_dim=int(m.emb_dim) // int(m.num_heads),
+        causal=objectives.of(config).causal)
 
 
 def _build_dit(config, objective) -> DiT:

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdm_jax.models import scan_layout
 from mdm_jax.models.transformer import Transformer
 
 
@@ -43,12 +44,13 @@ def _variables(params, model: Transformer) -> dict:
         params = params["params"]
     dtype = jnp.dtype(model.dtype)
 
-    def cast(x):
-        if jnp.ndim(x) >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+    def cast(path, x):  # per_layer_ndim: a scanned norm scale [layers, d] is a vector
+        matrix = scan_layout.per_layer_ndim(path, x) >= 2
+        if matrix and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
             return jnp.asarray(x, dtype)
         return x
 
-    return {"params": jax.tree.map(cast, params)}
+    return {"params": jax.tree_util.tree_map_with_path(cast, params)}
 
 
 @dataclasses.dataclass(frozen=True)

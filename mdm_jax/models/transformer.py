@@ -11,13 +11,21 @@ tables are stored padded to a multiple of 128 rows/columns (`padded_vocab`); the
 Every parameter and activation carries *logical* axis names; `mdm_jax.sharding` maps them to
 mesh axes (data / fsdp / tensor), so the same module runs on 1 CPU or a pod.
 
+Options for large runs (see README "Scaling up"):
+- `scan_layers`: the blocks run under `nn.scan`, their parameters stacked on a leading axis of
+  logical name "layers" (one `blocks` subtree instead of `block_0..block_{n-1}`): the compiled
+  program holds one block, so compile time stays flat in depth. `mdm_jax.models.scan_layout`
+  converts parameters and checkpoints between the two layouts. Dropout masks (and a fresh init)
+  differ between the layouts; with the same parameters the functions are the same.
+- `remat`: rematerialisation of each block in the backward pass (`REMAT_POLICIES`).
+- `attention`: the attention kernel, already resolved by `mdm_jax.models.attention.select`.
+
 The module is x64-safe: all constants have explicit dtypes, so tracing it under
 `jax.enable_x64(True)` (the float64 sampling policy) keeps its compute in `dtype`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -25,16 +33,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdm_jax.models import attention as attention_lib
+
 Dtype = Any
 
-# Logical axis names of parameters.
-VOCAB, EMBED, MLP, HEADS, KV, TIME = "vocab", "embed", "mlp", "heads", "kv", "time"
+# Logical axis names of parameters ("layers": the stacked axis of scanned blocks).
+VOCAB, EMBED, MLP, HEADS, KV, TIME, LAYERS = "vocab", "embed", "mlp", "heads", "kv", "time", "layers"
 # Logical axis names of activations.
 A_BATCH, A_LEN, A_EMBED, A_HEADS, A_MLP, A_VOCAB = (
     "act_batch", "act_length", "act_embed", "act_heads", "act_mlp", "act_vocab")
 
 
 VOCAB_MULTIPLE = 128
+# Parameter subtrees of the blocks: block_0 .. block_{n-1} unscanned, one stacked "blocks" scanned.
+SCANNED_BLOCKS = "blocks"
+
+
+def block_name(i: int) -> str:
+    return f"block_{i}"
 
 
 def padded_vocab(n: int) -> int:
@@ -114,24 +130,22 @@ class Einsum(nn.Module):
         return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-def _attention_impl(dtype) -> str | None:
-    """cuDNN flash attention for 16-bit compute on GPUs (what MFU needs), XLA's otherwise."""
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-        return "cudnn"
-    return None
+# Rematerialisation policies (`model.remat`): the jax.checkpoint policy of each block, i.e. what it
+# keeps from its forward pass for the backward pass; everything else is recomputed. Effective under
+# scan_layers: unscanned, XLA's CPU scheduler runs the recomputation early (benchmarks/RESULTS.md).
+REMAT_POLICIES = {
+    "none": None,   # no rematerialisation: every intermediate is kept (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,   # keep only the block's input
+    # keep the outputs of the weight matmuls (qkv, attention out, MLP in/out), which are what costs
+    # FLOPs to recompute; recompute norms, RoPE, attention scores/softmax and activations.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
-def _dot_product_attention(q, k, v, *, is_causal=False, mask=None):
-    impl = _attention_impl(q.dtype) if mask is None else None
-    if impl is not None:
-        try:
-            return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
-        except (NotImplementedError, ValueError, RuntimeError) as e:
-            # cuDNN rejects some shapes/dtypes at trace time; XLA's attention is correct but
-            # slower, so say so (once per traced shape) rather than lose MFU silently.
-            logging.warning("cuDNN attention unavailable for q%s %s (%s); using XLA's attention",
-                            tuple(q.shape), q.dtype, e)
-    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask)
+def check_remat(name: str) -> str:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown model.remat={name!r}: choose one of {', '.join(REMAT_POLICIES)}")
+    return name
 
 
 class Attention(nn.Module):
@@ -141,6 +155,7 @@ class Attention(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     max_len_for_cache: int = 0
+    implementation: str = "xla"   # a kernel of mdm_jax.models.attention.KERNELS
 
     @nn.compact
     def __call__(self, x, rope_sc, *, decode: bool = False):
@@ -170,11 +185,11 @@ class Attention(nn.Module):
             cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, pos, axis=1)
             ci.value = pos + 1
             valid = (jnp.arange(max_len, dtype=jnp.int32) <= pos)[None, None, None, :]
-            out = _dot_product_attention(q, ck.value, cv.value, mask=valid)
+            out = attention_lib.attend(q, ck.value, cv.value, implementation="xla", mask=valid)
         else:
             sin, cos = rope_sc
             q, k = rope(q, sin, cos), rope(k, sin, cos)
-            out = _dot_product_attention(q, k, v, is_causal=self.causal)
+            out = attention_lib.attend(q, k, v, implementation=self.implementation, is_causal=self.causal)
         return self._out(out, d)
 
     def _out(self, out, d):
@@ -218,9 +233,13 @@ class Block(nn.Module):
     max_len: int
     dtype: Dtype
     param_dtype: Dtype
+    attention: str = "xla"
+    scanned: bool = False   # under nn.scan: return (x, None), the (carry, output) scan expects
 
     @nn.compact
-    def __call__(self, x, cond, rope_sc, *, deterministic: bool, decode: bool = False):
+    def __call__(self, x, cond, rope_sc, deterministic: bool, decode: bool = False):
+        # deterministic and decode are positional: nn.remat marks them static by position, and
+        # nn.scan passes only positional arguments.
         d = x.shape[-1]
         norm = lambda name: nn.RMSNorm(  # noqa: E731
             dtype=self.dtype, param_dtype=self.param_dtype, name=name,
@@ -240,14 +259,16 @@ class Block(nn.Module):
 
         h = modulate(norm("attn_norm")(x), sh1, sc1)
         h = Attention(self.num_heads, self.causal, self.rope_base, self.dtype, self.param_dtype,
-                      max_len_for_cache=self.max_len, name="attn")(h, rope_sc, decode=decode)
+                      max_len_for_cache=self.max_len, implementation=self.attention,
+                      name="attn")(h, rope_sc, decode=decode)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         x = _constrain(x + g1 * h, A_BATCH, A_LEN, A_EMBED)
 
         h = modulate(norm("mlp_norm")(x), sh2, sc2)
         h = Mlp(self.mlp_dim, self.mlp_type, self.dtype, self.param_dtype, name="mlp")(h)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-        return _constrain(x + g2 * h, A_BATCH, A_LEN, A_EMBED)
+        x = _constrain(x + g2 * h, A_BATCH, A_LEN, A_EMBED)
+        return (x, None) if self.scanned else x
 
 
 class Transformer(nn.Module):
@@ -267,6 +288,9 @@ class Transformer(nn.Module):
     rope_base: float = 10000.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    scan_layers: bool = False
+    remat: str = "none"             # a key of REMAT_POLICIES
+    attention: str = "xla"          # a kernel of mdm_jax.models.attention.KERNELS (already resolved)
 
     @nn.compact
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
@@ -290,10 +314,7 @@ class Transformer(nn.Module):
 
         rope_sc = rope_tables(jnp.arange(length, dtype=jnp.int32), self.emb_dim // self.num_heads,
                               self.rope_base)
-        for i in range(self.num_layers):
-            x = Block(self.num_heads, self.mlp_dim, self.mlp_type, self.dropout, self.causal, self.rope_base,
-                      self.time_conditioning, self.max_len, self.dtype, self.param_dtype,
-                      name=f"block_{i}")(x, cond, rope_sc, deterministic=deterministic, decode=decode)
+        x = self._blocks(x, cond, rope_sc, deterministic, decode)
 
         x = nn.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm",
                        use_scale=not self.time_conditioning,
@@ -309,3 +330,23 @@ class Transformer(nn.Module):
                           kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB))(x)[..., :self.vocab_size]
         # Logits leave the network in float32: the loss and the sampling policy cast from there.
         return _constrain(logits.astype(jnp.float32), A_BATCH, A_LEN, A_VOCAB)
+
+    def _blocks(self, x, cond, rope_sc, deterministic, decode):
+        block = Block
+        if check_remat(self.remat) != "none":
+            # prevent_cse only matters outside scan (XLA could otherwise merge the recomputation
+            # with the forward); under scan it would just block optimisations (the Flax/MaxText advice).
+            block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers,
+                             static_argnums=(4, 5))  # deterministic, decode (self is argument 0)
+        args = (self.num_heads, self.mlp_dim, self.mlp_type, self.dropout, self.causal, self.rope_base,
+                self.time_conditioning, self.max_len, self.dtype, self.param_dtype, self.attention)
+        if not self.scan_layers:
+            for i in range(self.num_layers):
+                x = block(*args, name=block_name(i))(x, cond, rope_sc, deterministic, decode)
+            return x
+        scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                          split_rngs={"params": True, "dropout": True},
+                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                          length=self.num_layers, metadata_params={nn.PARTITION_NAME: LAYERS})
+        x, _ = scanned(*args, scanned=True, name=SCANNED_BLOCKS)(x, cond, rope_sc, deterministic, decode)
+        return x

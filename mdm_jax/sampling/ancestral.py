@@ -17,6 +17,9 @@ the previous step. For a time-free network this is exact. For a time-conditioned
 the paper's approximation: the reused output was computed at the earlier time t' > t, which
 the time-agnostic results (Prop. 3.2) show carries almost no information beyond the mask count.
 stats["nfe"] counts the calls actually made (expected N (1 - (1 - 1/N)^(B L)) for linear alpha).
+A step without a call costs only its draw: the cached loop runs one outer iteration per network
+call and the steps that reuse its output in an inner loop (benchmarks/ancestral_cache.py measures
+the saving against the uncached loop and the earlier `lax.cond` formulation).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
               batch_sharding=None):
     """Samples int32[batch_size, seq_len] with N = num_steps ancestral steps; returns (tokens, stats).
 
-    Same denoise_fn contract as `first_hitting`. The N steps are one compiled `lax.fori_loop`
+    Same denoise_fn contract as `first_hitting`. The N steps are one compiled loop
     (cached on denoise_fn, shapes, schedule, N and the flags: pass the same denoise_fn object).
     init: optional int32[B, L]; set positions never change. stats["nfe"] is the number of real
     network calls (N without cache).
@@ -117,38 +120,64 @@ def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_si
 
     out = jax.eval_shape(net, x0, 0)
 
-    def body(i, carry):
-        x, logits, changed, nfe, changes = carry
-        if cache:
-            call = jnp.logical_or(i == 0, changed)
-            logits = jax.lax.cond(
-                call, lambda: constrain(net(x, i).astype(out.dtype), batch_sharding),
-                lambda: logits)
-        else:
-            call = jnp.bool_(True)
-            logits, placeholder = net(x, i), logits
-        keys_i = step_keys(keys, i)
+    def prepare(logits):
+        """Per network call: what every step drawing from this output shares."""
         lg = tempered(logits, temperature, precision)
+        return lg if factorized else jax.nn.log_softmax(lg, axis=-1)
+
+    def step(x, prepared, i):
+        """One ancestral step t_i -> s_i from the prepared network output: (x_new, changed)."""
+        keys_i = step_keys(keys, i)
         if factorized:
-            tok = rowwise_categorical(step_keys(keys_i, 0), lg, precision)
+            tok = rowwise_categorical(step_keys(keys_i, 0), prepared, precision)
             bits = row_bits(step_keys(keys_i, 1), seq_len)
             unmask = jnp.logical_or(bits < thr[i], always[i])
             new = jnp.where(unmask, tok, mask_id)
         else:
-            logp_tok = jax.nn.log_softmax(lg, axis=-1) + log_tok[i].astype(dtype)
-            logp_mask = constrain(jnp.broadcast_to(log_mask[i].astype(dtype), lg.shape[:-1] + (1,)),
+            logp_tok = prepared + log_tok[i].astype(dtype)
+            logp_mask = constrain(jnp.broadcast_to(log_mask[i].astype(dtype), prepared.shape[:-1] + (1,)),
                                   batch_sharding)
             draw = rowwise_categorical(keys_i, jnp.concatenate([logp_tok, logp_mask], -1),
                                        precision)
-            new = jnp.where(draw == lg.shape[-1], mask_id, draw)
+            new = jnp.where(draw == prepared.shape[-1], mask_id, draw)
         x_new = constrain(jnp.where(x == mask_id, new, x), batch_sharding)
-        changed = jnp.any(x_new != x)
-        return (x_new, logits if cache else placeholder, changed, nfe + call.astype(jnp.int32),
-                changes + changed.astype(jnp.int32))
+        return x_new, jnp.any(x_new != x)
 
-    # Without cache the carried logits are a placeholder (no [B, L, V] buffer across steps).
-    logits0 = (constrain(jnp.zeros(out.shape, out.dtype), batch_sharding) if cache
-               else jnp.zeros((), out.dtype))
-    carry = (x0, logits0, jnp.bool_(False), jnp.int32(0), jnp.int32(0))
-    x, _, _, nfe, changes = jax.lax.fori_loop(0, num_steps, body, carry)
+    if not cache:
+        def body(i, carry):
+            x, changes = carry
+            x, changed = step(x, prepare(net(x, i)), i)
+            return x, changes + changed.astype(jnp.int32)
+
+        x, changes = jax.lax.fori_loop(0, num_steps, body, (x0, jnp.int32(0)))
+        return x, jnp.int32(num_steps), changes
+
+    # Cached: one outer iteration per network call, then steps from that output until one of them
+    # changes a token (or the steps run out). Nested loops instead of a `lax.cond` around the
+    # network in a loop over steps: the network sits in a plain loop body (XLA hoists its
+    # loop-invariant work, e.g. the RoPE tables, out of the loop; in a conditional branch it
+    # cannot), and a step without a call does only the draw, reusing the call's log-softmax.
+    # The steps, keys and arithmetic are the same as the uncached loop's, so with a time-free
+    # network the tokens are bitwise those of cache=False (tests/test_sampling_ancestral.py).
+    def calls_left(carry):
+        return carry[1] < num_steps
+
+    def one_call(carry):
+        x, i, nfe, changes = carry
+        prepared = prepare(constrain(net(x, i).astype(out.dtype), batch_sharding))
+
+        def unchanged(inner):
+            j, _, changed = inner
+            return jnp.logical_and(j < num_steps, jnp.logical_not(changed))
+
+        def draw(inner):
+            j, x, _ = inner
+            x, changed = step(x, prepared, j)
+            return j + 1, x, changed
+
+        i, x, changed = jax.lax.while_loop(unchanged, draw, (i, x, jnp.bool_(False)))
+        return x, i, nfe + 1, changes + changed.astype(jnp.int32)
+
+    x, _, nfe, changes = jax.lax.while_loop(
+        calls_left, one_call, (x0, jnp.int32(0), jnp.int32(0), jnp.int32(0)))
     return x, nfe, changes
