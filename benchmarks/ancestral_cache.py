@@ -48,8 +48,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mdm_jax.sampling.categorical import (  # noqa: E402
-    policy_dtype, row_keys, rowwise_categorical, sampler_scope, step_keys)
+from mdm_jax.sampling.categorical import policy_dtype, rowwise_categorical  # noqa: E402
+from mdm_jax.sampling.plumbing import row_keys, sampler_scope, step_keys  # noqa: E402
 
 SAMPLERS = ("network", "fhs", "ancestral", "ancestral_cond", "ancestral_uncached")
 

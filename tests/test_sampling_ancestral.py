@@ -12,7 +12,7 @@ from mdm_jax import sampling, schedules
 from mdm_jax.models import adapters
 from mdm_jax.models.transformer import Transformer
 from mdm_jax.sampling.ancestral import step_coefficients
-from mdm_jax.sampling.categorical import sampler_scope
+from mdm_jax.sampling.plumbing import sampler_scope
 from mdm_jax.reference.joint import ReferenceJoint, ancestral_law, chisquare_pvalue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
