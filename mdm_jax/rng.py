@@ -53,6 +53,9 @@ PURPOSES = {
     "same": "(precision_index,) the cross-device identical-token check",
     "zipf": "() one-step draws from a Zipf law (below a same key)",
     "fhs": "() first-hitting samples (below a same key)",
+    "numerics-sample/<network>": "() the numerics report's samples of one network (mdm_jax/numerics)",
+    "numerics-weights": "numpy_seed(seed, ...): the numerics report's redrawn network weights",
+    "numerics-inputs": "numpy_seed(seed, ...): the numerics report's fixed network inputs",
 }
 
 
