@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, tiny
-from mdm_jax import experiments, report
+from mdm_jax import experiments, modes, report
 from mdm_jax.experiments import mdm_vs_arm
 
 
@@ -119,12 +119,10 @@ def test_experiment_configs_load():
 
 def _assert_redraw_reproduces_summary(workdir, name, plots):
     """`--mode=report` on the workdir redraws every plot and the same summary.md from the JSON alone."""
-    from mdm_jax import main as cli
-
     summary = open(os.path.join(workdir, "summary.md")).read()
     for f in (*plots, "summary.md"):
         os.remove(os.path.join(workdir, f))
-    drawn = cli.run("report", None, workdir)   # the experiment is found from its <name>.json
+    drawn = modes.run("report", None, workdir)   # the experiment is found from its <name>.json
     assert open(os.path.join(workdir, "summary.md")).read() == summary
     assert sorted(drawn["plots"].values()) == sorted(plots)
     for f in plots:

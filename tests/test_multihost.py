@@ -29,7 +29,7 @@ from mdm_jax import distributed
 if num_processes > 1:
     assert distributed.init_distributed(f"127.0.0.1:{port}", num_processes, process_id)
 import jax
-from mdm_jax import config as config_lib, train
+from mdm_jax import config as config_lib, loop
 assert jax.process_count() == num_processes and jax.device_count() == 8
 c = config_lib.base()
 c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32, time_conditioning=False)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mdm_jax import config as config_lib, train
+from mdm_jax import config as config_lib, loop, train
 from mdm_jax.profiling import StepProfiler, check_profile_steps
 
 
@@ -72,7 +72,7 @@ def test_training_writes_the_trace_and_run_metadata(tmp_path):
     c.train.update(batch_size=4, num_steps=4, warmup_steps=1, log_every=2, eval_every=100, eval_batches=1,
                    checkpoint_every=100, plot=False, profile_steps=(1, 3))
     with contextlib.redirect_stdout(io.StringIO()):
-        train.train_and_evaluate(c, str(tmp_path))
+        loop.train_and_evaluate(c, str(tmp_path))
     _, steps = traced_steps(tmp_path)
     assert steps == {1, 2}
     with open(tmp_path / "run_metadata.json") as f:

@@ -252,7 +252,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
         step = train.make_train_step(c, mesh, shardings)
         losses = []
         for i, b in enumerate(batches):
-            state, m = step(state, sharding.global_batch(b, mesh), rng.fold(state.root_key(), "train", i))
+            state, m = step(state, sharding.global_batch(b, mesh), rng.fold(rng.root_key(c.seed), "train", i))
             losses.append(float(m["loss"]))
         return state, losses
 
