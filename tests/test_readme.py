@@ -65,21 +65,35 @@ def test_every_readme_command_parses(monkeypatch):
         fv = flags.FlagValues()
         cli.define_flags(fv, sys_argv=["m", *args])
         fv(["m", *args])
-        assert fv.workdir and isinstance(fv.config, config_dict.ConfigDict), c
+        assert fv.workdir, c
+        # Without --config: report reads the workdir's results JSON, eval and sample its config.json
+        # (the chain below runs such a command on the workdir it trained).
+        if fv.config is None:
+            assert fv.mode in ("report", "eval", "sample"), c
+        else:
+            assert isinstance(fv.config, config_dict.ConfigDict), c
 
 
 @pytest.mark.slow
 def test_quickstart_chain_runs_as_written(tmp_path):
     commands = [c for block in _bash_commands() for c in block if MAIN in c]
-    chain = [c for c in commands if "configs/quickstart" in c]
-    assert len(chain) == 5  # train, sample FHS, sample ancestral, eval, ARM train
+    chain = [c for c in commands if "workdirs/quickstart" in c]
+    # train, sample FHS, sample ancestral, eval, ARM train, --print_config, sample with --output_dir
+    assert len(chain) == 7
     for c in chain:
         args = [a.replace("=workdirs/", f"={tmp_path}/") for a in _main_argv(c)]
+        if "--output_dir" in c:
+            before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "quickstart").rglob("*"))
         r = subprocess.run([sys.executable, "-m", "mdm_jax.main", *args, *SHRINK], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (c, r.stderr[-3000:])
-        if "--mode" not in c:
+        if "--mode" not in c and "--print_config" not in c:
             assert "eval step 6" in r.stdout and "bits/token" in r.stdout, r.stdout[-2000:]
+        if "--print_config" in c:  # every field with its description; the overrides resolved
+            assert "train.num_steps" in r.stdout and "optimizer steps" in r.stdout, r.stdout[-2000:]
+        if "--output_dir" in c:    # the run itself is untouched; the samples are elsewhere
+            assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "quickstart").rglob("*")) == before
+            assert list((tmp_path / "quickstart_samples" / "samples").glob("first_hitting_float64_*.jsonl"))
     qs = tmp_path / "quickstart"
     # The main job ends with first-hitting samples (train.sample_at_end in the quickstart config).
     assert (qs / "samples" / "first_hitting_float64_32.jsonl").exists()
