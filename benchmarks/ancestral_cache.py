@@ -57,6 +57,7 @@ SAMPLERS = ("network", "fhs", "ancestral", "ancestral_cond", "ancestral_uncached
 def get_config():
     """The default shape: config.base() (lets config_flags load this file as --config)."""
     from mdm_jax import config as config_lib
+
     return config_lib.base()
 
 
@@ -103,8 +104,13 @@ def cond_coefficients(schedule, n: int, precision: str):
     ancestral_mod = importlib.import_module("mdm_jax.sampling.ancestral")
     t, log_mask, log_tok, p_unmask = ancestral_mod.step_coefficients(schedule, n)
     cdtype = np.float64 if precision == "float64" else np.float32
-    return (t.astype(np.float32), log_mask.astype(cdtype), log_tok.astype(cdtype),
-            np.minimum(np.round(p_unmask * 2.0**32), 2.0**32 - 1).astype(np.uint32), p_unmask >= 1.0)
+    return (
+        t.astype(np.float32),
+        log_mask.astype(cdtype),
+        log_tok.astype(cdtype),
+        np.minimum(np.round(p_unmask * 2.0**32), 2.0**32 - 1).astype(np.uint32),
+        p_unmask >= 1.0,
+    )
 
 
 def samplers(config, batch: int, steps: int):
@@ -129,14 +135,23 @@ def samplers(config, batch: int, steps: int):
 
     def cond_run(key):
         with sampler_scope("float32"):
-            x, nfe, _ = cond_loop(key, init, coefs, denoise_fn=closure, mask_id=vocab, n=steps,
-                                  precision="float32", factorized=False)
+            x, nfe, _ = cond_loop(
+                key,
+                init,
+                coefs,
+                denoise_fn=closure,
+                mask_id=vocab,
+                n=steps,
+                precision="float32",
+                factorized=False,
+            )
         return x, nfe
 
     def plain(fn):
         def run(key):
             tokens, stats = fn(key)
             return tokens, stats["nfe"]
+
         return run
 
     @jax.jit
@@ -153,19 +168,45 @@ def samplers(config, batch: int, steps: int):
     anc = importlib.import_module("mdm_jax.sampling.ancestral")
     fn_static, fn_leaves = importlib.import_module("mdm_jax.sampling.fn_args").split(denoise)
     lower_anc = lambda cache: anc._ancestral.lower(  # noqa: E731
-        jax.random.key(0), init, jnp.float32(1.0), coefs,
-        fn_leaves, denoise_fn=fn_static, batch_size=batch, seq_len=length, mask_id=vocab, num_steps=steps,
-        precision="float32", cache=cache, factorized=False, batch_sharding=None)
+        jax.random.key(0),
+        init,
+        jnp.float32(1.0),
+        coefs,
+        fn_leaves,
+        denoise_fn=fn_static,
+        batch_size=batch,
+        seq_len=length,
+        mask_id=vocab,
+        num_steps=steps,
+        precision="float32",
+        cache=cache,
+        factorized=False,
+        batch_sharding=None,
+    )
     return {
         "network": (network_calls, None),
         "fhs": (plain(lambda k: sampling.first_hitting(denoise, k, **common)), None),
-        "ancestral": (plain(lambda k: sampling.ancestral(denoise, k, num_steps=steps, cache=True, **common)),
-                      lambda: lower_anc(True)),
-        "ancestral_cond": (cond_run, lambda: cond_loop.lower(
-            jax.random.key(0), init, coefs, denoise_fn=closure, mask_id=vocab, n=steps, precision="float32",
-            factorized=False)),
-        "ancestral_uncached": (plain(lambda k: sampling.ancestral(denoise, k, num_steps=steps, cache=False,
-                                                                  **common)), lambda: lower_anc(False)),
+        "ancestral": (
+            plain(lambda k: sampling.ancestral(denoise, k, num_steps=steps, cache=True, **common)),
+            lambda: lower_anc(True),
+        ),
+        "ancestral_cond": (
+            cond_run,
+            lambda: cond_loop.lower(
+                jax.random.key(0),
+                init,
+                coefs,
+                denoise_fn=closure,
+                mask_id=vocab,
+                n=steps,
+                precision="float32",
+                factorized=False,
+            ),
+        ),
+        "ancestral_uncached": (
+            plain(lambda k: sampling.ancestral(denoise, k, num_steps=steps, cache=False, **common)),
+            lambda: lower_anc(False),
+        ),
     }
 
 
@@ -176,8 +217,9 @@ def structure(lowered, batch, length, vocab) -> dict:
     return {
         "conditionals": len(re.findall(r" conditional\(", hlo)),
         "logits_copies": len(re.findall(rf"= {logits}\S* copy\(", hlo)),
-        "host_transfers": len(re.findall(r" (?:send|recv|outfeed|infeed)\(|custom_call_target=\"xla_python",
-                                         hlo)),
+        "host_transfers": len(
+            re.findall(r" (?:send|recv|outfeed|infeed)\(|custom_call_target=\"xla_python", hlo)
+        ),
         "while_loops": len(re.findall(r" while\(", hlo)),
     }
 
@@ -185,15 +227,19 @@ def structure(lowered, batch, length, vocab) -> dict:
 def main(argv):
     del argv
     from absl import flags
+
     f = flags.FLAGS
     config = f.config
     names = SAMPLERS if f.samplers == "all" else tuple(f.samplers.split(","))
     batch, steps, vocab, length = f.batch, f.steps, int(config.model.vocab_size), int(config.data.seq_len)
     runs = samplers(config, batch, steps)
     m = config.model
-    print(f"network: {m.num_layers} layers x {m.emb_dim}, {m.num_heads} heads, {m.mlp_type} {m.mlp_dim}, "
-          f"V={vocab}, L={length}, B={batch}, time_conditioning={m.time_conditioning}; N={steps}; "
-          f"{jax.devices()[0].device_kind}", flush=True)
+    print(
+        f"network: {m.num_layers} layers x {m.emb_dim}, {m.num_heads} heads, {m.mlp_type} {m.mlp_dim}, "
+        f"V={vocab}, L={length}, B={batch}, time_conditioning={m.time_conditioning}; N={steps}; "
+        f"{jax.devices()[0].device_kind}",
+        flush=True,
+    )
     for name in names:
         lower = runs[name][1]
         if lower is not None and f.structure:
@@ -205,7 +251,7 @@ def main(argv):
     times = {n: [] for n in names}
     nfe, loads = {}, []
     for r in range(f.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         loads.append(os.getloadavg()[0])
         for name in order:
             start = time.perf_counter()
@@ -213,37 +259,51 @@ def main(argv):
             jax.block_until_ready(tokens)
             times[name].append(time.perf_counter() - start)
             nfe[name] = int(calls)
-        print(f"  round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
-              + f" (load {loads[-1]:.1f})", flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+            + f" (load {loads[-1]:.1f})",
+            flush=True,
+        )
     loads.append(os.getloadavg()[0])
     print(f"\n1-minute load average during the rounds: {min(loads):.1f} - {max(loads):.1f}\n")
     print("| sampler | median s/sequence | best s/sequence | NFE | median ms per network call |")
     print("|---|---|---|---|---|")
     for name in names:
         med = statistics.median(times[name])
-        print(f"| {name} | {med / batch:.3f} | {min(times[name]) / batch:.3f} | {nfe[name]} | "
-              f"{1e3 * med / nfe[name]:.1f} |")
+        print(
+            f"| {name} | {med / batch:.3f} | {min(times[name]) / batch:.3f} | {nfe[name]} | "
+            f"{1e3 * med / nfe[name]:.1f} |"
+        )
     med = {n: statistics.median(times[n]) for n in names}
     if {"network", "ancestral_uncached"} <= set(names):
         t_net = med["network"] / nfe["network"]
         draws = med["ancestral_uncached"] - steps * t_net
-        print(f"\nt_net {1e3 * t_net:.1f} ms per call; draws D = {draws:.2f} s per run "
-              f"({1e3 * draws / steps:.1f} ms per step)")
+        print(
+            f"\nt_net {1e3 * t_net:.1f} ms per call; draws D = {draws:.2f} s per run "
+            f"({1e3 * draws / steps:.1f} ms per step)"
+        )
         for name in ("ancestral", "ancestral_cond"):
             if name in names:
                 ideal = nfe[name] * t_net + draws
                 skipped = med["ancestral_uncached"] - ideal
                 realised = (med["ancestral_uncached"] - med[name]) / skipped if skipped > 0 else float("nan")
-                print(f"{name}: {med[name]:.2f} s per run, a free cache {ideal:.2f} s; realised saving "
-                      f"{realised:.2f} of the {skipped:.2f} s the {steps - nfe[name]} skipped calls cost")
+                print(
+                    f"{name}: {med[name]:.2f} s per run, a free cache {ideal:.2f} s; realised saving "
+                    f"{realised:.2f} of the {skipped:.2f} s the {steps - nfe[name]} skipped calls cost"
+                )
 
 
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                    "Config file (configs/*.py); default config.base().", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.abspath(__file__),
+        "Config file (configs/*.py); default config.base().",
+        lock_config=True,
+    )
     flags.DEFINE_integer("batch", 8, "Sequences per call.")
     flags.DEFINE_integer("steps", 1024, "Ancestral steps N.")
     flags.DEFINE_integer("rounds", 3, "Interleaved rounds (each times every sampler once).")

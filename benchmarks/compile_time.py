@@ -26,6 +26,7 @@ import time
 
 def get_config():
     from mdm_jax import config as config_lib
+
     return config_lib.base()
 
 
@@ -38,8 +39,9 @@ def measure(config) -> dict:
 
     mesh = sharding.make_mesh(config.mesh)
     abstract, shardings = train.abstract_train_state(config, mesh)
-    batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
-                                 sharding=sharding.batch_sharding(mesh))
+    batch = jax.ShapeDtypeStruct(
+        (config.train.batch_size, config.data.seq_len), jnp.int32, sharding=sharding.batch_sharding(mesh)
+    )
     step = train.make_train_step(config, mesh, shardings)
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -49,8 +51,13 @@ def measure(config) -> dict:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     hlo = compiled.as_text()
-    return {"trace_s": traced, "compile_s": compile_s, "instructions": hlo.count("\n  "),
-            "load_before": load, "load_after": os.getloadavg()[0]}
+    return {
+        "trace_s": traced,
+        "compile_s": compile_s,
+        "instructions": hlo.count("\n  "),
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def _child(layers: int, scan: bool, argv_flags: list[str]) -> dict:
@@ -64,6 +71,7 @@ def _child(layers: int, scan: bool, argv_flags: list[str]) -> dict:
 def main(argv):
     del argv
     from absl import flags
+
     f = flags.FLAGS
     config = f.config
     if f.one:
@@ -75,26 +83,36 @@ def main(argv):
     points = [(n, s) for n in (int(v) for v in f.layers.split(",")) for s in (False, True)]
     results = {p: [] for p in points}
     for r in range(f.rounds):
-        order = points[r % len(points):] + points[:r % len(points)]
+        order = points[r % len(points) :] + points[: r % len(points)]
         for layers, scan in order:
             out = _child(layers, scan, passthrough)
             results[(layers, scan)].append(out)
-            print(f"round {r + 1}: {layers} layers, scan={scan}: trace {out['trace_s']:.1f} s, compile "
-                  f"{out['compile_s']:.1f} s, {out['instructions']} instructions "
-                  f"(load {out['load_before']:.1f}"
-                  f" -> {out['load_after']:.1f})", flush=True)
+            print(
+                f"round {r + 1}: {layers} layers, scan={scan}: trace {out['trace_s']:.1f} s, compile "
+                f"{out['compile_s']:.1f} s, {out['instructions']} instructions "
+                f"(load {out['load_before']:.1f}"
+                f" -> {out['load_after']:.1f})",
+                flush=True,
+            )
     m = config.model
-    print(f"\ntrain step of {m.emb_dim}-wide blocks ({m.num_heads} heads, {m.mlp_type} {m.mlp_dim}), "
-          f"L={config.data.seq_len}, batch {config.train.batch_size}; median of {f.rounds} round(s)\n")
-    print("| layers | unscanned: trace s | compile s | instructions "
-          "| scanned: trace s | compile s | instructions |")
+    print(
+        f"\ntrain step of {m.emb_dim}-wide blocks ({m.num_heads} heads, {m.mlp_type} {m.mlp_dim}), "
+        f"L={config.data.seq_len}, batch {config.train.batch_size}; median of {f.rounds} round(s)\n"
+    )
+    print(
+        "| layers | unscanned: trace s | compile s | instructions "
+        "| scanned: trace s | compile s | instructions |"
+    )
     print("|---|---|---|---|---|---|---|")
     for layers in sorted({p[0] for p in points}):
         cells = []
         for scan in (False, True):
             rs = results[(layers, scan)]
-            cells += [f"{statistics.median(r['trace_s'] for r in rs):.1f}",
-                      f"{statistics.median(r['compile_s'] for r in rs):.1f}", str(rs[-1]["instructions"])]
+            cells += [
+                f"{statistics.median(r['trace_s'] for r in rs):.1f}",
+                f"{statistics.median(r['compile_s'] for r in rs):.1f}",
+                str(rs[-1]["instructions"]),
+            ]
         print(f"| {layers} | " + " | ".join(cells) + " |")
     loads = [r[k] for rs in results.values() for r in rs for k in ("load_before", "load_after")]
     print(f"\n1-minute load average over the run: {min(loads):.1f} - {max(loads):.1f}")
@@ -105,8 +123,12 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                    "Config file (configs/*.py); default config.base().", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.abspath(__file__),
+        "Config file (configs/*.py); default config.base().",
+        lock_config=True,
+    )
     flags.DEFINE_string("layers", "6,12,24,48", "Depths to measure (comma list).")
     flags.DEFINE_integer("rounds", 1, "Rounds over all points (each point once per round, rotated order).")
     flags.DEFINE_string("one", "", "Internal: 'layers,scan' measures one point in this process.")

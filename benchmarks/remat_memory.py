@@ -30,12 +30,13 @@ import sys
 import time
 
 POLICIES = ("none", "full", "dots")
-MB = 1024.0 ** 2
+MB = 1024.0**2
 
 
 def get_config():
     """owt_mdm_small's network and dtypes (the shape the memory target is stated for)."""
     from mdm_jax import config as config_lib
+
     here = os.path.dirname(os.path.abspath(__file__))
     return config_lib.load_file(os.path.join(here, "..", "configs", "owt_mdm_small.py"))
 
@@ -44,7 +45,7 @@ def _variant(config, remat: str, scan: bool, batch: int, compute: str | None = N
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.model.remat, c.model.scan_layers, c.train.batch_size = remat, scan, batch
-        c.model.dropout = 0.0   # dropout's masks would be rematerialised too: keep the step deterministic
+        c.model.dropout = 0.0  # dropout's masks would be rematerialised too: keep the step deterministic
         if compute:
             c.dtype.compute = compute
     return c
@@ -52,6 +53,7 @@ def _variant(config, remat: str, scan: bool, batch: int, compute: str | None = N
 
 def _step(config):
     from mdm_jax import sharding, train
+
     mesh = sharding.make_mesh(config.mesh)
     abstract, shardings = train.abstract_train_state(config, mesh)
     return mesh, abstract, shardings, train.make_train_step(config, mesh, shardings)
@@ -62,12 +64,18 @@ def memory(config) -> dict:
     import jax.numpy as jnp
 
     from mdm_jax import sharding
+
     mesh, abstract, _, step = _step(config)
-    batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
-                                 sharding=sharding.batch_sharding(mesh))
+    batch = jax.ShapeDtypeStruct(
+        (config.train.batch_size, config.data.seq_len), jnp.int32, sharding=sharding.batch_sharding(mesh)
+    )
     m = step.lower(abstract, batch, jax.random.key(0)).compile().memory_analysis()
-    return {"temp": m.temp_size_in_bytes, "arguments": m.argument_size_in_bytes,
-            "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes}
+    return {
+        "temp": m.temp_size_in_bytes,
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "alias": m.alias_size_in_bytes,
+    }
 
 
 def step_times(config, rounds: int, batch: int, scan: bool) -> tuple[dict, list]:
@@ -76,14 +84,16 @@ def step_times(config, rounds: int, batch: int, scan: bool) -> tuple[dict, list]
     import numpy as np
 
     from mdm_jax import rng, sharding, train
+
     runs = {}
     for policy in POLICIES:
         c = _variant(config, policy, scan, batch, compute="float32")
         mesh = sharding.make_mesh(c.mesh)
         state, shardings = train.create_train_state(c, mesh)
         step = train.make_train_step(c, mesh, shardings)
-        tokens = np.random.default_rng(0).integers(0, c.model.vocab_size, (batch, c.data.seq_len),
-                                                   dtype=np.int32)
+        tokens = np.random.default_rng(0).integers(
+            0, c.model.vocab_size, (batch, c.data.seq_len), dtype=np.int32
+        )
         runs[policy] = {"state": state, "step": step, "batch": sharding.global_batch(tokens, mesh)}
         run = runs[policy]
         run["state"], m = step(run["state"], run["batch"], rng.fold(jax.random.key(0), "train", 0))  # compile
@@ -91,15 +101,19 @@ def step_times(config, rounds: int, batch: int, scan: bool) -> tuple[dict, list]
     times, loads = {p: [] for p in POLICIES}, []
     for r in range(rounds):
         loads.append(os.getloadavg()[0])
-        for policy in POLICIES[r % len(POLICIES):] + POLICIES[:r % len(POLICIES)]:
+        for policy in POLICIES[r % len(POLICIES) :] + POLICIES[: r % len(POLICIES)]:
             run = runs[policy]
             start = time.perf_counter()
             key = rng.fold(jax.random.key(0), "train", r + 1)
             run["state"], m = run["step"](run["state"], run["batch"], key)
             jax.block_until_ready(m)
             times[policy].append(time.perf_counter() - start)
-        print(f"  round {r + 1}: " + ", ".join(f"{p} {times[p][-1]:.2f} s" for p in POLICIES)
-              + f" (load {loads[-1]:.1f})", flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{p} {times[p][-1]:.2f} s" for p in POLICIES)
+            + f" (load {loads[-1]:.1f})",
+            flush=True,
+        )
     loads.append(os.getloadavg()[0])
     return times, loads
 
@@ -107,13 +121,17 @@ def step_times(config, rounds: int, batch: int, scan: bool) -> tuple[dict, list]
 def main(argv):
     del argv
     from absl import flags
+
     f = flags.FLAGS
     config = f.config
     m = config.model
-    print(f"network: {m.num_layers} layers x {m.emb_dim}, {m.num_heads} heads, {m.mlp_type} {m.mlp_dim}, "
-          f"V={m.vocab_size}, L={config.data.seq_len}, compute {config.dtype.compute}, "
-          f"params {config.dtype.param}; "
-          f"batch {f.batch} (memory), {f.time_batch} (time); load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"network: {m.num_layers} layers x {m.emb_dim}, {m.num_heads} heads, {m.mlp_type} {m.mlp_dim}, "
+        f"V={m.vocab_size}, L={config.data.seq_len}, compute {config.dtype.compute}, "
+        f"params {config.dtype.param}; "
+        f"batch {f.batch} (memory), {f.time_batch} (time); load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     # The blocks' share: a network without blocks (embedding, time MLP, head, loss, optimizer) has
     # the temporaries no remat policy touches (at V = 50,257 mostly the [B, L, V] logits and their
     # gradient); temp - that = the blocks' activation memory.
@@ -127,20 +145,26 @@ def main(argv):
         for policy in POLICIES:
             mem[(policy, scan)] = memory(_variant(config, policy, scan, f.batch))
             print(f"  {policy}, scan={scan}: {mem[(policy, scan)]}", flush=True)
-    print("\n| remat | scan_layers | temp MiB | blocks' activations MiB (temp - 0-layer temp) | "
-          "activations / none's | arguments MiB | outputs MiB |")
+    print(
+        "\n| remat | scan_layers | temp MiB | blocks' activations MiB (temp - 0-layer temp) | "
+        "activations / none's | arguments MiB | outputs MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for scan in (False, True) if f.memory else ():
         none_act = mem[("none", scan)]["temp"] - rest
         for policy in POLICIES:
             r = mem[(policy, scan)]
             act = r["temp"] - rest
-            print(f"| {policy} | {scan} | {r['temp'] / MB:.0f} | {act / MB:.0f} | {act / none_act:.3f} | "
-                  f"{r['arguments'] / MB:.0f} | {r['outputs'] / MB:.0f} |")
+            print(
+                f"| {policy} | {scan} | {r['temp'] / MB:.0f} | {act / MB:.0f} | {act / none_act:.3f} | "
+                f"{r['arguments'] / MB:.0f} | {r['outputs'] / MB:.0f} |"
+            )
     if f.time_rounds:
         times, loads = step_times(config, f.time_rounds, f.time_batch, f.time_scan)
-        print(f"\nstep time, batch {f.time_batch}, float32 compute, scan_layers={f.time_scan}; 1-minute load "
-              f"{min(loads):.1f} - {max(loads):.1f}\n")
+        print(
+            f"\nstep time, batch {f.time_batch}, float32 compute, scan_layers={f.time_scan}; 1-minute load "
+            f"{min(loads):.1f} - {max(loads):.1f}\n"
+        )
         print("| remat | median s/step | best s/step | median / none's |")
         print("|---|---|---|---|")
         base = statistics.median(times["none"])
@@ -154,8 +178,12 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                    "Config file (configs/*.py); default owt_mdm_small.", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.abspath(__file__),
+        "Config file (configs/*.py); default owt_mdm_small.",
+        lock_config=True,
+    )
     flags.DEFINE_integer("batch", 8, "Sequences per train step for the memory analysis.")
     flags.DEFINE_integer("time_batch", 1, "Sequences per train step for the step-time rounds.")
     flags.DEFINE_integer("time_rounds", 3, "Interleaved rounds of step timing (0: memory only).")

@@ -48,21 +48,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mdm_jax import config as config_lib  # noqa: E402
-from mdm_jax import models, objectives, rng, sampling, timing  # noqa: E402
+from mdm_jax import (  # noqa: E402
+    config as config_lib,  # noqa: E402
+    models,
+    objectives,
+    rng,
+    sampling,
+    timing,
+)
 from mdm_jax.models import adapters  # noqa: E402
 
-ALL = ("fhs", "fhs_parallel", "fhs_float64", "ancestral", "ancestral_uncached",
-       "ancestral_factorized", "arm", "arm_uncached")
+ALL = (
+    "fhs",
+    "fhs_parallel",
+    "fhs_float64",
+    "ancestral",
+    "ancestral_uncached",
+    "ancestral_factorized",
+    "arm",
+    "arm_uncached",
+)
 REFERENCE = "floor"
 # Per-slot ratios reported when both samplers ran: (label, numerator, denominator).
-RATIOS = (("FHS / floor (target <= 1.10)", "fhs", "floor"),
-          ("FHS float64 / float32 time", "fhs_float64", "fhs"),
-          ("cached ancestral / FHS", "ancestral", "fhs"),
-          ("uncached / cached ancestral", "ancestral_uncached", "ancestral"),
-          ("factorized / cached ancestral", "ancestral_factorized", "ancestral"),
-          ("FHS / FHS parallel", "fhs", "fhs_parallel"),
-          ("ARM uncached / KV cache", "arm_uncached", "arm"))
+RATIOS = (
+    ("FHS / floor (target <= 1.10)", "fhs", "floor"),
+    ("FHS float64 / float32 time", "fhs_float64", "fhs"),
+    ("cached ancestral / FHS", "ancestral", "fhs"),
+    ("uncached / cached ancestral", "ancestral_uncached", "ancestral"),
+    ("factorized / cached ancestral", "ancestral_factorized", "ancestral"),
+    ("FHS / FHS parallel", "fhs", "fhs_parallel"),
+    ("ARM uncached / KV cache", "arm_uncached", "arm"),
+)
 
 
 def get_config():
@@ -115,9 +131,17 @@ def _fhs_compiled(denoise, batch, seq_len, vocab, sched, precision):
         args = (jax.random.key(0), jnp.full((batch, seq_len), vocab, jnp.int32), jnp.float32(1.0), fn_leaves)
         with plumbing.sampler_scope(precision):
             compiled = first_hitting._fhs.lower(
-                *args, denoise_fn=fn_static, batch_size=batch, seq_len=seq_len, mask_id=vocab,
-                sched=plumbing.StaticSchedule(sched), precision=precision, k=1,
-                num_iters=seq_len, batch_sharding=None).compile()
+                *args,
+                denoise_fn=fn_static,
+                batch_size=batch,
+                seq_len=seq_len,
+                mask_id=vocab,
+                sched=plumbing.StaticSchedule(sched),
+                precision=precision,
+                k=1,
+                num_iters=seq_len,
+                batch_sharding=None,
+            ).compile()
         m = compiled.memory_analysis()
 
         def run():
@@ -152,23 +176,32 @@ class Samplers:
             _, model, params = self.net(arm=True)
             if name == "arm":
                 step_fn, state = adapters.ar_step_fn(model, params, b)
-                return lambda key: sampling.autoregressive(step_fn, state, key, batch_size=b, seq_len=length,
-                                                           precision="float32", bos_id=vocab)
+                return lambda key: sampling.autoregressive(
+                    step_fn, state, key, batch_size=b, seq_len=length, precision="float32", bos_id=vocab
+                )
             logits_fn = adapters.ar_logits_fn(model, params)
             return lambda key: sampling.autoregressive_uncached(
-                logits_fn, key, batch_size=b, seq_len=length, precision="float32", bos_id=vocab)
+                logits_fn, key, batch_size=b, seq_len=length, precision="float32", bos_id=vocab
+            )
         _, model, params = self.net(arm=False)
         denoise = adapters.denoise_fn(model, params)
         common = dict(batch_size=b, seq_len=length, mask_id=vocab, schedule=self.schedule())
         if name.startswith("fhs"):
             prec = "float64" if name == "fhs_float64" else "float32"
             kk = self.k if name == "fhs_parallel" else 1
-            return lambda key: sampling.first_hitting(denoise, key, precision=prec, tokens_per_step=kk,
-                                                      **common)
+            return lambda key: sampling.first_hitting(
+                denoise, key, precision=prec, tokens_per_step=kk, **common
+            )
         if name.startswith("ancestral"):
             return lambda key: sampling.ancestral(
-                denoise, key, num_steps=self.steps, precision="float32",
-                cache=name != "ancestral_uncached", factorized=name == "ancestral_factorized", **common)
+                denoise,
+                key,
+                num_steps=self.steps,
+                precision="float32",
+                cache=name != "ancestral_uncached",
+                factorized=name == "ancestral_factorized",
+                **common,
+            )
         if name == REFERENCE:
             return _floor(denoise, b, length, vocab)
         raise ValueError(f"--samplers: unknown sampler {name!r}; choose from {', '.join(ALL)} or 'all'")
@@ -179,8 +212,9 @@ class Samplers:
             return None, None
         _, model, params = self.net(arm=False)
         prec = "float64" if name == "fhs_float64" else "float32"
-        return _fhs_compiled(adapters.denoise_fn(model, params), self.batch, self.seq_len, self.vocab,
-                             self.schedule(), prec)
+        return _fhs_compiled(
+            adapters.denoise_fn(model, params), self.batch, self.seq_len, self.vocab, self.schedule(), prec
+        )
 
 
 def _reset_peak_rss() -> None:
@@ -229,8 +263,18 @@ def memory_one(name, config, batch, seq_len, steps, k) -> dict:
     return out
 
 
-def time_samplers(names, config, batch, seq_len, steps, k, num_slots, min_seconds, max_load,
-                  log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+def time_samplers(
+    names,
+    config,
+    batch,
+    seq_len,
+    steps,
+    k,
+    num_slots,
+    min_seconds,
+    max_load,
+    log=lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict:
     s = Samplers(config, batch, seq_len, steps, k)
     order = [REFERENCE] + [n for n in names if n != REFERENCE]
     stats = {}
@@ -239,11 +283,15 @@ def time_samplers(names, config, batch, seq_len, steps, k, num_slots, min_second
         def call(i):
             tokens, stats[name] = fn(rng.fold(rng.root_key(0), "sample", idx, i))
             return tokens
+
         return call
 
     measures = {name: measure(name, s.fn(name), idx) for idx, name in enumerate(order)}
-    ratios = {label: (lambda sec, a=a, b=b: sec[a] / sec[b]) for label, a, b in RATIOS
-              if a in measures and b in measures}
+    ratios = {
+        label: (lambda sec, a=a, b=b: sec[a] / sec[b])
+        for label, a, b in RATIOS
+        if a in measures and b in measures
+    }
     slots = timing.run_slots(measures, num_slots, min_seconds, log=log)
     result = timing.summarize(slots, max_load, ratios)
     nfe = {name: int(st["nfe"]) for name, st in stats.items()}
@@ -272,34 +320,45 @@ def report(out: dict) -> str:
     summary = res["summary"] or res["all_slots_load_affected"]
     b = f["batch"]
     per_seq = lambda name, sec: f"{sec / b:.4g} s/seq"  # noqa: E731
-    head = [f"machine: {env['cpu_model']}, {env['cpu_count']} cores; device {env['device_kind']}; "
-            f"jax {env['jax_version']}; default matmul precision {env['jax_default_matmul_precision']} "
-            f"(float32 matmuls as {env['f32_matmul']})",
-            f"model: {out['shape']}; ancestral N={f['steps']}; {f['slots']} slots (order "
-            f"{', '.join(t['order'])}), each sampler called for >= {f['min_seconds']} s per slot after a "
-            "warm-up call", "",
-            *[timing.format_slot(sl, per_seq) for sl in t["slots"]],
-            *timing.format_summary(res, per_seq), ""]
+    head = [
+        f"machine: {env['cpu_model']}, {env['cpu_count']} cores; device {env['device_kind']}; "
+        f"jax {env['jax_version']}; default matmul precision {env['jax_default_matmul_precision']} "
+        f"(float32 matmuls as {env['f32_matmul']})",
+        f"model: {out['shape']}; ancestral N={f['steps']}; {f['slots']} slots (order "
+        f"{', '.join(t['order'])}), each sampler called for >= {f['min_seconds']} s per slot after a "
+        "warm-up call",
+        "",
+        *[timing.format_slot(sl, per_seq) for sl in t["slots"]],
+        *timing.format_summary(res, per_seq),
+        "",
+    ]
     tag = "" if res["kept"] else " (load-affected: no slot kept)"
     mem = out.get("memory") or {}
-    lines = [f"| sampler | s/sequence, median{tag} | best | spread | NFE | peak RSS MB (over baseline) "
-             "| compiled MB | device peak MB |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| sampler | s/sequence, median{tag} | best | spread | NFE | peak RSS MB (over baseline) "
+        "| compiled MB | device peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in t["order"]:
         m = summary["measures"][name]
         r = mem.get(name, {})
         comp = r["compiled_bytes"] / 2**20 if r.get("compiled_bytes") else None
         dev = r["device_peak_bytes"] / 2**20 if r.get("device_peak_bytes") else None
         rss = f"{_fmt(r.get('rss_peak_mb'))} ({_fmt(r.get('rss_over_baseline_mb'))})" if r else "n/a"
-        lines.append(f"| {name} | {_fmt(m['median'] / b)} | {_fmt(m['best'] / b)} | "
-                     f"{100 * m['spread']:.1f}% | "
-                     f"{t['nfe'].get(name, 'n/a')} | {rss} | {_fmt(comp)} | {_fmt(dev)} |")
+        lines.append(
+            f"| {name} | {_fmt(m['median'] / b)} | {_fmt(m['best'] / b)} | "
+            f"{100 * m['spread']:.1f}% | "
+            f"{t['nfe'].get(name, 'n/a')} | {rss} | {_fmt(comp)} | {_fmt(dev)} |"
+        )
     checks = []
     if "fhs" in mem and "fhs_float64" in mem:
         a, c = mem["fhs"], mem["fhs_float64"]
         if a["compiled_bytes"] and c["compiled_bytes"]:
-            checks.append("FHS float64 / float32 compiled memory = "
-                          f"{c['compiled_bytes'] / a['compiled_bytes']:.3f} "
-                          "(target <= 1.1)")
+            checks.append(
+                "FHS float64 / float32 compiled memory = "
+                f"{c['compiled_bytes'] / a['compiled_bytes']:.3f} "
+                "(target <= 1.1)"
+            )
         checks.append(f"FHS float64 / float32 peak RSS = {c['rss_peak_mb'] / a['rss_peak_mb']:.3f}")
     return "\n".join([*head, *lines, "", *[f"- {c}" for c in checks]])
 
@@ -322,16 +381,28 @@ def main(argv):
         raise SystemExit(f"--slots={f.slots} must be >= 1 and --min_seconds={f.min_seconds} >= 0")
     max_load = f.max_load if f.max_load > 0 else timing.default_max_load()
     m = config.model
-    out = {"benchmark": "sampling", "environment": timing.environment(config),
-           "shape": (f"{m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
-                     f"{m.mlp_type} {m.mlp_dim}, "
-                     f"time conditioning {bool(m.time_conditioning)}, V={m.vocab_size}, L={seq_len}, "
-                     f"B={f.batch}, compute {config.dtype.compute}"),
-           "flags": {"batch": f.batch, "seq_len": seq_len, "steps": f.steps,
-                     "tokens_per_step": f.tokens_per_step,
-                     "slots": f.slots, "min_seconds": f.min_seconds, "max_load": max_load}}
-    out["timing"] = time_samplers(names, config, f.batch, seq_len, f.steps, f.tokens_per_step, f.slots,
-                                  f.min_seconds, max_load)
+    out = {
+        "benchmark": "sampling",
+        "environment": timing.environment(config),
+        "shape": (
+            f"{m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
+            f"{m.mlp_type} {m.mlp_dim}, "
+            f"time conditioning {bool(m.time_conditioning)}, V={m.vocab_size}, L={seq_len}, "
+            f"B={f.batch}, compute {config.dtype.compute}"
+        ),
+        "flags": {
+            "batch": f.batch,
+            "seq_len": seq_len,
+            "steps": f.steps,
+            "tokens_per_step": f.tokens_per_step,
+            "slots": f.slots,
+            "min_seconds": f.min_seconds,
+            "max_load": max_load,
+        },
+    }
+    out["timing"] = time_samplers(
+        names, config, f.batch, seq_len, f.steps, f.tokens_per_step, f.slots, f.min_seconds, max_load
+    )
     if f.memory:
         # Children get the same flags (config overrides included), minus the selection and outputs.
         skip = ("--samplers", "--results", "--one", "--json")
@@ -356,22 +427,30 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                    "Model config file (default: config.base(), the target shape).")
-    flags.DEFINE_string("samplers", "fhs,fhs_parallel,fhs_float64,ancestral,ancestral_uncached,"
-                        "ancestral_factorized,arm,arm_uncached",
-                        "Comma list, or 'all' (the floor always runs).")
+    config_flags.DEFINE_config_file(
+        "config", os.path.abspath(__file__), "Model config file (default: config.base(), the target shape)."
+    )
+    flags.DEFINE_string(
+        "samplers",
+        "fhs,fhs_parallel,fhs_float64,ancestral,ancestral_uncached,ancestral_factorized,arm,arm_uncached",
+        "Comma list, or 'all' (the floor always runs).",
+    )
     flags.DEFINE_integer("batch", 8, "Sequences per sampler call.")
     flags.DEFINE_integer("seq_len", 0, "Sequence length (0: config.data.seq_len).")
     flags.DEFINE_integer("steps", 1024, "Ancestral steps N.")
     flags.DEFINE_integer("tokens_per_step", 4, "k of fhs_parallel.")
     flags.DEFINE_integer("slots", 5, "Slots; each times the floor and every sampler back to back.")
     flags.DEFINE_float("min_seconds", 0.0, "Each sampler is called for at least this long per slot.")
-    flags.DEFINE_float("max_load", 0.0, "Slots whose 1-minute load exceeds this are flagged and left out "
-                       "of the summary (<= 0: CPU cores + 0.5).")
+    flags.DEFINE_float(
+        "max_load",
+        0.0,
+        "Slots whose 1-minute load exceeds this are flagged and left out "
+        "of the summary (<= 0: CPU cores + 0.5).",
+    )
     flags.DEFINE_boolean("memory", True, "Also measure each sampler's peak memory in a fresh subprocess.")
-    flags.DEFINE_string("json", "", "Also write everything (environment, slots, summary, memory) to this "
-                        "file.")
+    flags.DEFINE_string(
+        "json", "", "Also write everything (environment, slots, summary, memory) to this file."
+    )
     flags.DEFINE_string("results", "", "Append the text to this markdown file.")
     flags.DEFINE_string("one", "", "Internal: peak memory of this sampler alone, printed as JSON.")
     app.run(main)

@@ -49,14 +49,25 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from mdm_jax import config as config_lib  # noqa: E402
-from mdm_jax import models, objectives, rng, sharding, timing, train  # noqa: E402
+from mdm_jax import (  # noqa: E402
+    config as config_lib,  # noqa: E402
+    models,
+    objectives,
+    rng,
+    sharding,
+    timing,
+    train,
+)
 from mdm_jax.models import scan_layout  # noqa: E402
 
 STEPS = ("train", "plain", "fwdbwd", "fwd")
-LABELS = {"matmul": "matmul reference", "train": "train step (diffusion objective)",
-          "plain": "plain step (CE, same net+optimizer)", "fwdbwd": "fwd+bwd only (plain CE)",
-          "fwd": "forward only"}
+LABELS = {
+    "matmul": "matmul reference",
+    "train": "train step (diffusion objective)",
+    "plain": "plain step (CE, same net+optimizer)",
+    "fwdbwd": "fwd+bwd only (plain CE)",
+    "fwd": "forward only",
+}
 
 
 def get_config():
@@ -71,8 +82,11 @@ def model_flops_per_token(config, params) -> tuple[float, int]:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         names = [getattr(p, "key", "") for p in path]
         # block_<i>, or the stacked "blocks" of model.scan_layers (whose norm scales are [layers, d])
-        if (scan_layout.per_layer_ndim(path, leaf) >= 2 and names[0].startswith("block")
-                and "adaln" not in names):
+        if (
+            scan_layout.per_layer_ndim(path, leaf) >= 2
+            and names[0].startswith("block")
+            and "adaln" not in names
+        ):
             n_matmul += leaf.size
     n_matmul += m.emb_dim * m.vocab_size  # the head's real columns (padding columns are sliced off)
     attention = 12 * m.num_layers * config.data.seq_len * m.emb_dim
@@ -88,8 +102,12 @@ def _measures(config, mesh, parts: bool):
     batch = sharding.global_batch(local, mesh)
     state, shardings = train.create_train_state(config, mesh)
     flops_token, n_matmul = model_flops_per_token(config, state.params)
-    info = {"params": sum(x.size for x in jax.tree.leaves(state.params)), "n_matmul": n_matmul,
-            "flops_per_token": flops_token, "tokens_per_step": b * length}
+    info = {
+        "params": sum(x.size for x in jax.tree.leaves(state.params)),
+        "n_matmul": n_matmul,
+        "flops_per_token": flops_token,
+        "tokens_per_step": b * length,
+    }
     root = rng.root_key(config.seed)  # the run's root key (state.key holds its data)
     train_step = train.make_train_step(config, mesh, shardings)
     start = time.perf_counter()
@@ -117,13 +135,15 @@ def _measures(config, mesh, parts: bool):
         loss, grads = jax.value_and_grad(plain_loss)(st.params, tokens)
         updates, opt_state = tx.update(grads, st.opt_state, st.params)
         params = optax.apply_updates(st.params, updates)
-        ema = optax.incremental_update(params, st.ema_params,
-                                       1.0 - train.ema_decay_at(config.train.ema_decay, st.step))
+        ema = optax.incremental_update(
+            params, st.ema_params, 1.0 - train.ema_decay_at(config.train.ema_decay, st.step)
+        )
         return st.replace(step=st.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
 
     bsh = sharding.batch_sharding(mesh)
-    plain = jax.jit(plain_step, in_shardings=(shardings, bsh), out_shardings=(shardings, None),
-                    donate_argnums=0)
+    plain = jax.jit(
+        plain_step, in_shardings=(shardings, bsh), out_shardings=(shardings, None), donate_argnums=0
+    )
     grad = jax.jit(jax.value_and_grad(plain_loss), in_shardings=(shardings.params, bsh))
     fwd = jax.jit(plain_loss, in_shardings=(shardings.params, bsh))
 
@@ -132,8 +152,11 @@ def _measures(config, mesh, parts: bool):
         return loss
 
     # fwd+bwd and forward read the params of the moment: the state is donated by the steps.
-    measures.update(plain=one_plain_step, fwdbwd=lambda i: grad(holder["state"].params, batch),
-                    fwd=lambda i: fwd(holder["state"].params, batch))
+    measures.update(
+        plain=one_plain_step,
+        fwdbwd=lambda i: grad(holder["state"].params, batch),
+        fwd=lambda i: fwd(holder["state"].params, batch),
+    )
     return measures, info
 
 
@@ -141,8 +164,15 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run(config, num_slots: int, min_seconds: float, max_load: float, matmul_n: int, parts: bool = True,
-        log=_progress) -> dict:
+def run(
+    config,
+    num_slots: int,
+    min_seconds: float,
+    max_load: float,
+    matmul_n: int,
+    parts: bool = True,
+    log=_progress,
+) -> dict:
     env = timing.environment(config)
     mesh = sharding.make_mesh(config.mesh)
     step_measures, info = _measures(config, mesh, parts)
@@ -150,10 +180,16 @@ def run(config, num_slots: int, min_seconds: float, max_load: float, matmul_n: i
     matmul, matmul_flops = timing.matmul_reference(n, jnp.dtype(config.dtype.compute))
     measures = {"matmul": matmul, **step_measures}
     step_flops = info["flops_per_token"] * info["tokens_per_step"]
-    flops = {"matmul": matmul_flops, "train": step_flops, "plain": step_flops, "fwdbwd": step_flops,
-             "fwd": step_flops / 3.0}
-    ratios = {"model FLOP rate / matmul rate":
-              lambda s: (step_flops / s["train"]) / (matmul_flops / s["matmul"])}
+    flops = {
+        "matmul": matmul_flops,
+        "train": step_flops,
+        "plain": step_flops,
+        "fwdbwd": step_flops,
+        "fwd": step_flops / 3.0,
+    }
+    ratios = {
+        "model FLOP rate / matmul rate": lambda s: (step_flops / s["train"]) / (matmul_flops / s["matmul"])
+    }
     if parts:
         ratios["objective overhead train/plain - 1"] = lambda s: s["train"] / s["plain"] - 1.0
     slots = timing.run_slots(measures, num_slots, min_seconds, log=log)
@@ -162,28 +198,54 @@ def run(config, num_slots: int, min_seconds: float, max_load: float, matmul_n: i
     derived = {}
     summary = result["summary"] or result["all_slots_load_affected"]
     for name, s in summary["measures"].items():
-        derived[name] = {"median_flops_per_s": flops[name] / s["median"],
-                         "best_flops_per_s": flops[name] / s["best"]}
+        derived[name] = {
+            "median_flops_per_s": flops[name] / s["median"],
+            "best_flops_per_s": flops[name] / s["best"],
+        }
         if name in STEPS:
-            derived[name].update(median_tokens_per_s=info["tokens_per_step"] / s["median"],
-                                 best_tokens_per_s=info["tokens_per_step"] / s["best"])
+            derived[name].update(
+                median_tokens_per_s=info["tokens_per_step"] / s["median"],
+                best_tokens_per_s=info["tokens_per_step"] / s["best"],
+            )
         if peak:
-            derived[name].update(median_mfu=derived[name]["median_flops_per_s"] / peak[0],
-                                 best_mfu=derived[name]["best_flops_per_s"] / peak[0])
+            derived[name].update(
+                median_mfu=derived[name]["median_flops_per_s"] / peak[0],
+                best_mfu=derived[name]["best_flops_per_s"] / peak[0],
+            )
     m = config.model
-    return {"benchmark": "train_throughput", "environment": env,
-            "model": {"num_layers": m.num_layers, "emb_dim": m.emb_dim, "num_heads": m.num_heads,
-                      "mlp": f"{m.mlp_type} {m.mlp_dim}", "vocab_size": m.vocab_size,
-                      "seq_len": config.data.seq_len, "batch_size": config.train.batch_size,
-                      "objective": config.objective.kind, "time_conditioning": bool(m.time_conditioning),
-                      "compute_dtype": config.dtype.compute, **info},
-            "matmul_reference": {"n": n, "dtype": config.dtype.compute, "accumulation": "float32",
-                                 "flops_per_call": matmul_flops},
-            "peak": {"flops_per_s": peak[0], "name": peak[1]} if peak else None,
-            "method": {"slots": num_slots, "min_seconds_per_measure": min_seconds,
-                       "order_in_slot": list(measures)},
-            "slots": slots, "result": result, "derived": derived,
-            "derived_from_kept_slots": bool(result["kept"])}
+    return {
+        "benchmark": "train_throughput",
+        "environment": env,
+        "model": {
+            "num_layers": m.num_layers,
+            "emb_dim": m.emb_dim,
+            "num_heads": m.num_heads,
+            "mlp": f"{m.mlp_type} {m.mlp_dim}",
+            "vocab_size": m.vocab_size,
+            "seq_len": config.data.seq_len,
+            "batch_size": config.train.batch_size,
+            "objective": config.objective.kind,
+            "time_conditioning": bool(m.time_conditioning),
+            "compute_dtype": config.dtype.compute,
+            **info,
+        },
+        "matmul_reference": {
+            "n": n,
+            "dtype": config.dtype.compute,
+            "accumulation": "float32",
+            "flops_per_call": matmul_flops,
+        },
+        "peak": {"flops_per_s": peak[0], "name": peak[1]} if peak else None,
+        "method": {
+            "slots": num_slots,
+            "min_seconds_per_measure": min_seconds,
+            "order_in_slot": list(measures),
+        },
+        "slots": slots,
+        "result": result,
+        "derived": derived,
+        "derived_from_kept_slots": bool(result["kept"]),
+    }
 
 
 def _show(flops):
@@ -191,6 +253,7 @@ def _show(flops):
         if name == "matmul":
             return f"{flops['matmul'] / seconds / 1e9:.1f} GFLOP/s"
         return f"{seconds:.4g} s"
+
     return show
 
 
@@ -213,36 +276,49 @@ def report(out: dict) -> str:
         f"reference: {mm['n']}^3 {mm['dtype']} matmul, float32 accumulation; method: "
         f"{out['method']['slots']} slots, order {', '.join(out['method']['order_in_slot'])}, each called "
         f"for >= {out['method']['min_seconds_per_measure']} s per slot",
-        "", *[timing.format_slot(sl, show) for sl in out["slots"]],
-        *timing.format_summary(res, show), ""]
+        "",
+        *[timing.format_slot(sl, show) for sl in out["slots"]],
+        *timing.format_summary(res, show),
+        "",
+    ]
     quotable = out["derived_from_kept_slots"]
     tag = "" if quotable else "  [load-affected: no slot kept]"
     peak = out["peak"]
     d = out["derived"]
     lines.append("median (best) per measure" + tag + ":")
     for name, v in d.items():
-        line = (f"  {LABELS[name]:38s} {v['median_flops_per_s'] / 1e9:10.1f} "
-                f"({v['best_flops_per_s'] / 1e9:.1f}) GFLOP/s")
+        line = (
+            f"  {LABELS[name]:38s} {v['median_flops_per_s'] / 1e9:10.1f} "
+            f"({v['best_flops_per_s'] / 1e9:.1f}) GFLOP/s"
+        )
         if "median_tokens_per_s" in v:
             line += f"  {v['median_tokens_per_s']:10.0f} ({v['best_tokens_per_s']:.0f}) tokens/s"
         if "median_mfu" in v:
-            line += (f"  {'MFU' if name in STEPS else 'of peak'} {100 * v['median_mfu']:.1f}% "
-                     f"({100 * v['best_mfu']:.1f}%)")
+            line += (
+                f"  {'MFU' if name in STEPS else 'of peak'} {100 * v['median_mfu']:.1f}% "
+                f"({100 * v['best_mfu']:.1f}%)"
+            )
         lines.append(line)
-    lines.append(f"peak for MFU: {peak['name']}" if peak else
-                 f"peak for MFU: none known for {env['device_kind']!r} with {m['compute_dtype']} compute "
-                 f"(float32 matmuls as {env['f32_matmul']}): no MFU; see mdm_jax.timing.PEAK_FLOPS")
+    lines.append(
+        f"peak for MFU: {peak['name']}"
+        if peak
+        else f"peak for MFU: none known for {env['device_kind']!r} with {m['compute_dtype']} compute "
+        f"(float32 matmuls as {env['f32_matmul']}): no MFU; see mdm_jax.timing.PEAK_FLOPS"
+    )
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
     from absl import flags
+
     f = flags.FLAGS
     config = f.config
     if config.train.batch_size % jax.device_count():
-        raise SystemExit(f"--config.train.batch_size={config.train.batch_size} must be divisible by the "
-                         f"{jax.device_count()} devices")
+        raise SystemExit(
+            f"--config.train.batch_size={config.train.batch_size} must be divisible by the "
+            f"{jax.device_count()} devices"
+        )
     if f.slots < 1 or f.min_seconds < 0:
         raise SystemExit(f"--slots={f.slots} must be >= 1 and --min_seconds={f.min_seconds} >= 0")
     config.data.seq_len = min(config.data.seq_len, config.model.max_len)
@@ -260,12 +336,20 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                    "Config file (configs/*.py); default config.base().", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.abspath(__file__),
+        "Config file (configs/*.py); default config.base().",
+        lock_config=True,
+    )
     flags.DEFINE_integer("slots", 7, "Slots; each times the reference and every step back to back.")
     flags.DEFINE_float("min_seconds", 2.0, "Each measure is called for at least this long per slot.")
-    flags.DEFINE_float("max_load", 0.0, "Slots whose 1-minute load exceeds this are flagged and left out "
-                       "of the summary (<= 0: CPU cores + 0.5).")
+    flags.DEFINE_float(
+        "max_load",
+        0.0,
+        "Slots whose 1-minute load exceeds this are flagged and left out "
+        "of the summary (<= 0: CPU cores + 0.5).",
+    )
     flags.DEFINE_integer("matmul_n", 0, "Reference matmul size n (0: 2048 on CPU, 8192 on accelerators).")
     flags.DEFINE_bool("train_only", False, "Time only the reference and the real train step.")
     flags.DEFINE_string("json", "", "Also write everything (environment, slots, summary) to this JSON file.")

@@ -29,7 +29,7 @@ from mdm_jax import config as config_lib
 
 def get_config():
     c = config_lib.base()
-    c.objective.kind = "discrete"      # the time-agnostic ELBO: lowest-variance estimator
+    c.objective.kind = "discrete"  # the time-agnostic ELBO: lowest-variance estimator
 
     c.model.max_len = 64
     c.model.num_layers = 4

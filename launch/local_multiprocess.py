@@ -34,13 +34,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def commands(num_processes: int, devices_per_process: int, port: int, main_args: list[str],
-             python: str = sys.executable) -> list[tuple[dict, list[str]]]:
+def commands(
+    num_processes: int,
+    devices_per_process: int,
+    port: int,
+    main_args: list[str],
+    python: str = sys.executable,
+) -> list[tuple[dict, list[str]]]:
     """[(extra environment, argv)] of each process."""
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
-    return [(env, [python, "-m", "mdm_jax.main", *main_args, f"--coordinator_address=127.0.0.1:{port}",
-                   f"--num_processes={num_processes}", f"--process_id={i}"])
-            for i in range(num_processes)]
+    env = {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+    }
+    return [
+        (
+            env,
+            [
+                python,
+                "-m",
+                "mdm_jax.main",
+                *main_args,
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={num_processes}",
+                f"--process_id={i}",
+            ],
+        )
+        for i in range(num_processes)
+    ]
 
 
 def render(env: dict, argv: list[str]) -> str:
@@ -58,8 +78,9 @@ def run(cmds, timeout: float | None = None) -> int:
     procs, pumps = [], []
     for i, (extra, argv) in enumerate(cmds):
         env = {**os.environ, **extra}
-        p = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, bufsize=1)
+        p = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         procs.append(p)
         t = threading.Thread(target=_pump, args=(i, p.stdout, sys.stdout), daemon=True)
         t.start()
@@ -95,20 +116,28 @@ def run(cmds, timeout: float | None = None) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     usage="%(prog)s [options] -- <mdm_jax.main arguments>")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], usage="%(prog)s [options] -- <mdm_jax.main arguments>"
+    )
     parser.add_argument("--num_processes", type=int, default=2)
     parser.add_argument("--devices_per_process", type=int, default=2)
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: pick a free one)")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the commands instead of running them")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="print the commands instead of running them",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds before all are killed")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
-        parser.error("pass the mdm_jax.main arguments after --, e.g. -- --config=configs/quickstart.py "
-                     "--workdir=workdirs/mp")
+        parser.error(
+            "pass the mdm_jax.main arguments after --, e.g. -- --config=configs/quickstart.py "
+            "--workdir=workdirs/mp"
+        )
     if args.num_processes < 1 or args.devices_per_process < 1:
         parser.error("--num_processes and --devices_per_process must be >= 1")
     port = args.port or free_port()

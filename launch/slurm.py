@@ -32,18 +32,23 @@ def batch_script(args, main_args: list[str]) -> str:
         directives.append(f"--partition={args.partition}")
     if args.account:
         directives.append(f"--account={args.account}")
-    lines = ["#!/bin/bash"] + [f"#SBATCH {d}" for d in directives] + [
-        "set -euo pipefail",
-        f"cd {shlex.quote(args.repo_dir)}",
-        *( [f"source {shlex.quote(args.venv)}/bin/activate"] if args.venv else []),
-        "srun " + shlex.join([args.python, "-m", "mdm_jax.main", *main_args]),
-    ]
+    lines = (
+        ["#!/bin/bash"]
+        + [f"#SBATCH {d}" for d in directives]
+        + [
+            "set -euo pipefail",
+            f"cd {shlex.quote(args.repo_dir)}",
+            *([f"source {shlex.quote(args.venv)}/bin/activate"] if args.venv else []),
+            "srun " + shlex.join([args.python, "-m", "mdm_jax.main", *main_args]),
+        ]
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     usage="%(prog)s [options] -- <mdm_jax.main arguments>")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], usage="%(prog)s [options] -- <mdm_jax.main arguments>"
+    )
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus_per_node", type=int, default=8)
     parser.add_argument("--cpus_per_task", type=int, default=16)
@@ -55,14 +60,21 @@ def main(argv=None) -> int:
     parser.add_argument("--repo_dir", default=".", help="repository root on the cluster's shared disk")
     parser.add_argument("--venv", default="", help="virtual environment to activate on each node")
     parser.add_argument("--python", default="python")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the batch script instead of submitting it")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="print the batch script instead of submitting it",
+    )
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
-        parser.error("pass the mdm_jax.main arguments after --, e.g. -- --config=configs/owt_mdm_small.py "
-                     "--workdir=/shared/runs/x")
+        parser.error(
+            "pass the mdm_jax.main arguments after --, e.g. -- --config=configs/owt_mdm_small.py "
+            "--workdir=/shared/runs/x"
+        )
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus_per_node must be >= 1")
     script = batch_script(args, rest)

@@ -40,8 +40,14 @@ from etils import epath
 from mdm_jax import errors, guards
 from mdm_jax.models import scan_layout
 
-__all__ = ["Checkpointer", "CheckpointMismatch", "CorruptCheckpoint", "SaveFailed", "ensure_writable",
-           "shape_mismatches"]
+__all__ = [
+    "Checkpointer",
+    "CheckpointMismatch",
+    "CorruptCheckpoint",
+    "SaveFailed",
+    "ensure_writable",
+    "shape_mismatches",
+]
 
 
 class CheckpointMismatch(errors.ConfigError):
@@ -59,8 +65,10 @@ class CorruptCheckpoint(errors.RunStopped):
 class SaveFailed(errors.RunStopped):
     """A checkpoint save failed; the previous checkpoint is intact."""
 
-_MISMATCH_HELP = ("this workdir was trained with a different config: use a new --workdir or the "
-                  "matching config")
+
+_MISMATCH_HELP = (
+    "this workdir was trained with a different config: use a new --workdir or the matching config"
+)
 
 
 def ensure_writable(workdir) -> epath.Path:
@@ -79,7 +87,8 @@ def ensure_writable(workdir) -> epath.Path:
     except (OSError, ValueError) as e:  # PermissionError, NotADirectoryError, read-only FS, ...
         raise PermissionError(
             f"workdir {str(path)!r} cannot be written ({type(e).__name__}: {e}); "
-            "pass a writable --workdir (a new or existing directory you can write to)") from e
+            "pass a writable --workdir (a new or existing directory you can write to)"
+        ) from e
     return path
 
 
@@ -105,10 +114,14 @@ def _stored_shape(leaf) -> tuple:
 def shape_mismatches(stored_tree, abstract_state) -> list[str]:
     """Human-readable differences between a checkpoint's array metadata and an abstract state."""
     is_leaf = lambda x: hasattr(x, "shape")  # noqa: E731 - Orbax ArrayMetadata / ShapeDtypeStruct
-    stored = {_path_str(p): tuple(v.shape)
-              for p, v in jax.tree_util.tree_flatten_with_path(stored_tree, is_leaf=is_leaf)[0]}
-    wanted = {_path_str(p): _stored_shape(v)
-              for p, v in jax.tree_util.tree_flatten_with_path(abstract_state, is_leaf=is_leaf)[0]}
+    stored = {
+        _path_str(p): tuple(v.shape)
+        for p, v in jax.tree_util.tree_flatten_with_path(stored_tree, is_leaf=is_leaf)[0]
+    }
+    wanted = {
+        _path_str(p): _stored_shape(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(abstract_state, is_leaf=is_leaf)[0]
+    }
     out = []
     for name in sorted(stored.keys() | wanted.keys()):
         if name not in stored:
@@ -153,8 +166,10 @@ def _save_failure(step: int, exc: BaseException) -> SaveFailed:
     if cause is None:
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     where = f": {path}" if path else ""
-    return SaveFailed(f"checkpoint save at step {step} failed: {cause}{where}\nThe previous checkpoint is "
-                      "intact; free space (or fix the cause) and rerun the same command to resume from it.")
+    return SaveFailed(
+        f"checkpoint save at step {step} failed: {cause}{where}\nThe previous checkpoint is "
+        "intact; free space (or fix the cause) and rerun the same command to resume from it."
+    )
 
 
 def _corrupt_file(step_dir: str, exc: BaseException) -> tuple[str, str]:
@@ -181,6 +196,7 @@ def _corrupt_file(step_dir: str, exc: BaseException) -> tuple[str, str]:
 @contextlib.contextmanager
 def _quiet_read_only_warning():
     """Orbax warns 'Given directory is read only' on every read-only manager: nothing is wrong."""
+
     class Drop(py_logging.Filter):
         def filter(self, record):
             return not str(record.msg).startswith("Given directory is read only")
@@ -210,22 +226,31 @@ class Checkpointer:
         self.directory = path if "://" in str(path) else epath.Path(os.path.abspath(path))
         if read_only:
             # save_interval_steps=0: Orbax would otherwise warn that it sets it for read-only use.
-            options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                                   save_interval_steps=0, enable_async_checkpointing=False)
+            options = ocp.CheckpointManagerOptions(
+                read_only=True,
+                create=False,
+                max_to_keep=None,
+                save_interval_steps=0,
+                enable_async_checkpointing=False,
+            )
         else:
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=True)
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            )
         # Handlers are registered up front so that a fresh manager can read a step's metadata
         # (the shape check in `restore`) before any save or restore call.
         with _quiet_read_only_warning():
             self._manager = ocp.CheckpointManager(
-                self.directory, options=options,
-                item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "data": ocp.JsonCheckpointHandler()})
+                self.directory,
+                options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+            )
         self.read_only = read_only
-        self._in_flight: int | None = None   # step of the asynchronous save not yet finished
-        self.skipped: list[int] = []          # steps the last restore fell back from (unreadable)
+        self._in_flight: int | None = None  # step of the asynchronous save not yet finished
+        self.skipped: list[int] = []  # steps the last restore fell back from (unreadable)
         self.restored_step: int | None = None  # the step the last restore read
 
     def latest_step(self) -> int | None:
@@ -254,26 +279,37 @@ class Checkpointer:
         try:  # fail before anything is written, not half-way through an asynchronous save
             json.dumps(data_state)
         except TypeError as e:
-            raise TypeError(f"checkpoint step {step}: the data state must be JSON-serialisable ({e}); "
-                            f"the data iterator's get_state() returned {data_state!r}") from e
+            raise TypeError(
+                f"checkpoint step {step}: the data state must be JSON-serialisable ({e}); "
+                f"the data iterator's get_state() returned {data_state!r}"
+            ) from e
         bad = guards.tree_nonfinite(state)
         if bad:
             raise guards.Diverged(
                 f"refusing to save checkpoint step {step}: non-finite values in "
-                f"{guards.describe_subtrees(bad)}; the last good checkpoint is step {self.latest_step()}")
+                f"{guards.describe_subtrees(bad)}; the last good checkpoint is step {self.latest_step()}"
+            )
         try:
             saved = self._manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        data=ocp.args.JsonSave(dict(data_state))),
-                force=force)
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state))
+                ),
+                force=force,
+            )
         except Exception as e:  # noqa: BLE001 - any failure of the write is reported the same way
             raise _save_failure(step, e) from e
         self._in_flight = step if saved else None
         return saved
 
-    def restore(self, abstract_state: Any, step: int | None = None, *, fallback: bool = False,
-                check_finite: bool = False) -> tuple[Any, dict]:
+    def restore(
+        self,
+        abstract_state: Any,
+        step: int | None = None,
+        *,
+        fallback: bool = False,
+        check_finite: bool = False,
+    ) -> tuple[Any, dict]:
         """Restores (state, data_state); `abstract_state` leaves are ShapeDtypeStructs with shardings.
 
         Arrays are read directly into `abstract_state`'s shardings (each process reads only its
@@ -288,12 +324,14 @@ class Checkpointer:
         if step is not None and int(step) not in self._manager.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint at step {step} in {self.directory} (available steps: "
-                f"{self.all_steps() or 'none'}); train first with --mode=train and this --workdir")
+                f"{self.all_steps() or 'none'}); train first with --mode=train and this --workdir"
+            )
         candidates = [int(step)] if step is not None else sorted(self._manager.all_steps(), reverse=True)
         if not candidates:
             raise FileNotFoundError(
                 f"no checkpoint in {self.directory} (available steps: none); train first with "
-                "--mode=train and this --workdir")
+                "--mode=train and this --workdir"
+            )
         for i, s in enumerate(candidates):
             try:
                 restored = self._restore_step(s, abstract_state, check_finite)
@@ -302,8 +340,11 @@ class Checkpointer:
             except CorruptCheckpoint as e:
                 older = candidates[i + 1] if i + 1 < len(candidates) else None
                 if not fallback or older is None:
-                    hint = (f"; delete {self.directory / str(s)} to use step {older}" if older is not None
-                            else "; no older checkpoint to fall back to")
+                    hint = (
+                        f"; delete {self.directory / str(s)} to use step {older}"
+                        if older is not None
+                        else "; no older checkpoint to fall back to"
+                    )
                     raise CorruptCheckpoint(f"{e}{hint}", e.step, e.path) from e.__cause__
                 logging.warning("%s; falling back to step %d", e, older)
                 print(f"warning: {e}; falling back to step {older}", flush=True)
@@ -320,27 +361,37 @@ class Checkpointer:
             problems = shape_mismatches(stored, abstract_state)
         except (ValueError, OSError, KeyError, TypeError) as e:
             path, reason = _corrupt_file(step_dir, e)
-            raise CorruptCheckpoint(f"checkpoint step {step} is unreadable: {path}: {reason}",
-                                    step, path) from e
+            raise CorruptCheckpoint(
+                f"checkpoint step {step} is unreadable: {path}: {reason}", step, path
+            ) from e
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise CheckpointMismatch(
                 f"checkpoint {step_dir} does not match the config; mismatched "
-                f"parameter paths:\n  {shown}{more}\n{_MISMATCH_HELP}")
+                f"parameter paths:\n  {shown}{more}\n{_MISMATCH_HELP}"
+            )
         try:
             restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                              data=ocp.args.JsonRestore()))
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                ),
+            )
         except (ValueError, OSError, KeyError, TypeError) as e:
             path, reason = _corrupt_file(step_dir, e)
-            raise CorruptCheckpoint(f"checkpoint step {step} is unreadable: {path}: {reason}",
-                                    step, path) from e
+            raise CorruptCheckpoint(
+                f"checkpoint step {step} is unreadable: {path}: {reason}", step, path
+            ) from e
         if check_finite:
             bad = guards.tree_nonfinite(restored.state)
             if bad:
-                raise CorruptCheckpoint(f"checkpoint step {step} holds non-finite values (a diverged run) in "
-                                        f"{guards.describe_subtrees(bad)}", step, step_dir)
+                raise CorruptCheckpoint(
+                    f"checkpoint step {step} holds non-finite values (a diverged run) in "
+                    f"{guards.describe_subtrees(bad)}",
+                    step,
+                    step_dir,
+                )
         return to_wanted_layout(restored.state), dict(restored.data or {})
 
     def set_aside(self, step: int) -> str:
@@ -380,5 +431,5 @@ class Checkpointer:
 def abstract_like(tree):
     """A tree of ShapeDtypeStructs (with shardings) mirroring concrete arrays: restore targets."""
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )

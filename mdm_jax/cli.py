@@ -22,8 +22,14 @@ from ml_collections import config_dict, config_flags
 
 from mdm_jax import config as config_lib
 
-__all__ = ["MODES", "define_flags", "unknown_override_message", "config_argv", "overridden_fields",
-           "parse_flags"]
+__all__ = [
+    "MODES",
+    "define_flags",
+    "unknown_override_message",
+    "config_argv",
+    "overridden_fields",
+    "parse_flags",
+]
 
 MODES = ("train", "eval", "sample", "experiment", "report")
 
@@ -37,24 +43,47 @@ def define_flags(flag_values=flags.FLAGS, sys_argv=None) -> None:
     `sys_argv`, default sys.argv) lets tests parse a command without touching the global flags.
     """
     config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/*.py), optionally followed by :ARG for get_config(ARG).",
-        flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.",
-                        flag_values=flag_values)
-    flags.DEFINE_enum("mode", "train", list(MODES),
-                      "What to run (report: redraw an experiment's plots and summary from its JSON).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "eval/sample: write outputs here instead of into --workdir.",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("print_config", False, "Print the resolved config with each field's description "
-                      "(mdm_jax/config.py) and exit.", flag_values=flag_values)
-    flags.DEFINE_string("coordinator_address", None,
-                        "host:port of process 0 for multi-process runs (jax.distributed).",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).",
-                         flag_values=flag_values)
+        "config",
+        None,
+        "Config file (configs/*.py), optionally followed by :ARG for get_config(ARG).",
+        flag_values=flag_values,
+        lock_config=True,
+        sys_argv=sys_argv,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Directory for checkpoints, metrics and outputs.", flag_values=flag_values
+    )
+    flags.DEFINE_enum(
+        "mode",
+        "train",
+        list(MODES),
+        "What to run (report: redraw an experiment's plots and summary from its JSON).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "eval/sample: write outputs here instead of into --workdir.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "print_config",
+        False,
+        "Print the resolved config with each field's description (mdm_jax/config.py) and exit.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "host:port of process 0 for multi-process runs (jax.distributed).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Number of processes (multi-process runs).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index (multi-process runs).", flag_values=flag_values
+    )
 
 
 def _fields(node) -> list[str]:
@@ -86,8 +115,10 @@ def unknown_override_message(argv: list[str]) -> str | None:
                 listing = ", ".join(valid) if valid else f"none ({parent} is a value, not a group)"
                 close = difflib.get_close_matches(name, valid, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                return (f"unknown config field {name!r} in --config.{dotted}{hint}: {parent} has no "
-                        f"field {name!r}. Valid fields of {parent}: {listing}")
+                return (
+                    f"unknown config field {name!r} in --config.{dotted}{hint}: {parent} has no "
+                    f"field {name!r}. Valid fields of {parent}: {listing}"
+                )
             node, parent = node[name], f"{parent}.{name}"
     return None
 
@@ -118,8 +149,10 @@ def config_argv(argv: list[str]) -> tuple[list[str], str | None]:
         return argv, None
     path = spec.partition(":")[0]
     if not os.path.isfile(path):
-        return argv, (f"--config={spec}: no such config file {path!r} (relative to {os.getcwd()}); the "
-                      "configs are in configs/, e.g. --config=configs/quickstart.py")
+        return argv, (
+            f"--config={spec}: no such config file {path!r} (relative to {os.getcwd()}); the "
+            "configs are in configs/, e.g. --config=configs/quickstart.py"
+        )
     return argv, None
 
 
@@ -137,6 +170,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             return flags.FLAGS(argv)
         except flags.Error as e:
             message = str(e)
-    sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
-                     "Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.stderr.write(
+        f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
+    )
     sys.exit(2)  # errors.EXIT_CONFIG: bad input, nothing was done

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -57,110 +58,171 @@ def _flat(t):
 F = Field
 SCHEMA: dict[str, Field | Group] = {
     "seed": F(0, "root of every random stream: init, data order, training noise, sampling, eval"),
-    "objective": Group("what is trained and how its loss is estimated", {
-        "kind": F("continuous", "continuous (NELBO over t) | discrete (time-agnostic ELBO over n) | arm"),
-        "schedule": F("linear", "masking schedule alpha(t): linear | cosine | polynomial | loglinear"),
-        "schedule_k": F(2.0, "degree of the polynomial schedule"),
-        "schedule_eps": F(1e-3, "floor alpha(1) of the loglinear schedule"),
-        "low_discrepancy": F(True, "stratified t (or n) across the global batch, one shared uniform"),
-        "t_min": F(1e-5, "continuous NELBO: t ~ U[t_min, 1]"),
-    }),
-    "model": Group("the network", {
-        "family": F("transformer", "architecture: a key of mdm_jax.models.FAMILIES"),
-        "vocab_size": F(256, "V real tokens (must equal the tokenizer's); id V is the mask / BOS token"),
-        "max_len": F(256, "longest sequence the model accepts (>= data.seq_len)"),
-        "num_layers": F(6, "transformer blocks"),
-        "num_heads": F(8, "attention heads (must divide emb_dim)"),
-        "emb_dim": F(512, "width of the residual stream"),
-        "mlp_dim": F(1376, "hidden width of each MLP"),
-        "mlp_type": F("glu", "glu (SwiGLU) | gelu"),
-        "dropout": F(0.0, "dropout rate while training"),
-        "time_conditioning": F(True, "adaLN-Zero conditioning on t; False = time-free (ignored by the ARM)"),
-        "time_emb_dim": F(128, "width of the sinusoidal time embedding"),
-        "rope_base": F(10000.0, "base of the rotary position embedding frequencies"),
-        "scan_layers": F(False, "nn.scan over the blocks (parameters stacked on a 'layers' axis): compile time "
-                                "flat in depth; checkpoints convert between the layouts on restore"),
-        "remat": F("none", "what a block keeps for the backward pass: none | full | dots (matmul outputs); "
-                           "use with scan_layers"),
-        "attention": F("auto", "attention kernel: auto (cuDNN on GPU in 16-bit, XLA otherwise) | xla | cudnn | "
-                               "splash (TPU) | splash_interpret (the Splash kernel interpreted, for tests)"),
-    }),
-    "dtype": Group("parameter and compute precision (sampling precision: sampling.precision)", {
-        "param": F("float32", "storage of parameters and optimizer state: float32 | bfloat16 | float16"),
-        "compute": F("float32", "activations and matmuls: float32 | bfloat16 (accelerators) | float16"),
-    }),
-    "data": Group("the dataset and its tokenizer", {
-        "dataset": F("embedded", "embedded (offline English corpus) | text8 | lm1b | openwebtext"),
-        "tokenizer": F("byte", "byte | char (text8) | gpt2"),
-        "gpt2_vocab_dir": F("", "local directory with GPT-2's vocab.json and merges.txt"),
-        "data_dir": F("", "TFDS data_dir (\"\" = ~/tensorflow_datasets); gs:// needs the gcs extra"),
-        "packed_dir": F("", "local dir of the packed token files (\"\" = inside data_dir; needed if remote)"),
-        "seq_len": F(256, "training sequence length L"),
-        "shuffle": F(True, "shuffle the training sequences (seeded by seed)"),
-    }),
-    "train": Group("the optimisation loop", {
-        "batch_size": F(16, "global batch in sequences (all devices, all hosts)"),
-        "num_steps": F(1000, "optimizer steps"),
-        "lr": F(3e-4, "peak AdamW learning rate"),
-        "lr_schedule": F("cosine", "cosine | constant, both after the linear warm-up"),
-        "warmup_steps": F(100, "steps of linear warm-up from 0 to lr"),
-        "min_lr_ratio": F(0.1, "cosine: final learning rate as a fraction of lr"),
-        "weight_decay": F(0.0, "AdamW decoupled weight decay"),
-        "b1": F(0.9, "AdamW beta1"),
-        "b2": F(0.999, "AdamW beta2"),
-        "grad_clip": F(1.0, "clip the global gradient norm to this (0 = off)"),
-        "ema_decay": F(0.9999, "decay of the parameter EMA used by eval and sampling"),
-        "grad_accum_steps": F(1, "micro-batches per step (each batch_size / grad_accum_steps)"),
-        "log_every": F(25, "steps between training log lines / metrics records"),
-        "eval_every": F(500, "steps between validation evaluations (and at the end)"),
-        "eval_batches": F(8, "validation batches of each in-training evaluation"),
-        "checkpoint_every": F(500, "steps between checkpoints (and at the end)"),
-        "keep_checkpoints": F(3, "most recent checkpoints kept"),
-        "plot": F(True, "write loss_curve.png into the workdir at the end"),
-        "sample_at_end": F(False, "print a few samples (sampling.*) after training"),
-        "profile_steps": F((), "(start, stop): a jax.profiler trace of those steps in workdir/profile "
-                               "(process 0; () = none)"),
-        "nonfinite": F("stop", "a step with a non-finite loss, gradient or update is never applied: "
-                               "stop (exit 3) | skip it"),
-        "max_nonfinite_skips": F(10, "nonfinite=skip: stop after this many non-finite steps in a row"),
-        "checkpoint_fallback": F(True, "unreadable latest checkpoint: warn and restore the one before"),
-    }),
-    "init_from": F("", "weights of a fresh run: \"\" (random) | mdlm:DIR | gpt2:DIR (a Hugging Face "
-                       "checkpoint directory, mdm_jax/interop); a resumed run restores its own checkpoint"),
-    "mesh": Group("device mesh; -1 fills the remaining devices", {
-        "data": F(-1, "data-parallel axis"),
-        "fsdp": F(1, "fully sharded data-parallel axis: shards parameters and optimizer state"),
-        "tensor": F(1, "tensor-parallel axis: shards heads and MLP"),
-    }),
-    "sampling": Group("sampling (--mode=sample, and the experiments' samplers)", {
-        "method": F("first_hitting", "first_hitting | ancestral | mdlm_ancestral (MDMs; the last is MDLM's "
-                                     "own procedure) | autoregressive (ARM)"),
-        "precision": F("float64", "how categorical draws are made: one of mdm_jax.sampling.PRECISIONS"),
-        "num_steps": F(1024, "ancestral: steps N"),
-        "tokens_per_step": F(1, "first_hitting (and precision_sweep's parallel): tokens unmasked per call"),
-        "cache": F(True, "ancestral: reuse the network output when no token changed"),
-        "factorized": F(False, "ancestral: Bernoulli unmask then a V-way token draw"),
-        "uniform_bits": F(0, "mdlm_ancestral: uniforms on the grid k 2^-b (0 = the policy's own; 24 with "
-                             "float64 = Table 2's third row)"),
-        "temperature": F(1.0, "softmax temperature of the model's predictions"),
-        "num_samples": F(8, "sequences to draw (experiments: per cell)"),
-        "batch_size": F(8, "sequences per sampler call"),
-        "seq_len": F(0, "sample length (0 = data.seq_len)"),
-        "use_ema": F(True, "sample from the EMA parameters"),
-        "prompt": F("", "text prefix, tokenized with the data tokenizer"),
-    }),
-    "eval": Group("likelihood evaluation (--mode=eval) and generative perplexity", {
-        "num_batches": F(16, "validation batches"),
-        "mc_draws": F(1, "Monte Carlo draws of t (or n) per sequence for the NELBO"),
-        "evaluator_workdir": F("", "ARM workdir whose model scores samples (generative perplexity)"),
-        "evaluator": F("", "gpt2:DIR: a Hugging Face GPT-2 directory scores samples instead (e.g. gpt2-large)"),
-        "gen_ppl_definition": F("project", "project (ids scored as sampled) | mdlm (decode, retokenise with "
-                                           "the evaluator's tokenizer, chunk: docs/evaluation.md)"),
-        "use_ema": F(True, "evaluate the EMA parameters"),
-    }),
-    "experiment": Group("--mode=experiment; the fields of each experiment: EXPERIMENT_FIELDS", {
-        "name": F("", "the experiment: a key of EXPERIMENT_FIELDS (\"\" outside configs/experiments/)"),
-    }),
+    "objective": Group(
+        "what is trained and how its loss is estimated",
+        {
+            "kind": F("continuous", "continuous (NELBO over t) | discrete (time-agnostic ELBO over n) | arm"),
+            "schedule": F("linear", "masking schedule alpha(t): linear | cosine | polynomial | loglinear"),
+            "schedule_k": F(2.0, "degree of the polynomial schedule"),
+            "schedule_eps": F(1e-3, "floor alpha(1) of the loglinear schedule"),
+            "low_discrepancy": F(True, "stratified t (or n) across the global batch, one shared uniform"),
+            "t_min": F(1e-5, "continuous NELBO: t ~ U[t_min, 1]"),
+        },
+    ),
+    "model": Group(
+        "the network",
+        {
+            "family": F("transformer", "architecture: a key of mdm_jax.models.FAMILIES"),
+            "vocab_size": F(256, "V real tokens (must equal the tokenizer's); id V is the mask / BOS token"),
+            "max_len": F(256, "longest sequence the model accepts (>= data.seq_len)"),
+            "num_layers": F(6, "transformer blocks"),
+            "num_heads": F(8, "attention heads (must divide emb_dim)"),
+            "emb_dim": F(512, "width of the residual stream"),
+            "mlp_dim": F(1376, "hidden width of each MLP"),
+            "mlp_type": F("glu", "glu (SwiGLU) | gelu"),
+            "dropout": F(0.0, "dropout rate while training"),
+            "time_conditioning": F(
+                True, "adaLN-Zero conditioning on t; False = time-free (ignored by the ARM)"
+            ),
+            "time_emb_dim": F(128, "width of the sinusoidal time embedding"),
+            "rope_base": F(10000.0, "base of the rotary position embedding frequencies"),
+            "scan_layers": F(
+                False,
+                "nn.scan over the blocks (parameters stacked on a 'layers' axis): compile time "
+                "flat in depth; checkpoints convert between the layouts on restore",
+            ),
+            "remat": F(
+                "none",
+                "what a block keeps for the backward pass: none | full | dots (matmul outputs); "
+                "use with scan_layers",
+            ),
+            "attention": F(
+                "auto",
+                "attention kernel: auto (cuDNN on GPU in 16-bit, XLA otherwise) | xla | cudnn | "
+                "splash (TPU) | splash_interpret (the Splash kernel interpreted, for tests)",
+            ),
+        },
+    ),
+    "dtype": Group(
+        "parameter and compute precision (sampling precision: sampling.precision)",
+        {
+            "param": F("float32", "storage of parameters and optimizer state: float32 | bfloat16 | float16"),
+            "compute": F("float32", "activations and matmuls: float32 | bfloat16 (accelerators) | float16"),
+        },
+    ),
+    "data": Group(
+        "the dataset and its tokenizer",
+        {
+            "dataset": F("embedded", "embedded (offline English corpus) | text8 | lm1b | openwebtext"),
+            "tokenizer": F("byte", "byte | char (text8) | gpt2"),
+            "gpt2_vocab_dir": F("", "local directory with GPT-2's vocab.json and merges.txt"),
+            "data_dir": F("", 'TFDS data_dir ("" = ~/tensorflow_datasets); gs:// needs the gcs extra'),
+            "packed_dir": F(
+                "", 'local dir of the packed token files ("" = inside data_dir; needed if remote)'
+            ),
+            "seq_len": F(256, "training sequence length L"),
+            "shuffle": F(True, "shuffle the training sequences (seeded by seed)"),
+        },
+    ),
+    "train": Group(
+        "the optimisation loop",
+        {
+            "batch_size": F(16, "global batch in sequences (all devices, all hosts)"),
+            "num_steps": F(1000, "optimizer steps"),
+            "lr": F(3e-4, "peak AdamW learning rate"),
+            "lr_schedule": F("cosine", "cosine | constant, both after the linear warm-up"),
+            "warmup_steps": F(100, "steps of linear warm-up from 0 to lr"),
+            "min_lr_ratio": F(0.1, "cosine: final learning rate as a fraction of lr"),
+            "weight_decay": F(0.0, "AdamW decoupled weight decay"),
+            "b1": F(0.9, "AdamW beta1"),
+            "b2": F(0.999, "AdamW beta2"),
+            "grad_clip": F(1.0, "clip the global gradient norm to this (0 = off)"),
+            "ema_decay": F(0.9999, "decay of the parameter EMA used by eval and sampling"),
+            "grad_accum_steps": F(1, "micro-batches per step (each batch_size / grad_accum_steps)"),
+            "log_every": F(25, "steps between training log lines / metrics records"),
+            "eval_every": F(500, "steps between validation evaluations (and at the end)"),
+            "eval_batches": F(8, "validation batches of each in-training evaluation"),
+            "checkpoint_every": F(500, "steps between checkpoints (and at the end)"),
+            "keep_checkpoints": F(3, "most recent checkpoints kept"),
+            "plot": F(True, "write loss_curve.png into the workdir at the end"),
+            "sample_at_end": F(False, "print a few samples (sampling.*) after training"),
+            "profile_steps": F(
+                (),
+                "(start, stop): a jax.profiler trace of those steps in workdir/profile "
+                "(process 0; () = none)",
+            ),
+            "nonfinite": F(
+                "stop",
+                "a step with a non-finite loss, gradient or update is never applied: stop (exit 3) | skip it",
+            ),
+            "max_nonfinite_skips": F(10, "nonfinite=skip: stop after this many non-finite steps in a row"),
+            "checkpoint_fallback": F(True, "unreadable latest checkpoint: warn and restore the one before"),
+        },
+    ),
+    "init_from": F(
+        "",
+        'weights of a fresh run: "" (random) | mdlm:DIR | gpt2:DIR (a Hugging Face '
+        "checkpoint directory, mdm_jax/interop); a resumed run restores its own checkpoint",
+    ),
+    "mesh": Group(
+        "device mesh; -1 fills the remaining devices",
+        {
+            "data": F(-1, "data-parallel axis"),
+            "fsdp": F(1, "fully sharded data-parallel axis: shards parameters and optimizer state"),
+            "tensor": F(1, "tensor-parallel axis: shards heads and MLP"),
+        },
+    ),
+    "sampling": Group(
+        "sampling (--mode=sample, and the experiments' samplers)",
+        {
+            "method": F(
+                "first_hitting",
+                "first_hitting | ancestral | mdlm_ancestral (MDMs; the last is MDLM's "
+                "own procedure) | autoregressive (ARM)",
+            ),
+            "precision": F("float64", "how categorical draws are made: one of mdm_jax.sampling.PRECISIONS"),
+            "num_steps": F(1024, "ancestral: steps N"),
+            "tokens_per_step": F(
+                1, "first_hitting (and precision_sweep's parallel): tokens unmasked per call"
+            ),
+            "cache": F(True, "ancestral: reuse the network output when no token changed"),
+            "factorized": F(False, "ancestral: Bernoulli unmask then a V-way token draw"),
+            "uniform_bits": F(
+                0,
+                "mdlm_ancestral: uniforms on the grid k 2^-b (0 = the policy's own; 24 with "
+                "float64 = Table 2's third row)",
+            ),
+            "temperature": F(1.0, "softmax temperature of the model's predictions"),
+            "num_samples": F(8, "sequences to draw (experiments: per cell)"),
+            "batch_size": F(8, "sequences per sampler call"),
+            "seq_len": F(0, "sample length (0 = data.seq_len)"),
+            "use_ema": F(True, "sample from the EMA parameters"),
+            "prompt": F("", "text prefix, tokenized with the data tokenizer"),
+        },
+    ),
+    "eval": Group(
+        "likelihood evaluation (--mode=eval) and generative perplexity",
+        {
+            "num_batches": F(16, "validation batches"),
+            "mc_draws": F(1, "Monte Carlo draws of t (or n) per sequence for the NELBO"),
+            "evaluator_workdir": F("", "ARM workdir whose model scores samples (generative perplexity)"),
+            "evaluator": F(
+                "", "gpt2:DIR: a Hugging Face GPT-2 directory scores samples instead (e.g. gpt2-large)"
+            ),
+            "gen_ppl_definition": F(
+                "project",
+                "project (ids scored as sampled) | mdlm (decode, retokenise with "
+                "the evaluator's tokenizer, chunk: docs/evaluation.md)",
+            ),
+            "use_ema": F(True, "evaluate the EMA parameters"),
+        },
+    ),
+    "experiment": Group(
+        "--mode=experiment; the fields of each experiment: EXPERIMENT_FIELDS",
+        {
+            "name": F("", 'the experiment: a key of EXPERIMENT_FIELDS ("" outside configs/experiments/)'),
+        },
+    ),
 }
 
 EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
@@ -168,10 +230,14 @@ EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
         "model": F("checkpoint", "checkpoint (a trained MDM workdir) | reference (exact head+tail model)"),
         "checkpoint_workdir": F("workdirs/quickstart", "model=checkpoint: the MDM workdir"),
         "evaluator_workdir": F("workdirs/quickstart_arm", "model=checkpoint: ARM workdir scoring gen PPL"),
-        "samplers": F(("ancestral", "factorized", "first_hitting", "parallel"),
-                      "ancestral ((V+1)-way) | factorized | first_hitting | parallel (k tokens per call)"),
-        "precisions": F(("float32-pytorch", "float32", "float32-high", "bfloat16", "float64"),
-                        "sampling precisions swept (mdm_jax.sampling.PRECISIONS)"),
+        "samplers": F(
+            ("ancestral", "factorized", "first_hitting", "parallel"),
+            "ancestral ((V+1)-way) | factorized | first_hitting | parallel (k tokens per call)",
+        ),
+        "precisions": F(
+            ("float32-pytorch", "float32", "float32-high", "bfloat16", "float64"),
+            "sampling precisions swept (mdm_jax.sampling.PRECISIONS)",
+        ),
         "steps": F((128, 512, 1280), "ancestral steps N swept (first-hitting does not depend on N)"),
         "predict_t": F(0.5, "time t of the one-step prediction"),
         "predict_points": F(16, "law evaluations per predicted run"),
@@ -183,16 +249,20 @@ EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
     },
     "sampler_speed": {
         "vocab_sizes": F((256, 50257), "vocabulary sizes V timed"),
-        "steps": F(((16, 128, 1024, 10000), (16, 64, 256, 1024)),
-                   "ancestral N timed: one tuple per vocab_sizes entry, or one flat tuple for all"),
+        "steps": F(
+            ((16, 128, 1024, 10000), (16, 64, 256, 1024)),
+            "ancestral N timed: one tuple per vocab_sizes entry, or one flat tuple for all",
+        ),
         "predict_steps": F((10000,), "further N the fitted cost model extrapolates to (not run)"),
         "repeats": F(2, "timed runs per cell after one warm-up run (the best is kept)"),
         "arm_vocab": F(256, "vocabulary of the ARM cache timing"),
         "arm_lengths": F((32, 64, 128, 256), "sequence lengths of the ARM cache timing (() = skip it)"),
     },
     "time_agnostic": {
-        "variants": F(("tc_continuous", "tf_continuous", "tf_discrete", "arm"),
-                      "models trained: tc_continuous, tf_continuous, tf_discrete, tc_discrete, arm"),
+        "variants": F(
+            ("tc_continuous", "tf_continuous", "tf_discrete", "arm"),
+            "models trained: tc_continuous, tf_continuous, tf_discrete, tc_discrete, arm",
+        ),
         "num_steps": F(300, "training budget of each variant (0 = train.num_steps)"),
         "kl_ratios": F((0.15, 0.5, 0.85), "mask ratios n/L of the fixed inputs of the KL-vs-t probe"),
         "kl_num_times": F(24, "points of the t grid of the KL probe"),
@@ -201,14 +271,16 @@ EXPERIMENT_FIELDS: dict[str, dict[str, Field]] = {
     "table2": {
         "mdlm_dir": F("checkpoints/mdlm-owt", "Hugging Face MDLM directory (kuleshov-group/mdlm-owt)"),
         "evaluator_dir": F("checkpoints/gpt2-large", "Hugging Face GPT-2 directory scoring the samples"),
-        "rows": F(("mdlm_float32", "mdlm_float64", "mdlm_float64_truncated", "fhs_float64",
-                   "parallel_fhs_float64"), "rows of the table (mdm_jax/experiments/table2.py ROWS)"),
+        "rows": F(
+            ("mdlm_float32", "mdlm_float64", "mdlm_float64_truncated", "fhs_float64", "parallel_fhs_float64"),
+            "rows of the table (mdm_jax/experiments/table2.py ROWS)",
+        ),
         "mdlm_dtype": F("float32", "compute dtype of the MDLM network"),
         "evaluator_dtype": F("float32", "compute dtype of the GPT-2 evaluator"),
     },
     "mdm_vs_arm": {
-        "mdm_workdir": F("", "a trained MDM workdir (\"\" = train the config's MDM in workdir/runs/mdm)"),
-        "arm_workdir": F("", "a trained ARM workdir (\"\" = train the MDM's ARM twin in workdir/runs/arm)"),
+        "mdm_workdir": F("", 'a trained MDM workdir ("" = train the config\'s MDM in workdir/runs/mdm)'),
+        "arm_workdir": F("", 'a trained ARM workdir ("" = train the MDM\'s ARM twin in workdir/runs/arm)'),
         "num_steps": F(300, "training budget of each model trained here (0 = train.num_steps)"),
         "evaluator": F("train", "gen PPL scorer: train (a second ARM, another seed) | self | an ARM workdir"),
         "temperatures": F((0.7, 0.8, 0.9, 1.0), "sampling temperatures of both models"),
@@ -228,8 +300,10 @@ def _build(fields: Mapping[str, Field | Group]) -> ml_collections.ConfigDict:
 
 def _experiment_fields(name: str) -> dict[str, Field]:
     if name not in EXPERIMENT_FIELDS:
-        raise ValueError(f"unknown experiment.name={name!r}: choose one of {', '.join(EXPERIMENT_FIELDS)} "
-                         "(use one of the configs in configs/experiments/)")
+        raise ValueError(
+            f"unknown experiment.name={name!r}: choose one of {', '.join(EXPERIMENT_FIELDS)} "
+            "(use one of the configs in configs/experiments/)"
+        )
     return {**SCHEMA["experiment"].fields, **EXPERIMENT_FIELDS[name]}
 
 

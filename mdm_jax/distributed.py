@@ -18,7 +18,7 @@ __all__ = ["multi_process_requested", "init_distributed"]
 _CLUSTER_HINTS = (
     # (environment variable, how to tell that it means more than one process)
     ("JAX_COORDINATOR_ADDRESS", lambda v: bool(v)),
-    ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),        # Cloud TPU pod slice: one entry per host
+    ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),  # Cloud TPU pod slice: one entry per host
     ("MEGASCALE_COORDINATOR_ADDRESS", lambda v: bool(v)),  # multi-slice TPU
     ("SLURM_NTASKS", lambda v: v.isdigit() and int(v) > 1),
     ("OMPI_COMM_WORLD_SIZE", lambda v: v.isdigit() and int(v) > 1),
@@ -42,6 +42,7 @@ def init_distributed(coordinator_address=None, num_processes=None, process_id=No
     # Cross-process collectives of CPU devices need an implementation (gloo ships with jaxlib);
     # the setting does not affect accelerator collectives, so it is set unconditionally.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True

@@ -38,17 +38,25 @@ def _from_workdir(config, path: str):
     ecfg = runs.workdir_config(path, fallback)
     objective = objectives.of(ecfg)
     if not objective.causal:
-        raise ValueError(f"evaluator {path} holds a {objective.name!r} model, not a causal one: point "
-                         "eval.evaluator_workdir at a workdir trained with an ARM config")
+        raise ValueError(
+            f"evaluator {path} holds a {objective.name!r} model, not a causal one: point "
+            "eval.evaluator_workdir at a workdir trained with an ARM config"
+        )
     if ecfg.model.vocab_size != config.model.vocab_size or ecfg.data.tokenizer != config.data.tokenizer:
-        raise ValueError(f"evaluator {path} uses tokenizer {ecfg.data.tokenizer} / "
-                         f"V={ecfg.model.vocab_size}, the samples {config.data.tokenizer} / "
-                         f"V={config.model.vocab_size}")
+        raise ValueError(
+            f"evaluator {path} uses tokenizer {ecfg.data.tokenizer} / "
+            f"V={ecfg.model.vocab_size}, the samples {config.data.tokenizer} / "
+            f"V={config.model.vocab_size}"
+        )
     params, step, _, _ = runs.restore_params(ecfg, path, use_ema=bool(ecfg.eval.use_ema))
     fn = adapters.ar_logits_fn(models.build(ecfg), params)
     bos_id = int(ecfg.model.vocab_size)
-    info = {"evaluator_workdir": os.path.abspath(path), "evaluator_step": step,
-            "evaluator_objective": objective.name, "evaluator_bos_id": bos_id}
+    info = {
+        "evaluator_workdir": os.path.abspath(path),
+        "evaluator_step": step,
+        "evaluator_objective": objective.name,
+        "evaluator_bos_id": bos_id,
+    }
     return fn, bos_id, info
 
 
@@ -56,9 +64,11 @@ def _from_gpt2(config, path: str):
     """A Hugging Face GPT-2 directory: scores GPT-2 token ids (its BOS is <|endoftext|>)."""
     ev = gpt2_evaluator.load(path)
     if int(config.model.vocab_size) != ev.vocab_size:
-        raise ValueError(f"eval.evaluator=gpt2:{path} has {ev.vocab_size} tokens but the samples' model has "
-                         f"model.vocab_size={config.model.vocab_size} (data.tokenizer="
-                         f"{config.data.tokenizer}): a GPT-2 evaluator scores GPT-2 token ids only")
+        raise ValueError(
+            f"eval.evaluator=gpt2:{path} has {ev.vocab_size} tokens but the samples' model has "
+            f"model.vocab_size={config.model.vocab_size} (data.tokenizer="
+            f"{config.data.tokenizer}): a GPT-2 evaluator scores GPT-2 token ids only"
+        )
     return ev, ev.eot_id, ev.info()
 
 
@@ -70,9 +80,11 @@ def load_evaluator(config, spec: str | None = None):
     eval.evaluator_workdir)."""
     spec = spec or config.eval.evaluator or config.eval.evaluator_workdir
     if not spec:
-        raise ValueError("generative perplexity needs an evaluator: set --config.eval.evaluator_workdir to a "
-                         "workdir trained with an ARM config (e.g. configs/quickstart_arm.py), or "
-                         "--config.eval.evaluator=gpt2:/path/to/gpt2-large")
+        raise ValueError(
+            "generative perplexity needs an evaluator: set --config.eval.evaluator_workdir to a "
+            "workdir trained with an ARM config (e.g. configs/quickstart_arm.py), or "
+            "--config.eval.evaluator=gpt2:/path/to/gpt2-large"
+        )
     kind, sep, path = spec.partition(":")
     if not (sep and kind in LOADERS):
         kind, path = "workdir", spec

@@ -38,17 +38,21 @@ def check_method(config) -> str:
     method = config.sampling.method
     objective = objectives.of(config)
     if method not in objectives.SAMPLING_METHODS:
-        raise errors.ConfigError(f"unknown sampling.method {method!r}: choose one of "
-                                 f"{', '.join(objectives.SAMPLING_METHODS)}")
+        raise errors.ConfigError(
+            f"unknown sampling.method {method!r}: choose one of {', '.join(objectives.SAMPLING_METHODS)}"
+        )
     if method not in objective.sampling_methods:
         raise errors.ConfigError(
             f"sampling.method={method!r} cannot sample a model trained with objective.kind="
-            f"{objective.name!r}: use --config.sampling.method={' or '.join(objective.sampling_methods)}")
+            f"{objective.name!r}: use --config.sampling.method={' or '.join(objective.sampling_methods)}"
+        )
     if method == "mdlm_ancestral":
         _check_mdlm(config)
     elif int(config.sampling.uniform_bits):
-        raise errors.ConfigError(f"sampling.uniform_bits={config.sampling.uniform_bits} applies to "
-                                 f"sampling.method=mdlm_ancestral only, not {method!r}: set it to 0")
+        raise errors.ConfigError(
+            f"sampling.uniform_bits={config.sampling.uniform_bits} applies to "
+            f"sampling.method=mdlm_ancestral only, not {method!r}: set it to 0"
+        )
     return method
 
 
@@ -59,10 +63,13 @@ def _check_mdlm(config) -> None:
         raise errors.ConfigError(
             f"sampling.method=mdlm_ancestral is MDLM's procedure, whose mask level is t (MDLM's "
             f"log-linear schedule); this model was trained with objective.schedule="
-            f"{config.objective.schedule!r}: use sampling.method=ancestral or first_hitting")
+            f"{config.objective.schedule!r}: use sampling.method=ancestral or first_hitting"
+        )
     if float(config.sampling.temperature) != 1.0:
-        raise errors.ConfigError("sampling.method=mdlm_ancestral has no temperature (MDLM's sampler has "
-                                 "none): set sampling.temperature=1.0 or use another sampling.method")
+        raise errors.ConfigError(
+            "sampling.method=mdlm_ancestral has no temperature (MDLM's sampler has "
+            "none): set sampling.temperature=1.0 or use another sampling.method"
+        )
 
 
 def check_sampling(config) -> None:
@@ -75,8 +82,10 @@ def check_sampling(config) -> None:
         if int(s[name]) < 1:
             raise errors.ConfigError(f"sampling.{name}={s[name]} must be >= 1")
     if method == "first_hitting" and int(s.tokens_per_step) < 1:
-        raise errors.ConfigError(f"sampling.tokens_per_step={s.tokens_per_step} must be >= 1 (tokens "
-                                 "unmasked per network call; 1 is the exact first-hitting sampler)")
+        raise errors.ConfigError(
+            f"sampling.tokens_per_step={s.tokens_per_step} must be >= 1 (tokens "
+            "unmasked per network call; 1 is the exact first-hitting sampler)"
+        )
     if method in ("ancestral", "mdlm_ancestral") and int(s.num_steps) < 1:
         raise errors.ConfigError(f"sampling.num_steps={s.num_steps} must be >= 1 (ancestral steps)")
     if not (math.isfinite(s.temperature) and s.temperature > 0):
@@ -89,8 +98,10 @@ def check_sampling(config) -> None:
 def _seq_len(config) -> int:
     length = int(config.sampling.seq_len) or int(config.data.seq_len)
     if length > config.model.max_len:
-        raise errors.ConfigError(f"sampling.seq_len={length} exceeds model.max_len={config.model.max_len}; "
-                                 "lower --config.sampling.seq_len")
+        raise errors.ConfigError(
+            f"sampling.seq_len={length} exceeds model.max_len={config.model.max_len}; "
+            "lower --config.sampling.seq_len"
+        )
     return length
 
 
@@ -99,8 +110,10 @@ def _prompt_ids(config, tok, seq_len: int) -> np.ndarray:
         return np.zeros((0,), np.int32)
     ids = np.asarray(tok.encode(config.sampling.prompt), np.int32)
     if len(ids) >= seq_len:
-        raise errors.ConfigError(f"sampling.prompt is {len(ids)} tokens long; it must be shorter than the "
-                                 f"sample length {seq_len} (sampling.seq_len / data.seq_len)")
+        raise errors.ConfigError(
+            f"sampling.prompt is {len(ids)} tokens long; it must be shorter than the "
+            f"sample length {seq_len} (sampling.seq_len / data.seq_len)"
+        )
     return ids
 
 
@@ -137,8 +150,18 @@ def make_sampler(config, params, mesh):
             step_fn, init_state = step_fns[batch_size]
             p = np.broadcast_to(prompt, (batch_size, len(prompt))) if len(prompt) else None
             return sampling.autoregressive(
-                step_fn, init_state, key, batch_size=batch_size, seq_len=seq_len, precision=s.precision,
-                temperature=float(s.temperature), prompt=p, bos_id=vocab, batch_sharding=bs)
+                step_fn,
+                init_state,
+                key,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                precision=s.precision,
+                temperature=float(s.temperature),
+                prompt=p,
+                bos_id=vocab,
+                batch_sharding=bs,
+            )
+
         return run, seq_len, prompt
 
     # One adapter for all batches: its params are cast to the compute dtype once.
@@ -149,20 +172,40 @@ def make_sampler(config, params, mesh):
         init = None
         if len(prompt):
             init = np.full((batch_size, seq_len), vocab, np.int32)
-            init[:, :len(prompt)] = prompt
-        common = dict(batch_size=batch_size, seq_len=seq_len, mask_id=vocab, schedule=schedule,
-                      precision=s.precision, init=init, temperature=float(s.temperature),
-                      batch_sharding=bs)
+            init[:, : len(prompt)] = prompt
+        common = dict(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mask_id=vocab,
+            schedule=schedule,
+            precision=s.precision,
+            init=init,
+            temperature=float(s.temperature),
+            batch_sharding=bs,
+        )
         if method == "first_hitting":
             return sampling.first_hitting(denoise, key, tokens_per_step=int(s.tokens_per_step), **common)
         if method == "mdlm_ancestral":
             # MDLM's own procedure: its time grid and move chance t (no schedule), no temperature.
             for k in ("schedule", "temperature"):
                 common.pop(k)
-            return sampling.mdlm_ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
-                                           uniform_bits=int(s.uniform_bits), **common)
-        return sampling.ancestral(denoise, key, num_steps=int(s.num_steps), cache=bool(s.cache),
-                                  factorized=bool(s.factorized), **common)
+            return sampling.mdlm_ancestral(
+                denoise,
+                key,
+                num_steps=int(s.num_steps),
+                cache=bool(s.cache),
+                uniform_bits=int(s.uniform_bits),
+                **common,
+            )
+        return sampling.ancestral(
+            denoise,
+            key,
+            num_steps=int(s.num_steps),
+            cache=bool(s.cache),
+            factorized=bool(s.factorized),
+            **common,
+        )
+
     return run, seq_len, prompt
 
 
@@ -190,21 +233,36 @@ def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict
         tokens = _gather(jax.block_until_ready(tokens))
         wall = time.perf_counter() - start
         for i, row in enumerate(tokens[: s.num_samples - len(records)]):
-            records.append({
-                "sample_index": len(records), "batch_index": b, "row": i,
-                "tokens": row.astype(int).tolist(), "text": tok.decode(row),
-                "sampler": stats["method"], "steps": int(stats["num_steps"]),
-                "tokens_per_step": int(stats.get("tokens_per_step", 1)),
-                "precision": s.precision, "temperature": float(s.temperature),
-                "cache": stats.get("cache"), "factorized": stats.get("factorized"),
-                "uniform_bits": stats.get("uniform_bits"),
-                "schedule": stats.get("schedule"), "seq_len": seq_len,
-                "prompt": s.prompt, "prompt_tokens": int(len(prompt)),
-                "seed": int(config.seed), "nfe": int(stats["nfe"]), "wall_time_s": wall,
-                "includes_compile": b == 0, "batch_size": int(s.batch_size),
-                "checkpoint_step": ckpt_step, "params": "ema" if use_ema else "raw",
-                "device_kind": device_kind, "jax_version": jax.__version__,
-            })
+            records.append(
+                {
+                    "sample_index": len(records),
+                    "batch_index": b,
+                    "row": i,
+                    "tokens": row.astype(int).tolist(),
+                    "text": tok.decode(row),
+                    "sampler": stats["method"],
+                    "steps": int(stats["num_steps"]),
+                    "tokens_per_step": int(stats.get("tokens_per_step", 1)),
+                    "precision": s.precision,
+                    "temperature": float(s.temperature),
+                    "cache": stats.get("cache"),
+                    "factorized": stats.get("factorized"),
+                    "uniform_bits": stats.get("uniform_bits"),
+                    "schedule": stats.get("schedule"),
+                    "seq_len": seq_len,
+                    "prompt": s.prompt,
+                    "prompt_tokens": int(len(prompt)),
+                    "seed": int(config.seed),
+                    "nfe": int(stats["nfe"]),
+                    "wall_time_s": wall,
+                    "includes_compile": b == 0,
+                    "batch_size": int(s.batch_size),
+                    "checkpoint_step": ckpt_step,
+                    "params": "ema" if use_ema else "raw",
+                    "device_kind": device_kind,
+                    "jax_version": jax.__version__,
+                }
+            )
 
     out_dir = os.path.join(os.fspath(output_dir or workdir), "samples")
     # A non-default uniform grid (mdlm_ancestral) is another policy: its own file.
@@ -218,9 +276,12 @@ def sample(config, workdir, *, num_print: int = 8, output_dir=None) -> list[dict
         per_batch = [r["wall_time_s"] for r in records if r["row"] == 0]
         shown = min(len(records), num_print)
         which = f"showing all {shown}" if shown == len(records) else f"showing the first {shown}; all are"
-        print(f"{len(records)} samples ({stats['method']}, {s.precision}, {records[0]['steps']} steps, "
-              f"NFE {records[0]['nfe']}/batch, {sum(per_batch):.1f} s incl. compile) from checkpoint "
-              f"step {ckpt_step} ({which} in {path})", flush=True)
+        print(
+            f"{len(records)} samples ({stats['method']}, {s.precision}, {records[0]['steps']} steps, "
+            f"NFE {records[0]['nfe']}/batch, {sum(per_batch):.1f} s incl. compile) from checkpoint "
+            f"step {ckpt_step} ({which} in {path})",
+            flush=True,
+        )
         for r in records[:shown]:
             print(f"--- sample {r['sample_index']}:\n{r['text']}", flush=True)
     return records

@@ -28,20 +28,23 @@ __all__ = ["PREFIX", "parse", "EvalTokenizer", "load_tokenizer", "GPT2Evaluator"
 
 PREFIX = "gpt2:"
 EOT = "<|endoftext|>"
-DOWNLOAD_HELP = ("e.g. on a networked host: huggingface-cli download openai-community/gpt2-large "
-                 "config.json model.safetensors vocab.json merges.txt --local-dir DIR")
+DOWNLOAD_HELP = (
+    "e.g. on a networked host: huggingface-cli download openai-community/gpt2-large "
+    "config.json model.safetensors vocab.json merges.txt --local-dir DIR"
+)
 
 
 def parse(spec: str, field: str = "eval.evaluator") -> str:
     """The directory of a "gpt2:DIR" spec (a bare directory is accepted too), checked to exist."""
-    path = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    path = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
     if ":" in spec and not spec.startswith(PREFIX):
-        raise ValueError(f"{field}={spec!r}: only GPT-2 evaluators are known; write "
-                         "gpt2:/path/to/gpt2-large")
+        raise ValueError(f"{field}={spec!r}: only GPT-2 evaluators are known; write gpt2:/path/to/gpt2-large")
     path = os.path.expanduser(path)
     if not path or not os.path.isdir(path):
-        raise FileNotFoundError(f"{field}={spec!r}: {path!r} is not a directory. It must hold a Hugging "
-                                f"Face GPT-2 checkpoint and its tokenizer ({DOWNLOAD_HELP})")
+        raise FileNotFoundError(
+            f"{field}={spec!r}: {path!r} is not a directory. It must hold a Hugging "
+            f"Face GPT-2 checkpoint and its tokenizer ({DOWNLOAD_HELP})"
+        )
     return path
 
 
@@ -58,8 +61,9 @@ class EvalTokenizer:
         except ValueError as e:
             raise FileNotFoundError(
                 f"{path} has no GPT-2 tokenizer: it needs vocab.json and merges.txt ({DOWNLOAD_HELP}), "
-                f"or gpt2.tiktoken (the real one ships in {tokenizers.BUNDLED_GPT2_DIR})") from e
-        self.base = self._tok                # the project tokenizer (ordinary text only)
+                f"or gpt2.tiktoken (the real one ships in {tokenizers.BUNDLED_GPT2_DIR})"
+            ) from e
+        self.base = self._tok  # the project tokenizer (ordinary text only)
         self.source = " + ".join(self._tok.files)
         self.eot_id = int(self._tok.eot_id)
         self.vocab_size = int(self._tok.vocab_size)
@@ -90,7 +94,7 @@ class GPT2Evaluator:
         self.path = os.path.abspath(path)
         # One compiled forward per input shape (the params are a traced argument, not constants).
         self._apply, self._params = jax.jit(apply_fn), params
-        self.model_info = model_info          # interop.GPT2Info
+        self.model_info = model_info  # interop.GPT2Info
         self.vocab_size = int(model_info.vocab_size)
         self.context = int(model_info.context_length)
         self.eot_id = int(model_info.eot_id)
@@ -99,21 +103,29 @@ class GPT2Evaluator:
             raise ValueError(
                 f"{path}: the tokenizer ({tokenizer.source}: {tokenizer.vocab_size} tokens, end-of-text id "
                 f"{tokenizer.eot_id}) does not match the model ({self.vocab_size} tokens, end-of-text id "
-                f"{self.eot_id}); put the model's own tokenizer files in the directory")
+                f"{self.eot_id}); put the model's own tokenizer files in the directory"
+            )
 
     def __call__(self, ids):
         if ids.shape[-1] > self.context:
-            raise ValueError(f"the GPT-2 evaluator {self.path} reads at most {self.context} tokens, got "
-                             f"{ids.shape[-1]}: score shorter samples, or use eval.gen_ppl_definition=mdlm "
-                             "(it splits samples into chunks of the evaluator's context)")
+            raise ValueError(
+                f"the GPT-2 evaluator {self.path} reads at most {self.context} tokens, got "
+                f"{ids.shape[-1]}: score shorter samples, or use eval.gen_ppl_definition=mdlm "
+                "(it splits samples into chunks of the evaluator's context)"
+            )
         return self._apply(self._params, ids)
 
     def info(self) -> dict:
         """What reports record about the evaluator."""
-        return {"evaluator": f"{PREFIX}{self.path}", "evaluator_vocab_size": self.vocab_size,
-                "evaluator_context": self.context, "evaluator_eot_id": self.eot_id,
-                "evaluator_bos_id": self.eot_id, "evaluator_tokenizer": self.tokenizer.source,
-                "evaluator_dtype": str(self.model_info.dtype)}
+        return {
+            "evaluator": f"{PREFIX}{self.path}",
+            "evaluator_vocab_size": self.vocab_size,
+            "evaluator_context": self.context,
+            "evaluator_eot_id": self.eot_id,
+            "evaluator_bos_id": self.eot_id,
+            "evaluator_tokenizer": self.tokenizer.source,
+            "evaluator_dtype": str(self.model_info.dtype),
+        }
 
 
 def _check_config(path: str, tokenizer: EvalTokenizer, field: str) -> None:
@@ -125,15 +137,19 @@ def _check_config(path: str, tokenizer: EvalTokenizer, field: str) -> None:
     with open(cfg_path) as f:
         cfg = json.load(f)
     if cfg.get("model_type") == "gpt2" and "vocab_size" in cfg:
-        vocab.check_tokenizer(tokenizer.base, vocab_size=int(cfg["vocab_size"]),
-                              eot_id=cfg.get("eos_token_id"), model=f"the GPT-2 in {path}",
-                              field=f"{field} (its tokenizer files)")
+        vocab.check_tokenizer(
+            tokenizer.base,
+            vocab_size=int(cfg["vocab_size"]),
+            eot_id=cfg.get("eos_token_id"),
+            model=f"the GPT-2 in {path}",
+            field=f"{field} (its tokenizer files)",
+        )
 
 
 def load(spec: str, *, dtype: str = "float32", field: str = "eval.evaluator") -> GPT2Evaluator:
     """The GPT-2 of `spec` ("gpt2:DIR" or DIR), float32 by default (the scores of a report)."""
     path = parse(spec, field)
-    tokenizer = load_tokenizer(path)       # the cheap checks first: no weight is read for a bad directory
+    tokenizer = load_tokenizer(path)  # the cheap checks first: no weight is read for a bad directory
     _check_config(path, tokenizer, field)
     apply_fn, params, info = interop.load_gpt2(path, dtype=dtype)
     return GPT2Evaluator(path, apply_fn, params, info, tokenizer)

@@ -27,8 +27,15 @@ import numpy as np
 from mdm_jax import errors
 
 POLICIES = ("stop", "skip")
-FLAG_KEYS = ("nonfinite", "nonfinite_loss", "nonfinite_grad_norm", "nonfinite_grads",
-             "nonfinite_params", "nonfinite_grad_leaf", "nonfinite_param_leaf")
+FLAG_KEYS = (
+    "nonfinite",
+    "nonfinite_loss",
+    "nonfinite_grad_norm",
+    "nonfinite_grads",
+    "nonfinite_params",
+    "nonfinite_grad_leaf",
+    "nonfinite_param_leaf",
+)
 
 
 class Diverged(errors.RunStopped):
@@ -38,11 +45,15 @@ class Diverged(errors.RunStopped):
 def check_config(tc) -> None:
     """train.nonfinite / train.max_nonfinite_skips (part of the checks before any work)."""
     if tc.nonfinite not in POLICIES:
-        raise errors.ConfigError(f"train.nonfinite={tc.nonfinite!r}: choose one of {', '.join(POLICIES)} "
-                                 "(stop at the first non-finite step, or skip such steps)")
+        raise errors.ConfigError(
+            f"train.nonfinite={tc.nonfinite!r}: choose one of {', '.join(POLICIES)} "
+            "(stop at the first non-finite step, or skip such steps)"
+        )
     if int(tc.max_nonfinite_skips) < 1:
-        raise errors.ConfigError(f"train.max_nonfinite_skips={tc.max_nonfinite_skips} must be >= 1 "
-                                 "(non-finite steps in a row before a 'skip' run stops)")
+        raise errors.ConfigError(
+            f"train.max_nonfinite_skips={tc.max_nonfinite_skips} must be >= 1 "
+            "(non-finite steps in a row before a 'skip' run stops)"
+        )
 
 
 def _finite(x) -> jax.Array:
@@ -66,9 +77,13 @@ def step_health(loss, grad_norm, grads, new_params) -> tuple[jax.Array, dict]:
     loss_ok, norm_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
     healthy = loss_ok & norm_ok & jnp.all(g_ok) & jnp.all(p_ok)
     flags = {
-        "nonfinite": ~healthy, "nonfinite_loss": ~loss_ok, "nonfinite_grad_norm": ~norm_ok,
-        "nonfinite_grads": jnp.sum(~g_ok), "nonfinite_params": jnp.sum(~p_ok),
-        "nonfinite_grad_leaf": _first_false(g_ok), "nonfinite_param_leaf": _first_false(p_ok),
+        "nonfinite": ~healthy,
+        "nonfinite_loss": ~loss_ok,
+        "nonfinite_grad_norm": ~norm_ok,
+        "nonfinite_grads": jnp.sum(~g_ok),
+        "nonfinite_params": jnp.sum(~p_ok),
+        "nonfinite_grad_leaf": _first_false(g_ok),
+        "nonfinite_param_leaf": _first_false(p_ok),
     }
     return healthy, {k: v.astype(jnp.int32) for k, v in flags.items()}
 
@@ -129,8 +144,14 @@ class Monitor:
             if self.policy == "stop":
                 raise Diverged(self.report(step, f, "train.nonfinite='stop'"))
             if self.in_a_row >= self.max_skips:
-                raise Diverged(self.report(step, f, f"{self.in_a_row} non-finite steps in a row "
-                                                    f"(train.max_nonfinite_skips={self.max_skips})"))
+                raise Diverged(
+                    self.report(
+                        step,
+                        f,
+                        f"{self.in_a_row} non-finite steps in a row "
+                        f"(train.max_nonfinite_skips={self.max_skips})",
+                    )
+                )
         return skipped
 
     def _arrays(self, count, first) -> str:
@@ -145,15 +166,23 @@ class Monitor:
         if int(f["nonfinite_grad_norm"]):
             what.append("the gradient norm")
         if int(f["nonfinite_grads"]):
-            what.append("gradients of " + self._arrays(int(f["nonfinite_grads"]),
-                                                       int(f["nonfinite_grad_leaf"])))
+            what.append(
+                "gradients of " + self._arrays(int(f["nonfinite_grads"]), int(f["nonfinite_grad_leaf"]))
+            )
         if int(f["nonfinite_params"]):
-            what.append("updated values of " + self._arrays(int(f["nonfinite_params"]),
-                                                            int(f["nonfinite_param_leaf"])))
+            what.append(
+                "updated values of "
+                + self._arrays(int(f["nonfinite_params"]), int(f["nonfinite_param_leaf"]))
+            )
         good = self.last_good()
-        last = (f"the last good checkpoint is step {good[0]} ({good[1]})" if good
-                else "there is no checkpoint yet")
-        return (f"training diverged at step {step}: non-finite {'; '.join(what) or 'values'}. The update "
-                f"was not applied and nothing non-finite was saved; {last}. Stopped because {why}. Fix: "
-                "lower --config.train.lr (or raise train.warmup_steps / set train.grad_clip), or pass "
-                "--config.train.nonfinite=skip to skip such steps.")
+        last = (
+            f"the last good checkpoint is step {good[0]} ({good[1]})"
+            if good
+            else "there is no checkpoint yet"
+        )
+        return (
+            f"training diverged at step {step}: non-finite {'; '.join(what) or 'values'}. The update "
+            f"was not applied and nothing non-finite was saved; {last}. Stopped because {why}. Fix: "
+            "lower --config.train.lr (or raise train.warmup_steps / set train.grad_clip), or pass "
+            "--config.train.nonfinite=skip to skip such steps."
+        )

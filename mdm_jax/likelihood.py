@@ -23,8 +23,9 @@ from mdm_jax.data import pipeline
 __all__ = ["validation_metrics", "evaluate"]
 
 
-def validation_metrics(config, params, mesh, params_shardings, *, num_batches: int, mc_draws: int,
-                       split: str = "validation") -> dict:
+def validation_metrics(
+    config, params, mesh, params_shardings, *, num_batches: int, mc_draws: int, split: str = "validation"
+) -> dict:
     """Mean eval metrics over the validation batches x MC draws, with a standard error.
 
     Draw d of batch b uses rng.fold(root_key(seed), "eval", d, b), so draw 0 is exactly the
@@ -50,16 +51,30 @@ def evaluate(config, workdir: str, output_dir: str | None = None) -> dict:
     objective = objectives.of(config)
     params, step, mesh, pshard = runs.restore_params(config, workdir, use_ema=use_ema)
     t0 = time.perf_counter()
-    m = validation_metrics(config, params, mesh, pshard, num_batches=int(config.eval.num_batches),
-                           mc_draws=int(config.eval.mc_draws))
+    m = validation_metrics(
+        config,
+        params,
+        mesh,
+        pshard,
+        num_batches=int(config.eval.num_batches),
+        mc_draws=int(config.eval.mc_draws),
+    )
     result = {
-        "checkpoint_step": step, "objective": objective.name, "params": "ema" if use_ema else "raw",
-        "nats_per_token": m["nats_per_token"], "bits_per_token": m["bits_per_token"],
-        "perplexity": m["perplexity"], "nats_per_token_stderr": m["nats_per_token_stderr"],
+        "checkpoint_step": step,
+        "objective": objective.name,
+        "params": "ema" if use_ema else "raw",
+        "nats_per_token": m["nats_per_token"],
+        "bits_per_token": m["bits_per_token"],
+        "perplexity": m["perplexity"],
+        "nats_per_token_stderr": m["nats_per_token_stderr"],
         "likelihood": objective.likelihood,
-        "num_sequences": m["num_sequences"], "num_tokens": m["num_tokens"],
-        "num_batches": m["num_batches"], "mc_draws": m["mc_draws"], "split": "validation",
-        "eval_seconds": time.perf_counter() - t0, "eval_metrics": m,
+        "num_sequences": m["num_sequences"],
+        "num_tokens": m["num_tokens"],
+        "num_batches": m["num_batches"],
+        "mc_draws": m["mc_draws"],
+        "split": "validation",
+        "eval_seconds": time.perf_counter() - t0,
+        "eval_metrics": m,
     }
     out_dir = os.path.join(output_dir or workdir, "eval")  # --output_dir: a read-only workdir
     path = os.path.join(out_dir, f"eval_{step}.json")
@@ -67,9 +82,11 @@ def evaluate(config, workdir: str, output_dir: str | None = None) -> dict:
         os.makedirs(out_dir, exist_ok=True)
         meta = report.metadata(config, workdir=os.path.abspath(workdir))
         report.write_json(path, {**result, "metadata": meta})
-        print(f"eval step {step} ({objective.name}, {'EMA' if use_ema else 'raw'} params): "
-              f"{m['nats_per_token']:.4f} nats/token = {m['bits_per_token']:.4f} bits/token "
-              f"({objective.likelihood}; {objective.perplexity} {m['perplexity']:.3f}) over "
-              f"{m['num_tokens']} tokens, {m['mc_draws']} draw(s)/sequence -> {path}")
+        print(
+            f"eval step {step} ({objective.name}, {'EMA' if use_ema else 'raw'} params): "
+            f"{m['nats_per_token']:.4f} nats/token = {m['bits_per_token']:.4f} bits/token "
+            f"({objective.likelihood}; {objective.perplexity} {m['perplexity']:.3f}) over "
+            f"{m['num_tokens']} tokens, {m['mc_draws']} draw(s)/sequence -> {path}"
+        )
     result["path"] = path
     return result

@@ -19,13 +19,24 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from mdm_jax import checkpoint, guards, metrics, objectives, preemption, profiling, report, rng, sharding, train
-from mdm_jax import workdir as workdir_lib
+from mdm_jax import (
+    checkpoint,
+    guards,
+    metrics,
+    objectives,
+    preemption,
+    profiling,
+    report,
+    rng,
+    sharding,
+    train,
+    workdir as workdir_lib,
+)
 from mdm_jax.data import pipeline
 from mdm_jax.interop import init_from
 
-
 # ----------------------------------------------------------------------------- the loop
+
 
 def train_and_evaluate(config, workdir) -> dict:
     """Trains config.train.num_steps steps in `workdir`, resuming from its latest checkpoint.
@@ -53,8 +64,9 @@ def train_and_evaluate(config, workdir) -> dict:
         eval_data = pipeline.eval_batches(config, tc.eval_batches, split="validation")
         if ckpt.latest_step() is not None:
             abstract, shardings = train.abstract_train_state(config, mesh)
-            state, data_state = ckpt.restore(abstract, fallback=bool(tc.checkpoint_fallback),
-                                             check_finite=True)
+            state, data_state = ckpt.restore(
+                abstract, fallback=bool(tc.checkpoint_fallback), check_finite=True
+            )
             _set_aside(ckpt, lead)
             train.check_root_key(state, config, workdir)
             it.set_state(data_state)
@@ -102,8 +114,11 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
     tokens_per_step = tc.batch_size * config.data.seq_len
     final: dict = {"step": step}
     if step >= tc.num_steps and lead:
-        print(f"note: nothing to train: the run is at step {step} and train.num_steps={tc.num_steps}"
-              + (" (train.num_steps=0 evaluates the initial model)" if tc.num_steps == 0 else ""), flush=True)
+        print(
+            f"note: nothing to train: the run is at step {step} and train.num_steps={tc.num_steps}"
+            + (" (train.num_steps=0 evaluates the initial model)" if tc.num_steps == 0 else ""),
+            flush=True,
+        )
     bar = None
     if lead and sys.stderr.isatty():
         bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
@@ -159,8 +174,11 @@ def _loop(config, state, shardings, mesh, it, eval_data, ckpt, workdir, lead):
                     # One device->host transfer per log interval keeps the host from stalling dispatch.
                     check_health()
                     host = [h for h in jax.device_get(pending) if not int(h["nonfinite"])]  # not skipped ones
-                    logged = {k: float(np.mean([h[k] for h in host]))
-                              for k in (host[-1] if host else {}) if k not in guards.FLAG_KEYS}
+                    logged = {
+                        k: float(np.mean([h[k] for h in host]))
+                        for k in (host[-1] if host else {})
+                        if k not in guards.FLAG_KEYS
+                    }
                     if "nats_per_token" in logged:
                         logged.update(objectives.likelihood_metrics(logged["nats_per_token"]))
                     logged["skipped_steps"] = skipped

@@ -36,8 +36,7 @@ import sys
 
 from absl import app, flags, logging
 
-from mdm_jax import cli, errors
-from mdm_jax import config as config_lib
+from mdm_jax import cli, config as config_lib, errors
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -50,8 +49,10 @@ def main(argv):
         print(config_lib.describe(FLAGS.config), end="")
         return
     if FLAGS.config is None and FLAGS.mode != "report":
-        raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py (eval and sample "
-                             "read it from --workdir's config.json when there is one)")
+        raise app.UsageError(
+            "--config is required, e.g. --config=configs/quickstart.py (eval and sample "
+            "read it from --workdir's config.json when there is one)"
+        )
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required, e.g. --workdir=workdirs/quickstart")
     if not FLAGS["verbosity"].present:
@@ -72,12 +73,14 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     else:
-        print(f"mdm-jax {FLAGS.mode}: config {FLAGS['config'].config_filename}, "
-              f"workdir {FLAGS.workdir}, {jax.process_count()} process(es), "
-              f"{jax.device_count()} {jax.devices()[0].device_kind} device(s)", flush=True)
+        print(
+            f"mdm-jax {FLAGS.mode}: config {FLAGS['config'].config_filename}, "
+            f"workdir {FLAGS.workdir}, {jax.process_count()} process(es), "
+            f"{jax.device_count()} {jax.devices()[0].device_kind} device(s)",
+            flush=True,
+        )
     try:
-        modes.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.output_dir,
-                  cli.overridden_fields(sys.argv))
+        modes.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.output_dir, cli.overridden_fields(sys.argv))
     except (errors.ConfigError, errors.RunStopped) as e:
         # The message names the field (or step, file) and the fix: no traceback to scroll through.
         sys.stderr.write(f"error: {e}\n" if isinstance(e, errors.ConfigError) else f"{e}\n")

@@ -85,8 +85,7 @@ def _series(records, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
-                    eval_keys=("bits_per_token",)) -> str:
+def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"), eval_keys=("bits_per_token",)) -> str:
     """Writes `workdir/loss_curve.png`: training loss and validation bits/token against step.
 
     The first of `train_keys` present in the train records is plotted (bits/token when the
@@ -109,8 +108,9 @@ def plot_loss_curve(workdir, *, train_keys=("bits_per_token", "loss"),
                 plotted.append(key)
                 break
     if not plotted:
-        raise ValueError(f"{workdir}/metrics.jsonl has no train {train_keys} or eval {eval_keys} values "
-                         "to plot")
+        raise ValueError(
+            f"{workdir}/metrics.jsonl has no train {train_keys} or eval {eval_keys} values to plot"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("bits/token" if all("bits" in k for k in plotted) else "loss / bits per token")
     ax.grid(alpha=0.3)

@@ -51,8 +51,7 @@ def _report(config, workdir: str, output_dir=None):
     return experiments.report(workdir, config.experiment.name if config is not None else None)
 
 
-_MODES = {"train": _train, "eval": _eval, "sample": _sample, "experiment": _experiment,
-          "report": _report}
+_MODES = {"train": _train, "eval": _eval, "sample": _sample, "experiment": _experiment, "report": _report}
 
 
 def run(mode: str, config, workdir: str, output_dir: str | None = None, overridden=()):
@@ -68,8 +67,11 @@ def run(mode: str, config, workdir: str, output_dir: str | None = None, overridd
     if mode in ("eval", "sample"):
         config, changed = runs.with_saved_run(config, workdir, overridden)
         if changed and jax.process_index() == 0:
-            print(f"note: {len(changed)} model/objective/data field(s) taken from {workdir}/config.json, "
-                  f"the config the run was trained with: {', '.join(changed[:6])}"
-                  + (", ..." if len(changed) > 6 else ""), flush=True)
+            print(
+                f"note: {len(changed)} model/objective/data field(s) taken from {workdir}/config.json, "
+                f"the config the run was trained with: {', '.join(changed[:6])}"
+                + (", ..." if len(changed) > 6 else ""),
+                flush=True,
+            )
     preflight.check(config, mode, workdir, output_dir)
     return _MODES[mode](config, workdir, output_dir)

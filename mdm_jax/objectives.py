@@ -49,11 +49,11 @@ LN2 = math.log(2.0)
 class Corrupted(NamedTuple):
     """A batch after the estimator's random draws (all arrays [B, L] unless noted)."""
 
-    inputs: jax.Array            # int32 network input (masked tokens = V; for the ARM, shifted)
-    targets: jax.Array           # int32 tokens to predict
-    weights: jax.Array           # float32 per-token weight of the cross-entropy
-    scored: jax.Array            # bool: positions that contribute to the loss
-    t: jax.Array | None       # float32[B] time for a time-conditioned net (None for the ARM)
+    inputs: jax.Array  # int32 network input (masked tokens = V; for the ARM, shifted)
+    targets: jax.Array  # int32 tokens to predict
+    weights: jax.Array  # float32 per-token weight of the cross-entropy
+    scored: jax.Array  # bool: positions that contribute to the loss
+    t: jax.Array | None  # float32[B] time for a time-conditioned net (None for the ARM)
 
 
 def schedule_of(objective) -> schedules.Schedule:
@@ -80,14 +80,20 @@ def sample_num_masked(key, batch_size: int, seq_len: int, low_discrepancy: bool)
     return jnp.clip(jnp.ceil(seq_len * u), 1, seq_len).astype(jnp.int32)
 
 
-def corrupt_continuous(x0, key, schedule: schedules.Schedule, *, mask_id: int, t_min: float,
-                       low_discrepancy: bool) -> Corrupted:
+def corrupt_continuous(
+    x0, key, schedule: schedules.Schedule, *, mask_id: int, t_min: float, low_discrepancy: bool
+) -> Corrupted:
     b, length = x0.shape
     t = sample_times(rng.fold(key, "t"), b, t_min, low_discrepancy)
     masked = jax.random.uniform(rng.fold(key, "mask"), (b, length)) < schedule.mask_level(t)[:, None]
     w = ((1.0 - t_min) * schedule.weight(t)).astype(jnp.float32)
-    return Corrupted(inputs=jnp.where(masked, mask_id, x0).astype(jnp.int32), targets=x0,
-                     weights=jnp.where(masked, w[:, None], 0.0), scored=masked, t=t)
+    return Corrupted(
+        inputs=jnp.where(masked, mask_id, x0).astype(jnp.int32),
+        targets=x0,
+        weights=jnp.where(masked, w[:, None], 0.0),
+        scored=masked,
+        t=t,
+    )
 
 
 def mask_exactly(key, shape, n) -> jax.Array:
@@ -106,14 +112,23 @@ def corrupt_discrete(x0, key, *, mask_id: int, low_discrepancy: bool) -> Corrupt
     n = sample_num_masked(rng.fold(key, "t"), b, length, low_discrepancy)
     masked = mask_exactly(rng.fold(key, "mask"), (b, length), n)
     w = (length / n).astype(jnp.float32)
-    return Corrupted(inputs=jnp.where(masked, mask_id, x0).astype(jnp.int32), targets=x0,
-                     weights=jnp.where(masked, w[:, None], 0.0), scored=masked,
-                     t=(n / length).astype(jnp.float32))
+    return Corrupted(
+        inputs=jnp.where(masked, mask_id, x0).astype(jnp.int32),
+        targets=x0,
+        weights=jnp.where(masked, w[:, None], 0.0),
+        scored=masked,
+        t=(n / length).astype(jnp.float32),
+    )
 
 
 def corrupt_arm(x0, *, bos_id: int) -> Corrupted:
-    return Corrupted(inputs=shift_right(x0, bos_id).astype(jnp.int32), targets=x0,
-                     weights=jnp.ones(x0.shape, jnp.float32), scored=jnp.ones(x0.shape, bool), t=None)
+    return Corrupted(
+        inputs=shift_right(x0, bos_id).astype(jnp.int32),
+        targets=x0,
+        weights=jnp.ones(x0.shape, jnp.float32),
+        scored=jnp.ones(x0.shape, bool),
+        t=None,
+    )
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -129,21 +144,27 @@ class Objective:
     bits_per_token, perplexity); `.likelihood` and `.perplexity` say whether they are bounds.
     """
 
-    name: str                 # the value of config.objective.kind
-    causal: bool              # the network sees only the past (ARM) instead of the whole masked sequence
-    time_input: bool          # a time-conditioned network is given t (MDMs); the ARM never is
-    uses_schedule: bool       # objective.schedule / t_min govern its masks and its samplers (MDMs)
-    random_estimate: bool     # the eval estimate is random (Monte Carlo draws reduce its variance)
-    metric: str               # short name of the per-token likelihood in logs: "nelbo" or "nll"
-    likelihood: str           # what that number is: "NELBO bound" or "exact NLL"
-    perplexity: str           # what exp(it) is: "ppl bound" or "ppl"
-    sampling_methods: tuple   # the samplers that can draw from a model trained with this objective
-    draw: Callable            # (x0, key, config.objective, mask_id, low_discrepancy) -> Corrupted
+    name: str  # the value of config.objective.kind
+    causal: bool  # the network sees only the past (ARM) instead of the whole masked sequence
+    time_input: bool  # a time-conditioned network is given t (MDMs); the ARM never is
+    uses_schedule: bool  # objective.schedule / t_min govern its masks and its samplers (MDMs)
+    random_estimate: bool  # the eval estimate is random (Monte Carlo draws reduce its variance)
+    metric: str  # short name of the per-token likelihood in logs: "nelbo" or "nll"
+    likelihood: str  # what that number is: "NELBO bound" or "exact NLL"
+    perplexity: str  # what exp(it) is: "ppl bound" or "ppl"
+    sampling_methods: tuple  # the samplers that can draw from a model trained with this objective
+    draw: Callable  # (x0, key, config.objective, mask_id, low_discrepancy) -> Corrupted
 
 
 def _draw_continuous(x0, key, objective, mask_id, low_discrepancy):
-    return corrupt_continuous(x0, key, schedule_of(objective), mask_id=mask_id,
-                              t_min=float(objective.t_min), low_discrepancy=low_discrepancy)
+    return corrupt_continuous(
+        x0,
+        key,
+        schedule_of(objective),
+        mask_id=mask_id,
+        t_min=float(objective.t_min),
+        low_discrepancy=low_discrepancy,
+    )
 
 
 def _draw_discrete(x0, key, objective, mask_id, low_discrepancy):
@@ -156,16 +177,35 @@ def _draw_arm(x0, key, objective, mask_id, low_discrepancy):
     return corrupt_arm(x0, bos_id=mask_id)
 
 
-_MDM = dict(causal=False, time_input=True, uses_schedule=True, random_estimate=True, metric="nelbo",
-            likelihood="NELBO bound", perplexity="ppl bound",
-            sampling_methods=("first_hitting", "ancestral", "mdlm_ancestral"))
-OBJECTIVES = {o.name: o for o in (
-    Objective(name="continuous", draw=_draw_continuous, **_MDM),
-    Objective(name="discrete", draw=_draw_discrete, **_MDM),
-    Objective(name="arm", causal=True, time_input=False, uses_schedule=False, random_estimate=False,
-              metric="nll", likelihood="exact NLL", perplexity="ppl",
-              sampling_methods=("autoregressive",), draw=_draw_arm),
-)}
+_MDM = dict(
+    causal=False,
+    time_input=True,
+    uses_schedule=True,
+    random_estimate=True,
+    metric="nelbo",
+    likelihood="NELBO bound",
+    perplexity="ppl bound",
+    sampling_methods=("first_hitting", "ancestral", "mdlm_ancestral"),
+)
+OBJECTIVES = {
+    o.name: o
+    for o in (
+        Objective(name="continuous", draw=_draw_continuous, **_MDM),
+        Objective(name="discrete", draw=_draw_discrete, **_MDM),
+        Objective(
+            name="arm",
+            causal=True,
+            time_input=False,
+            uses_schedule=False,
+            random_estimate=False,
+            metric="nll",
+            likelihood="exact NLL",
+            perplexity="ppl",
+            sampling_methods=("autoregressive",),
+            draw=_draw_arm,
+        ),
+    )
+}
 KINDS = tuple(OBJECTIVES)
 SAMPLING_METHODS = tuple(dict.fromkeys(m for o in OBJECTIVES.values() for m in o.sampling_methods))
 
@@ -173,8 +213,9 @@ SAMPLING_METHODS = tuple(dict.fromkeys(m for o in OBJECTIVES.values() for m in o
 def get(kind: str) -> Objective:
     """The objective named `kind` (config field objective.kind), or an error listing the valid ones."""
     if kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective {kind!r} (config field objective.kind): "
-                         f"choose one of {', '.join(OBJECTIVES)}")
+        raise ValueError(
+            f"unknown objective {kind!r} (config field objective.kind): choose one of {', '.join(OBJECTIVES)}"
+        )
     return OBJECTIVES[kind]
 
 
@@ -208,15 +249,17 @@ def uses_time(config) -> bool:
     return bool(config.model.time_conditioning) and of(config).time_input
 
 
-def logits_fn_of(apply_fn: Callable, params, config, *, train: bool,
-                 dropout_key: jax.Array | None = None) -> Callable:
+def logits_fn_of(
+    apply_fn: Callable, params, config, *, train: bool, dropout_key: jax.Array | None = None
+) -> Callable:
     """model.apply + params -> logits_fn(tokens, t); t is dropped for time-free networks."""
     time_input = uses_time(config)
 
     def logits_fn(tokens, t):
         rngs = {"dropout": dropout_key} if train and dropout_key is not None else {}
-        return apply_fn({"params": params}, tokens, t if time_input else None,
-                        deterministic=not train, rngs=rngs)
+        return apply_fn(
+            {"params": params}, tokens, t if time_input else None, deterministic=not train, rngs=rngs
+        )
 
     return logits_fn
 
@@ -232,24 +275,35 @@ def likelihood_metrics(nats_per_token) -> dict:
             perplexity = float(np.exp(nats_per_token))
     else:
         perplexity = jnp.exp(nats_per_token)
-    return {"nats_per_token": nats_per_token, "bits_per_token": nats_per_token / LN2,
-            "perplexity": perplexity}
+    return {
+        "nats_per_token": nats_per_token,
+        "bits_per_token": nats_per_token / LN2,
+        "perplexity": perplexity,
+    }
 
 
 def summarize(nll_per_token: jax.Array, c: Corrupted) -> dict:
     """Metrics of a NELBO/NLL estimate in nats/token."""
-    return {**likelihood_metrics(nll_per_token),
-            "masked_fraction": jnp.mean(c.scored.astype(jnp.float32))}
+    return {**likelihood_metrics(nll_per_token), "masked_fraction": jnp.mean(c.scored.astype(jnp.float32))}
 
 
-def loss_fn(apply_fn: Callable, params, batch: jax.Array, key: jax.Array, config, *,
-            train: bool, low_discrepancy: bool | None = None):
+def loss_fn(
+    apply_fn: Callable,
+    params,
+    batch: jax.Array,
+    key: jax.Array,
+    config,
+    *,
+    train: bool,
+    low_discrepancy: bool | None = None,
+):
     """(loss, aux) for one batch int32[B, L]: loss = NELBO (or ARM NLL) in nats/token.
 
     `apply_fn` is `model.apply` (called as apply_fn({'params': p}, tokens, t, deterministic, rngs)).
     """
-    c = corrupt(batch, key, config.objective, vocab_size=config.model.vocab_size,
-                low_discrepancy=low_discrepancy)
+    c = corrupt(
+        batch, key, config.objective, vocab_size=config.model.vocab_size, low_discrepancy=low_discrepancy
+    )
     logits_fn = logits_fn_of(apply_fn, params, config, train=train, dropout_key=rng.fold(key, "dropout"))
     per_seq = sequence_losses(logits_fn(c.inputs, c.t), c)
     loss = jnp.mean(per_seq) / batch.shape[1]

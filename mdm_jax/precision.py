@@ -46,16 +46,24 @@ import numpy as np
 from scipy.optimize import brentq
 
 from mdm_jax import schedules
-
 from mdm_jax.sampling import PRECISIONS
 
-__all__ = ["PolicyGrid", "policy_grid", "gumbel_cap", "prop52_law", "grid_law",
-           "original_step_stats", "entropy", "zipf_with_entropy", "PRECISIONS"]
+__all__ = [
+    "PolicyGrid",
+    "policy_grid",
+    "gumbel_cap",
+    "prop52_law",
+    "grid_law",
+    "original_step_stats",
+    "entropy",
+    "zipf_with_entropy",
+    "PRECISIONS",
+]
 
-_MAX_TERMS = 2**25   # longest exact grid sum per group (a full float32-pytorch grid is 2^24)
-_MAX_GROUPS = 64     # more distinct probabilities than this -> mean-field grid law
-_MAX_ENUM = 4096     # bfloat16/float16 exact enumeration up to this many categories
-_TAIL = 1e-18        # grid sums stop when a term falls below this fraction of the sum
+_MAX_TERMS = 2**25  # longest exact grid sum per group (a full float32-pytorch grid is 2^24)
+_MAX_GROUPS = 64  # more distinct probabilities than this -> mean-field grid law
+_MAX_ENUM = 4096  # bfloat16/float16 exact enumeration up to this many categories
+_TAIL = 1e-18  # grid sums stop when a term falls below this fraction of the sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +72,18 @@ class PolicyGrid:
 
     precision: str
     dtype: str
-    d: float          # grid spacing next to u = 1 (probability of each grid point)
-    num_points: int   # K = 1/d grid points
-    u_max: float      # largest uniform (1 - d)
-    e_shift: float    # 1e-10 for the PyTorch arithmetic, else 0
-    tiny: float       # what u = 0 becomes (JAX: the dtype's smallest normal)
+    d: float  # grid spacing next to u = 1 (probability of each grid point)
+    num_points: int  # K = 1/d grid points
+    u_max: float  # largest uniform (1 - d)
+    e_shift: float  # 1e-10 for the PyTorch arithmetic, else 0
+    tiny: float  # what u = 0 becomes (JAX: the dtype's smallest normal)
 
     def race_variable(self, j):
         """E_j for grid points j = 1..K (float64 array)."""
         j = np.asarray(j, np.float64)
         v = j * self.d
         if self.e_shift:
-            u32 = (1.0 - v).astype(np.float32) + np.float32(self.e_shift)   # float32 rounding
+            u32 = (1.0 - v).astype(np.float32) + np.float32(self.e_shift)  # float32 rounding
             return self.e_shift - np.log(u32.astype(np.float64))
         with np.errstate(divide="ignore"):
             e = -np.log1p(-v)
@@ -84,7 +92,7 @@ class PolicyGrid:
     def survival(self, e):
         """P(E > e) for this grid (e >= 0, float64 array)."""
         e = np.asarray(e, np.float64)
-        y = -np.expm1(self.e_shift - e)                            # E > e  <=>  v > y
+        y = -np.expm1(self.e_shift - e)  # E > e  <=>  v > y
         # Points j < K by their distance from 1; the last one (u = 0) by its finite E_K.
         below = np.minimum(np.floor(np.maximum(y, 0.0) / self.d), self.num_points - 1)
         last = self.race_variable(self.num_points)
@@ -107,8 +115,7 @@ def policy_grid(precision: str) -> PolicyGrid:
         "float32-pytorch": ("float32", 24, 1e-10, 0.0),
     }
     if precision not in table:
-        raise ValueError(f"unknown sampling precision {precision!r}: choose one of "
-                         f"{', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown sampling precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype, bits, shift, tiny = table[precision]
     d = 2.0**-bits
     return PolicyGrid(precision, dtype, d, 2**bits, 1.0 - d, shift, tiny or 1e-10)
@@ -139,6 +146,7 @@ def zipf_with_entropy(vocab: int, target: float) -> np.ndarray:
 
 # --- Prop. 5.2: truncated Gumbel -----------------------------------------------------------
 
+
 def prop52_law(probs, cap: float) -> np.ndarray:
     """The law of Gumbel-max with noise truncated at `cap` (Prop. 5.2 of the paper).
 
@@ -153,8 +161,8 @@ def prop52_law(probs, cap: float) -> np.ndarray:
     ps = p[order]
     k = len(ps)
     i = np.arange(1, k + 1, dtype=np.float64)
-    s = np.cumsum(ps[::-1])[::-1]                       # S_i
-    prev = np.concatenate([[0.0], ps[:-1]])             # pi_{i-1}
+    s = np.cumsum(ps[::-1])[::-1]  # S_i
+    prev = np.concatenate([[0.0], ps[:-1]])  # pi_{i-1}
     em = math.exp(-cap)
     with np.errstate(divide="ignore", invalid="ignore"):
         a = (k + 1 - i - np.where(ps > 0, s / ps, np.inf)) * em
@@ -168,6 +176,7 @@ def prop52_law(probs, cap: float) -> np.ndarray:
 
 
 # --- grid law --------------------------------------------------------------------------------
+
 
 def _grid_sum(grid: PolicyGrid, p_i, factors):
     """(1/K) sum_j prod_(p_k, c_k) survival(E_j p_k / p_i)^c_k, or None past _MAX_TERMS terms."""
@@ -208,7 +217,7 @@ def _mean_field(grid: PolicyGrid, p) -> np.ndarray:
         j = np.arange(1, jmax + 1)
         e = grid.race_variable(j)
         for s0 in range(0, steep.size, 2048):
-            idx = steep[s0:s0 + 2048]
+            idx = steep[s0 : s0 + 2048]
             out[idx] = np.exp(-a[idx, None] * e[None, :]).sum(axis=1) * grid.d
     return out
 
@@ -229,11 +238,14 @@ def _enumerated_low_precision(probs, grid: PolicyGrid) -> np.ndarray:
     dtype = jnp.dtype(grid.dtype)
     with np.errstate(divide="ignore"):
         logits32 = np.log(np.asarray(probs, np.float64)).astype(np.float32)
-    u = jnp.maximum(jnp.arange(grid.num_points, dtype=jnp.float32).astype(dtype)
-                    * jnp.asarray(grid.d, dtype), jnp.asarray(jnp.finfo(dtype).tiny, dtype))
-    g = -jnp.log(-jnp.log(u))                                             # as jax.random.gumbel
-    scores = np.asarray((jnp.asarray(logits32).astype(dtype)[:, None] + g[None, :]).astype(
-        jnp.float32), np.float64)                                         # [C, K], exact values
+    u = jnp.maximum(
+        jnp.arange(grid.num_points, dtype=jnp.float32).astype(dtype) * jnp.asarray(grid.d, dtype),
+        jnp.asarray(jnp.finfo(dtype).tiny, dtype),
+    )
+    g = -jnp.log(-jnp.log(u))  # as jax.random.gumbel
+    scores = np.asarray(
+        (jnp.asarray(logits32).astype(dtype)[:, None] + g[None, :]).astype(jnp.float32), np.float64
+    )  # [C, K], exact values
     c = len(probs)
     ordered = np.sort(scores, axis=1)
     out = np.zeros(c)
@@ -243,7 +255,7 @@ def _enumerated_low_precision(probs, grid: PolicyGrid) -> np.ndarray:
         for k in range(c):
             if k == i:
                 continue
-            side = "left" if k < i else "right"      # argmax: earlier index wins ties
+            side = "left" if k < i else "right"  # argmax: earlier index wins ties
             with np.errstate(divide="ignore"):
                 log_w += np.log(np.searchsorted(ordered[k], vals, side=side) / grid.num_points)
         out[i] = np.exp(log_w).sum()
@@ -261,7 +273,7 @@ def grid_law(probs, precision) -> np.ndarray:
     if grid.dtype in ("bfloat16", "float16") and len(p) <= _MAX_ENUM:
         return _enumerated_low_precision(p, grid)
     groups, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
-    win = np.full(len(groups), np.nan)           # per-member win probability of each group
+    win = np.full(len(groups), np.nan)  # per-member win probability of each group
     top = len(groups) - 1
     complement = counts[top] == 1 and groups[top] > 0
     win[groups == 0] = 0.0
@@ -272,15 +284,18 @@ def grid_law(probs, precision) -> np.ndarray:
         for g, p_g in enumerate(groups):
             if p_g == 0 or (complement and g == top):
                 continue
-            factors = [(p_h, counts[h] - (h == g)) for h, p_h in enumerate(groups)
-                       if p_h > 0 and counts[h] - (h == g) > 0]
+            factors = [
+                (p_h, counts[h] - (h == g))
+                for h, p_h in enumerate(groups)
+                if p_h > 0 and counts[h] - (h == g) > 0
+            ]
             s = _grid_sum(grid, p_g, factors)
             if s is not None:
                 win[g] = s
     if complement:
         win[top] = np.nan
     rest = np.isnan(win)
-    if rest.any():   # the largest probabilities share what is left, in proportion to p
+    if rest.any():  # the largest probabilities share what is left, in proportion to p
         left = 1.0 - np.sum(np.where(rest, 0.0, win) * counts)
         win[rest] = left * groups[rest] / np.sum(groups[rest] * counts[rest])
     return win[inverse]
@@ -288,8 +303,8 @@ def grid_law(probs, precision) -> np.ndarray:
 
 # --- one step of the original sampler --------------------------------------------------------
 
-def original_step_stats(mu, num_steps: int, t: float, schedule, precision: str, *,
-                        grid_law_fn=None) -> dict:
+
+def original_step_stats(mu, num_steps: int, t: float, schedule, precision: str, *, grid_law_fn=None) -> dict:
     """Unmask probability and token entropy of one ancestral step t -> t - 1/N (true vs laws).
 
     The step's (V+1)-way law is [(alpha_s - alpha_t) mu, 1 - alpha_s] / (1 - alpha_t). Returns
@@ -307,8 +322,14 @@ def original_step_stats(mu, num_steps: int, t: float, schedule, precision: str, 
     mu = mu / mu.sum()
     probs = np.concatenate([(a_s - a_t) / (1 - a_t) * mu, [(1 - a_s) / (1 - a_t)]])
     cap = gumbel_cap(precision)
-    out = dict(precision=precision, cap=cap, num_steps=int(num_steps), t=float(t),
-               unmask_true=float(1.0 - probs[-1]), entropy_true=entropy(mu))
+    out = dict(
+        precision=precision,
+        cap=cap,
+        num_steps=int(num_steps),
+        t=float(t),
+        unmask_true=float(1.0 - probs[-1]),
+        entropy_true=entropy(mu),
+    )
     for name, law in (("prop52", prop52_law(probs, cap)), ("grid", grid_law_fn(probs, precision))):
         out[f"unmask_{name}"] = float(law[:-1].sum())
         out[f"unmask_ratio_{name}"] = float(out[f"unmask_{name}"] / out["unmask_true"])

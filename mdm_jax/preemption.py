@@ -69,8 +69,12 @@ class Watcher:
         self.signal_name = signal.Signals(signum).name
         # A second signal of the same kind means "now": restore the default behaviour.
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-        print(f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _on_sigint(self, signum, frame):
         if self._agreed:
@@ -87,5 +91,7 @@ class Watcher:
 
     def stopped(self, step: int, saved: str) -> Preempted:
         sig = self.signal_name or "SIGTERM"
-        return Preempted(f"{sig}: stopped after step {step}, checkpoint saved in {saved}; rerun the same "
-                         f"command to resume (exit status {errors.EXIT_PREEMPTED})")
+        return Preempted(
+            f"{sig}: stopped after step {step}, checkpoint saved in {saved}; rerun the same "
+            f"command to resume (exit status {errors.EXIT_PREEMPTED})"
+        )

@@ -24,12 +24,15 @@ def check_eval(config) -> None:
     if int(e.num_batches) < 1:
         raise errors.ConfigError(f"eval.num_batches={e.num_batches} must be >= 1 (validation batches)")
     if int(e.mc_draws) < 1:
-        raise errors.ConfigError(f"eval.mc_draws={e.mc_draws} must be >= 1 (Monte Carlo draws of t per "
-                                 "sequence)")
+        raise errors.ConfigError(
+            f"eval.mc_draws={e.mc_draws} must be >= 1 (Monte Carlo draws of t per sequence)"
+        )
     wd = e.evaluator_workdir
     if wd and not os.path.isdir(wd):
-        raise errors.ConfigError(f"eval.evaluator_workdir={wd} is not a directory: train the evaluator ARM "
-                                 "first (e.g. --config=configs/quickstart_arm.py) or clear the field")
+        raise errors.ConfigError(
+            f"eval.evaluator_workdir={wd} is not a directory: train the evaluator ARM "
+            "first (e.g. --config=configs/quickstart_arm.py) or clear the field"
+        )
 
 
 def output_dir(mode: str, workdir: str, output_dir: str | None) -> str | None:
@@ -51,8 +54,9 @@ def _check(config, mode: str, workdir: str, output_dir_flag: str | None) -> None
     if mode not in MODES:
         raise errors.ConfigError(f"--mode={mode!r}: choose one of {', '.join(MODES)}")
     if output_dir_flag and mode not in ("sample", "eval"):
-        raise errors.ConfigError(f"--output_dir is for --mode=sample and --mode=eval; --mode={mode} writes "
-                                 "into --workdir")
+        raise errors.ConfigError(
+            f"--output_dir is for --mode=sample and --mode=eval; --mode={mode} writes into --workdir"
+        )
     if mode == "train":
         train.check_config(config, sharding.make_mesh(config.mesh))
         pipeline.validate(config)
@@ -64,7 +68,8 @@ def _check(config, mode: str, workdir: str, output_dir_flag: str | None) -> None
         if config.experiment.name not in experiments.EXPERIMENTS:
             raise errors.ConfigError(
                 f"unknown experiment.name={config.experiment.name!r}: choose one of "
-                f"{', '.join(experiments.EXPERIMENTS)} (or a config in configs/experiments/)")
+                f"{', '.join(experiments.EXPERIMENTS)} (or a config in configs/experiments/)"
+            )
         checkpoint.ensure_writable(workdir)
         return
     workdir_lib.check_run_dir(workdir, mode)

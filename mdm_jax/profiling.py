@@ -26,10 +26,15 @@ def check_profile_steps(value) -> tuple[int, int] | None:
     if value is None or tuple(value) == ():
         return None
     value = tuple(value)
-    if (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or not 0 <= value[0] < value[1]):
-        raise ValueError(f"train.profile_steps={value!r} must be () or (start, stop) with integers "
-                         "0 <= start < stop, e.g. --config.train.profile_steps=10,13 traces steps 10-12")
+    if (
+        len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] < value[1]
+    ):
+        raise ValueError(
+            f"train.profile_steps={value!r} must be () or (start, stop) with integers "
+            "0 <= start < stop, e.g. --config.train.profile_steps=10,13 traces steps 10-12"
+        )
     return value
 
 

@@ -46,8 +46,21 @@ import numpy as np
 
 from mdm_jax import models
 
-__all__ = ["metadata", "device_kind", "to_jsonable", "write_json", "write_csv", "markdown_table",
-           "save_figure", "log_x", "write_results", "read_results", "write_summary", "write", "fmt"]
+__all__ = [
+    "metadata",
+    "device_kind",
+    "to_jsonable",
+    "write_json",
+    "write_csv",
+    "markdown_table",
+    "save_figure",
+    "log_x",
+    "write_results",
+    "read_results",
+    "write_summary",
+    "write",
+    "fmt",
+]
 
 
 def device_kind() -> str:
@@ -179,9 +192,16 @@ def log_x(ax, base: int = 10) -> None:
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
 
 
-def write_results(workdir: str, name: str, *, config=None, results: Mapping | None = None,
-                  tables: Mapping[str, Sequence[Mapping]] | None = None, notes: Iterable[str] = (),
-                  extra_metadata: Mapping | None = None) -> dict[str, str]:
+def write_results(
+    workdir: str,
+    name: str,
+    *,
+    config=None,
+    results: Mapping | None = None,
+    tables: Mapping[str, Sequence[Mapping]] | None = None,
+    notes: Iterable[str] = (),
+    extra_metadata: Mapping | None = None,
+) -> dict[str, str]:
     """Writes <name>.json and one CSV per table (before anything is drawn); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     tables = dict(tables or {})
@@ -189,8 +209,10 @@ def write_results(workdir: str, name: str, *, config=None, results: Mapping | No
     paths = {}
     for tname, rows in tables.items():
         paths[f"csv:{tname}"] = write_csv(os.path.join(workdir, f"{name}_{tname}.csv"), rows)
-    paths["json"] = write_json(os.path.join(workdir, f"{name}.json"), {
-        "name": name, "metadata": meta, "results": results or {}, "tables": tables, "notes": list(notes)})
+    paths["json"] = write_json(
+        os.path.join(workdir, f"{name}.json"),
+        {"name": name, "metadata": meta, "results": results or {}, "tables": tables, "notes": list(notes)},
+    )
     return paths
 
 
@@ -198,15 +220,22 @@ def read_results(workdir: str, name: str) -> dict:
     """The <name>.json that `write_results` wrote into workdir."""
     path = os.path.join(workdir, f"{name}.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: run the experiment first "
-                                f"(--mode=experiment with --workdir={workdir})")
+        raise FileNotFoundError(
+            f"{path} does not exist: run the experiment first (--mode=experiment with --workdir={workdir})"
+        )
     with open(path) as f:
         return json.load(f)
 
 
-def write_summary(workdir: str, data: Mapping, *, findings: Iterable[tuple[str | None, str]] = (),
-                  title: str | None = None, summary_name: str = "summary.md",
-                  markdown_tables: Sequence[str] | None = None) -> str:
+def write_summary(
+    workdir: str,
+    data: Mapping,
+    *,
+    findings: Iterable[tuple[str | None, str]] = (),
+    title: str | None = None,
+    summary_name: str = "summary.md",
+    markdown_tables: Sequence[str] | None = None,
+) -> str:
     """Writes the markdown summary of `data` (as `read_results` returns it); returns its path.
 
     findings: (plot file name relative to workdir or None, one-sentence finding) pairs.
@@ -231,10 +260,14 @@ def write_summary(workdir: str, data: Mapping, *, findings: Iterable[tuple[str |
     notes = list(data.get("notes", []))
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    md += ["## Run", "",
-           f"device: {meta['device_kind']} x{meta['num_devices']} ({meta['platform']}), "
-           f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['timestamp_utc']}; "
-           f"full config and metadata in `{name}.json`.", ""]
+    md += [
+        "## Run",
+        "",
+        f"device: {meta['device_kind']} x{meta['num_devices']} ({meta['platform']}), "
+        f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['timestamp_utc']}; "
+        f"full config and metadata in `{name}.json`.",
+        "",
+    ]
     os.makedirs(workdir, exist_ok=True)
     summary = os.path.join(workdir, summary_name)
     with open(summary, "w") as f:
@@ -242,14 +275,36 @@ def write_summary(workdir: str, data: Mapping, *, findings: Iterable[tuple[str |
     return summary
 
 
-def write(workdir: str, name: str, *, config=None, results: Mapping | None = None,
-          tables: Mapping[str, Sequence[Mapping]] | None = None,
-          findings: Iterable[tuple[str | None, str]] = (), title: str | None = None,
-          notes: Iterable[str] = (), extra_metadata: Mapping | None = None,
-          summary_name: str = "summary.md", markdown_tables: Sequence[str] | None = None) -> dict[str, str]:
+def write(
+    workdir: str,
+    name: str,
+    *,
+    config=None,
+    results: Mapping | None = None,
+    tables: Mapping[str, Sequence[Mapping]] | None = None,
+    findings: Iterable[tuple[str | None, str]] = (),
+    title: str | None = None,
+    notes: Iterable[str] = (),
+    extra_metadata: Mapping | None = None,
+    summary_name: str = "summary.md",
+    markdown_tables: Sequence[str] | None = None,
+) -> dict[str, str]:
     """`write_results` then `write_summary` with the given findings; returns the files' paths."""
-    paths = write_results(workdir, name, config=config, results=results, tables=tables, notes=notes,
-                          extra_metadata=extra_metadata)
-    paths["summary"] = write_summary(workdir, read_results(workdir, name), findings=findings, title=title,
-                                     summary_name=summary_name, markdown_tables=markdown_tables)
+    paths = write_results(
+        workdir,
+        name,
+        config=config,
+        results=results,
+        tables=tables,
+        notes=notes,
+        extra_metadata=extra_metadata,
+    )
+    paths["summary"] = write_summary(
+        workdir,
+        read_results(workdir, name),
+        findings=findings,
+        title=title,
+        summary_name=summary_name,
+        markdown_tables=markdown_tables,
+    )
     return paths

@@ -42,7 +42,7 @@ PURPOSES = {
     "mdm_vs_arm_arm": "(temperature_index, batch_index) ARM samples of mdm_vs_arm",
     "mdm_vs_arm_speed": "(seq_len, repeat) mdm_vs_arm's timed sampler calls",
     "time_agnostic_kl": "(ratio_index,) the masks of time_agnostic's KL inputs",
-    "table2": "(row_index,) one row of table2 (its batches below: \"batch\", batch_index)",
+    "table2": '(row_index,) one row of table2 (its batches below: "batch", batch_index)',
     "sampler_speed": "(vocab, sampler, num_steps, repeat) sampler_speed's timed MDM sampler calls",
     "sampler_speed_arm": "(seq_len, repeat) sampler_speed's timed ARM decoding calls",
     "params_mdm": "(vocab,) sampler_speed's untrained MDM",

@@ -14,7 +14,6 @@ import os
 from mdm_jax import checkpoint, config as config_lib, guards, sharding, train
 
 
-
 def workdir_config(workdir: str, fallback=None):
     """The config a workdir was trained with, from its `config.json`, else `fallback`.
 
@@ -43,10 +42,10 @@ def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | No
         if latest is None:
             raise FileNotFoundError(
                 f"no checkpoint in {workdir}: train first (python -m mdm_jax.main --mode=train "
-                f"--config=... --workdir={workdir}) or point --workdir at a trained run")
+                f"--config=... --workdir={workdir}) or point --workdir at a trained run"
+            )
         abstract, shardings = train.abstract_train_state(config, mesh)
-        state, _ = ckpt.restore(abstract, step=step,
-                                fallback=bool(config.train.checkpoint_fallback))
+        state, _ = ckpt.restore(abstract, step=step, fallback=bool(config.train.checkpoint_fallback))
         restored = ckpt.restored_step
     finally:
         ckpt.close()
@@ -57,7 +56,8 @@ def restore_params(config, workdir: str, *, use_ema: bool = True, step: int | No
             f"checkpoint step {restored} in {workdir} holds non-finite {'EMA ' if use_ema else ''}parameters "
             f"({guards.describe_subtrees(bad)}): the run diverged before this checkpoint. Sampling or "
             "evaluating it would give meaningless output; retrain (lower train.lr) or use a checkpoint from "
-            "before the divergence.")
+            "before the divergence."
+        )
     return params, restored, mesh, shardings.params
 
 

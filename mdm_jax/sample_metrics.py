@@ -26,8 +26,13 @@ import scipy.stats
 from mdm_jax.data import pipeline
 from mdm_jax.sampling import shift_right
 
-__all__ = ["sequence_entropies", "sequence_entropy", "sequence_nlls", "generative_perplexity",
-           "reference_entropy"]
+__all__ = [
+    "sequence_entropies",
+    "sequence_entropy",
+    "sequence_nlls",
+    "generative_perplexity",
+    "reference_entropy",
+]
 
 
 def _as_sequences(tokens) -> list[np.ndarray]:
@@ -53,8 +58,14 @@ def sequence_entropy(tokens) -> float:
     return float(np.mean(sequence_entropies(tokens)))
 
 
-def sequence_nlls(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
-                  vocab_size: int | None = None, batch_size: int | None = None) -> np.ndarray:
+def sequence_nlls(
+    evaluator_logits_fn: Callable,
+    tokens,
+    bos_id: int,
+    *,
+    vocab_size: int | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
     """Summed NLL (nats) of each sequence under a causal evaluator.
 
     evaluator_logits_fn(inputs int32[B, L]) -> logits[B, L, V], logits[:, i] predicting the token
@@ -67,12 +78,13 @@ def sequence_nlls(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
     if vocab_size is not None and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ValueError(
             f"token ids must be in [0, {vocab_size}) for the evaluator (got min {tokens.min()}, max "
-            f"{tokens.max()}): a mask token left in a sample, or an evaluator with another vocabulary")
+            f"{tokens.max()}): a mask token left in a sample, or an evaluator with another vocabulary"
+        )
     n = tokens.shape[0]
     bs = batch_size or n
     out = []
     for i in range(0, n, bs):
-        x = jnp.asarray(tokens[i:i + bs], jnp.int32)
+        x = jnp.asarray(tokens[i : i + bs], jnp.int32)
         logits = jnp.asarray(evaluator_logits_fn(shift_right(x, bos_id)), jnp.float32)
         if vocab_size is None and int(tokens.max()) >= logits.shape[-1]:
             raise ValueError(f"token id {int(tokens.max())} >= evaluator vocabulary {logits.shape[-1]}")
@@ -81,8 +93,14 @@ def sequence_nlls(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
     return np.concatenate(out)
 
 
-def generative_perplexity(evaluator_logits_fn: Callable, tokens, bos_id: int, *,
-                          vocab_size: int | None = None, batch_size: int | None = None) -> float:
+def generative_perplexity(
+    evaluator_logits_fn: Callable,
+    tokens,
+    bos_id: int,
+    *,
+    vocab_size: int | None = None,
+    batch_size: int | None = None,
+) -> float:
     """exp(token-weighted mean NLL over all samples) under the evaluator (see module doc)."""
     tokens = np.asarray(tokens)
     nll = sequence_nlls(evaluator_logits_fn, tokens, bos_id, vocab_size=vocab_size, batch_size=batch_size)

@@ -24,12 +24,33 @@ from mdm_jax.data import tokenizers
 
 __all__ = ["SETTINGS", "sample_quality", "score_sample_files"]
 
-SETTINGS = ("checkpoint_step", "sampler", "steps", "tokens_per_step", "precision", "temperature",
-            "num_samples", "seed", "nfe", "wall_time_s", "device_kind", "jax_version")
+SETTINGS = (
+    "checkpoint_step",
+    "sampler",
+    "steps",
+    "tokens_per_step",
+    "precision",
+    "temperature",
+    "num_samples",
+    "seed",
+    "nfe",
+    "wall_time_s",
+    "device_kind",
+    "jax_version",
+)
 # The settings generate.sample writes into each record that must agree across a report's records.
-_TABLE = (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")   # the report's settings table
-_RECORD_SETTINGS = ("checkpoint_step", "sampler", "steps", "tokens_per_step", "precision", "temperature",
-                    "seed", "device_kind", "jax_version")
+_TABLE = (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")  # the report's settings table
+_RECORD_SETTINGS = (
+    "checkpoint_step",
+    "sampler",
+    "steps",
+    "tokens_per_step",
+    "precision",
+    "temperature",
+    "seed",
+    "device_kind",
+    "jax_version",
+)
 
 
 def _settings_from_records(records: Sequence[Mapping]) -> dict:
@@ -52,9 +73,16 @@ def _settings_from_records(records: Sequence[Mapping]) -> dict:
     return out
 
 
-def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = None,
-                   evaluator: tuple | None = None, name: str | None = None,
-                   reference_split: str = "validation") -> dict:
+def sample_quality(
+    config,
+    workdir: str,
+    samples,
+    *,
+    settings: Mapping | None = None,
+    evaluator: tuple | None = None,
+    name: str | None = None,
+    reference_split: str = "validation",
+) -> dict:
     """Entropy, reference entropy and gen PPL of samples, written with all their settings.
 
     samples: generate.sample's records (dicts with "tokens") or an int array [N, L] plus
@@ -81,28 +109,46 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
         g = _mdlm_gen_ppl(config, logits_fn, tokens)
         nll_sum, count = g["sequence_nll"].sum(), g["sequence_count"].sum()
     else:
-        nll = sample_metrics.sequence_nlls(logits_fn, tokens, bos_id, vocab_size=config.model.vocab_size,
-                                           batch_size=int(config.sampling.batch_size))
+        nll = sample_metrics.sequence_nlls(
+            logits_fn,
+            tokens,
+            bos_id,
+            vocab_size=config.model.vocab_size,
+            batch_size=int(config.sampling.batch_size),
+        )
         nll_sum, count = nll.sum(), tokens.size
     result = {
-        **s, "seq_len": int(tokens.shape[1]),
-        "entropy": float(ent.mean()), "entropy_std": float(ent.std()),
-        "reference_entropy": sample_metrics.reference_entropy(config, tokens.shape[1], tokens.shape[0],
-                                                              split=reference_split),
+        **s,
+        "seq_len": int(tokens.shape[1]),
+        "entropy": float(ent.mean()),
+        "entropy_std": float(ent.std()),
+        "reference_entropy": sample_metrics.reference_entropy(
+            config, tokens.shape[1], tokens.shape[0], split=reference_split
+        ),
         "gen_ppl": float(np.exp(nll_sum / count)),
         "gen_nll_per_token": float(nll_sum / count),
-        "gen_ppl_definition": gen_ppl.DESCRIPTIONS[definition], "gen_ppl_definition_name": definition,
+        "gen_ppl_definition": gen_ppl.DESCRIPTIONS[definition],
+        "gen_ppl_definition_name": definition,
         **info,
     }
     name = name or f"sample_quality_{s['sampler']}_{s['precision']}_{s['steps']}"
     out_dir = os.path.join(workdir, "eval")
     if jax.process_index() == 0:
-        finding = (f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats (real text "
-                   f"{result['reference_entropy']:.3f}), gen PPL {result['gen_ppl']:.3f} ({definition} "
-                   f"definition) under {info.get('evaluator_workdir') or info.get('evaluator')}.")
-        report.write(out_dir, name, config=config, results=result,
-                     tables={"settings": [{k: result[k] for k in _TABLE}]}, findings=[(None, finding)],
-                     title=f"Sample quality: {s['sampler']}, {s['precision']}", summary_name=f"{name}.md")
+        finding = (
+            f"{result['num_samples']} samples: entropy {result['entropy']:.3f} nats (real text "
+            f"{result['reference_entropy']:.3f}), gen PPL {result['gen_ppl']:.3f} ({definition} "
+            f"definition) under {info.get('evaluator_workdir') or info.get('evaluator')}."
+        )
+        report.write(
+            out_dir,
+            name,
+            config=config,
+            results=result,
+            tables={"settings": [{k: result[k] for k in _TABLE}]},
+            findings=[(None, finding)],
+            title=f"Sample quality: {s['sampler']}, {s['precision']}",
+            summary_name=f"{name}.md",
+        )
     result["path"] = os.path.join(out_dir, f"{name}.json")
     return result
 
@@ -110,16 +156,27 @@ def sample_quality(config, workdir: str, samples, *, settings: Mapping | None = 
 def _mdlm_gen_ppl(config, evaluator, tokens) -> dict:
     """MDLM's definition (mdm_jax.gen_ppl) of samples of this config's model under a GPT-2 evaluator."""
     if not hasattr(evaluator, "tokenizer"):
-        raise ValueError("eval.gen_ppl_definition='mdlm' decodes and retokenises text: it needs a GPT-2 "
-                         "evaluator (eval.evaluator='gpt2:/path/to/gpt2-large'), not an ARM workdir")
+        raise ValueError(
+            "eval.gen_ppl_definition='mdlm' decodes and retokenises text: it needs a GPT-2 "
+            "evaluator (eval.evaluator='gpt2:/path/to/gpt2-large'), not an ARM workdir"
+        )
     tok = tokenizers.get(config.data)
     if tok.vocab_size != evaluator.vocab_size:
-        raise ValueError(f"data.tokenizer={config.data.tokenizer} has {tok.vocab_size} tokens, the evaluator "
-                         f"{evaluator.vocab_size}: MDLM's definition decodes with the samples' tokenizer")
+        raise ValueError(
+            f"data.tokenizer={config.data.tokenizer} has {tok.vocab_size} tokens, the evaluator "
+            f"{evaluator.vocab_size}: MDLM's definition decodes with the samples' tokenizer"
+        )
     return gen_ppl.mdlm_generative_perplexity(
-        evaluator, tokens, sample_tokenizer=tok, eval_tokenizer=evaluator.tokenizer,
-        eot_id=evaluator.eot_id, context=evaluator.context, vocab_size=evaluator.vocab_size,
-        group_size=int(config.sampling.batch_size), batch_size=int(config.sampling.batch_size))
+        evaluator,
+        tokens,
+        sample_tokenizer=tok,
+        eval_tokenizer=evaluator.tokenizer,
+        eot_id=evaluator.eot_id,
+        context=evaluator.context,
+        vocab_size=evaluator.vocab_size,
+        group_size=int(config.sampling.batch_size),
+        batch_size=int(config.sampling.batch_size),
+    )
 
 
 def score_sample_files(config, workdir: str) -> list[dict]:
@@ -138,9 +195,11 @@ def score_sample_files(config, workdir: str) -> list[dict]:
         name = "sample_quality_" + os.path.splitext(os.path.basename(path))[0]
         q = sample_quality(config, workdir, records, evaluator=evaluator, name=name)
         if jax.process_index() == 0:
-            print(f"samples {os.path.basename(path)}: {q['num_samples']} x L={q['seq_len']}, entropy "
-                  f"{q['entropy']:.3f} nats (real text {q['reference_entropy']:.3f}), "
-                  f"gen PPL {q['gen_ppl']:.3f} ({q['sampler']}, {q['precision']}, {q['steps']} steps) "
-                  f"-> {q['path']}")
+            print(
+                f"samples {os.path.basename(path)}: {q['num_samples']} x L={q['seq_len']}, entropy "
+                f"{q['entropy']:.3f} nats (real text {q['reference_entropy']:.3f}), "
+                f"gen PPL {q['gen_ppl']:.3f} ({q['sampler']}, {q['precision']}, {q['steps']} steps) "
+                f"-> {q['path']}"
+            )
         out.append(q)
     return out

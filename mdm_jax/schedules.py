@@ -110,5 +110,6 @@ def get(name: str, *, k: float = 2.0, eps: float = 1e-3) -> Schedule:
         return _polynomial(float(k))
     if name == "loglinear":
         return _loglinear(float(eps))
-    raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(NAMES)} "
-                     "(config field objective.schedule)")
+    raise ValueError(
+        f"unknown schedule {name!r}: choose one of {', '.join(NAMES)} (config field objective.schedule)"
+    )

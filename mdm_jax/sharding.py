@@ -31,7 +31,7 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("kv", None),
     ("time", None),
-    ("layers", None),   # the stacked axis of scanned blocks: every device holds every layer's shard
+    ("layers", None),  # the stacked axis of scanned blocks: every device holds every layer's shard
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),
@@ -55,12 +55,14 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
             raise ValueError(
                 f"mesh: {num_devices} devices cannot be split with mesh.data/fsdp/tensor={sizes} "
                 f"(the fixed axes multiply to {known}, which does not divide {num_devices}); "
-                "change --config.mesh.* so the product divides the device count")
+                "change --config.mesh.* so the product divides the device count"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ValueError(
             f"mesh: mesh.data*fsdp*tensor = {math.prod(sizes)} but {num_devices} devices are visible; "
-            "set one of --config.mesh.data/fsdp/tensor to -1 or make the product equal the device count")
+            "set one of --config.mesh.data/fsdp/tensor to -1 or make the product equal the device count"
+        )
     return tuple(sizes)
 
 

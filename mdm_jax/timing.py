@@ -33,7 +33,8 @@ import os
 import statistics
 import subprocess
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +50,10 @@ _NVIDIA = "NVIDIA datasheet (tensor-core dense, i.e. half the 'with sparsity' fi
 _TPU = "Google Cloud TPU system architecture page (per chip)"
 PEAK_FLOPS = (
     ("H200 NVL", {"bfloat16": 835e12, "float16": 835e12, "tf32": 417.5e12, "float32": 60e12}, _NVIDIA),
-    ("H200", {"bfloat16": 989e12, "float16": 989e12, "tf32": 494.5e12, "float32": 67e12},
-     _NVIDIA + ", SXM"),
+    ("H200", {"bfloat16": 989e12, "float16": 989e12, "tf32": 494.5e12, "float32": 67e12}, _NVIDIA + ", SXM"),
     ("H100 NVL", {"bfloat16": 835e12, "float16": 835e12, "tf32": 417.5e12, "float32": 60e12}, _NVIDIA),
     ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12, "tf32": 378e12, "float32": 51e12}, _NVIDIA),
-    ("H100", {"bfloat16": 989e12, "float16": 989e12, "tf32": 494.5e12, "float32": 67e12},
-     _NVIDIA + ", SXM"),
+    ("H100", {"bfloat16": 989e12, "float16": 989e12, "tf32": 494.5e12, "float32": 67e12}, _NVIDIA + ", SXM"),
     ("A100", {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12, "float32": 19.5e12}, _NVIDIA),
     ("TPU v4", {"bfloat16": 275e12}, _TPU),
     ("TPU v5 lite", {"bfloat16": 197e12}, _TPU + ", v5e"),
@@ -105,8 +104,11 @@ def matmul_precision_in_force() -> dict:
     got = np.asarray(jax.jit(jnp.matmul)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
     exact = a @ b
     err = float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
-    return {"jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision or "DEFAULT"),
-            "f32_matmul_rel_error": err, "f32_matmul": classify_f32_matmul(err)}
+    return {
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision or "DEFAULT"),
+        "f32_matmul_rel_error": err,
+        "f32_matmul": classify_f32_matmul(err),
+    }
 
 
 def cpu_model() -> str:
@@ -124,8 +126,13 @@ def environment(config=None) -> dict:
     """report.metadata (device, versions, time, command, config) + CPU and matmul precision."""
     import jaxlib
 
-    env = report.metadata(config, jaxlib_version=jaxlib.__version__, cpu_model=cpu_model(),
-                          cpu_count=os.cpu_count(), **matmul_precision_in_force())
+    env = report.metadata(
+        config,
+        jaxlib_version=jaxlib.__version__,
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count(),
+        **matmul_precision_in_force(),
+    )
     return env
 
 
@@ -161,7 +168,7 @@ def matmul_reference(n: int, dtype) -> tuple[Callable[[int], Any], float]:
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    return (lambda i: f(a, b)), 2.0 * n ** 3
+    return (lambda i: f(a, b)), 2.0 * n**3
 
 
 class _CpuMeter:
@@ -193,10 +200,16 @@ class _CpuMeter:
         return max(0.0, others / wall)
 
 
-def run_slots(measures: Mapping[str, Callable[[int], Any]], num_slots: int, min_seconds: float = 0.0,
-              warmup: bool = True, load_fn: Callable[[], float] = lambda: os.getloadavg()[0],
-              clock: Callable[[], float] = time.perf_counter, log: Callable[[str], None] | None = None,
-              meter=None) -> list[dict]:
+def run_slots(
+    measures: Mapping[str, Callable[[int], Any]],
+    num_slots: int,
+    min_seconds: float = 0.0,
+    warmup: bool = True,
+    load_fn: Callable[[], float] = lambda: os.getloadavg()[0],
+    clock: Callable[[], float] = time.perf_counter,
+    log: Callable[[str], None] | None = None,
+    meter=None,
+) -> list[dict]:
     """Runs every measure in turn in each of num_slots slots; returns one dict per slot.
 
     measures: name -> fn(call_index) returning arrays to block on (call_index counts that
@@ -276,8 +289,13 @@ def summarize(slots: list[dict], max_load: float, ratios: Mapping[str, Callable]
     for sl in slots:
         sl["flagged"] = slot_load(sl) > max_load
     kept = [sl for sl in slots if not sl["flagged"]]
-    out = {"max_load": max_load, "num_slots": len(slots), "kept": len(kept),
-           "flagged": len(slots) - len(kept), "summary": _summary_of(kept, ratios) if kept else None}
+    out = {
+        "max_load": max_load,
+        "num_slots": len(slots),
+        "kept": len(kept),
+        "flagged": len(slots) - len(kept),
+        "summary": _summary_of(kept, ratios) if kept else None,
+    }
     if not kept and slots:
         out["all_slots_load_affected"] = _summary_of(slots, ratios)
     return out
@@ -286,19 +304,27 @@ def summarize(slots: list[dict], max_load: float, ratios: Mapping[str, Callable]
 def format_slot(slot: Mapping, show: Callable[[str, float], str] | None = None) -> str:
     show = show or (lambda name, s: f"{s:.4g} s")
     others = slot.get("others_cpu")
-    parts = [f"{n} {show(n, s)}" + (f" (x{len(slot['calls'][n])})" if len(slot["calls"][n]) > 1 else "")
-             for n, s in slot["seconds"].items()]
+    parts = [
+        f"{n} {show(n, s)}" + (f" (x{len(slot['calls'][n])})" if len(slot["calls"][n]) > 1 else "")
+        for n, s in slot["seconds"].items()
+    ]
     flag = "  FLAGGED (load above threshold)" if slot.get("flagged") else ""
-    return (f"slot {slot['index']}: load {slot['load_1m_start']:.2f}->{slot['load_1m_end']:.2f}"
-            + (f", others' CPU {others:.2f} cores" if others is not None else "")
-            + ": " + ", ".join(parts) + flag)
+    return (
+        f"slot {slot['index']}: load {slot['load_1m_start']:.2f}->{slot['load_1m_end']:.2f}"
+        + (f", others' CPU {others:.2f} cores" if others is not None else "")
+        + ": "
+        + ", ".join(parts)
+        + flag
+    )
 
 
 def format_summary(result: Mapping, show: Callable[[str, float], str] | None = None) -> list[str]:
     """Lines: the flagging rule and count, then per measure and per ratio the median and spread."""
     show = show or (lambda name, s: f"{s:.4g} s")
-    lines = [f"slots kept: {result['kept']} of {result['num_slots']} (a slot whose 1-minute load, the "
-             f"larger of start and end, exceeds {result['max_load']:.2f} is flagged and left out)"]
+    lines = [
+        f"slots kept: {result['kept']} of {result['num_slots']} (a slot whose 1-minute load, the "
+        f"larger of start and end, exceeds {result['max_load']:.2f} is flagged and left out)"
+    ]
     summary = result["summary"]
     if summary is None:
         lines.append("NO SLOT KEPT: the figures below are over all slots, load-affected; do not quote them")
@@ -306,12 +332,16 @@ def format_summary(result: Mapping, show: Callable[[str, float], str] | None = N
         if summary is None:
             return lines
     for name, s in summary["measures"].items():
-        lines.append(f"  {name}: median {show(name, s['median'])}, best call {show(name, s['best'])}, "
-                     f"fastest slot {show(name, s['min'])}, slowest {show(name, s['max'])} "
-                     f"(spread {100 * s['spread']:.1f}% of the median, {s['n']} slots)")
+        lines.append(
+            f"  {name}: median {show(name, s['median'])}, best call {show(name, s['best'])}, "
+            f"fastest slot {show(name, s['min'])}, slowest {show(name, s['max'])} "
+            f"(spread {100 * s['spread']:.1f}% of the median, {s['n']} slots)"
+        )
     for label, r in summary["ratios"].items():
-        lines.append(f"  {label} (per slot, back to back): median {r['median']:.4g}, "
-                     f"range {r['min']:.4g} .. {r['max']:.4g} over {r['n']} slots")
+        lines.append(
+            f"  {label} (per slot, back to back): median {r['median']:.4g}, "
+            f"range {r['min']:.4g} .. {r['max']:.4g} over {r['n']} slots"
+        )
     return lines
 
 

@@ -38,23 +38,26 @@ LR_SCHEDULES = ("cosine", "constant")
 
 
 class TrainState(struct.PyTreeNode):
-    step: jax.Array          # int32 scalar: number of updates applied
+    step: jax.Array  # int32 scalar: number of updates applied
     params: Any
     opt_state: Any
-    ema_params: Any          # EMA of params: what eval and sampling use
-    key: jax.Array           # uint32 key data of rng.root_key(config.seed): the checkpoint records
-                             # which run it belongs to (`check_root_key`); draws use rng.root_key
+    ema_params: Any  # EMA of params: what eval and sampling use
+    key: jax.Array  # uint32 key data of rng.root_key(config.seed): the checkpoint records
+    # which run it belongs to (`check_root_key`); draws use rng.root_key
 
 
 # ----------------------------------------------------------------------------- config checks
+
 
 def check_config(config, mesh=None) -> None:
     """Early, actionable errors for the objective/optimizer/batch fields (data: pipeline.validate)."""
     models.family_of(config)  # also checks objective.kind
     m = config.model
     if m.num_heads < 1 or m.emb_dim % m.num_heads:
-        raise errors.ConfigError(f"model.emb_dim={m.emb_dim} must be a multiple of model.num_heads="
-                                 f"{m.num_heads} (every head gets emb_dim / num_heads dimensions)")
+        raise errors.ConfigError(
+            f"model.emb_dim={m.emb_dim} must be a multiple of model.num_heads="
+            f"{m.num_heads} (every head gets emb_dim / num_heads dimensions)"
+        )
     if not 0.0 <= m.dropout < 1.0:
         raise errors.ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if objectives.of(config).uses_schedule:
@@ -63,15 +66,18 @@ def check_config(config, mesh=None) -> None:
             raise ValueError(f"objective.t_min={config.objective.t_min} must be in [0, 1)")
     t = config.train
     if t.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown train.lr_schedule {t.lr_schedule!r}: choose one of "
-                         f"{', '.join(LR_SCHEDULES)}")
+        raise ValueError(
+            f"unknown train.lr_schedule {t.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"
+        )
     if t.grad_accum_steps < 1:
         raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
     profiling.check_profile_steps(t.profile_steps)
     models.build(config)  # bad model options (model.remat, model.attention) fail here, before any data
     if config.data.seq_len > config.model.max_len:
-        raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; "
-                         "lower --config.data.seq_len or raise --config.model.max_len")
+        raise ValueError(
+            f"data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; "
+            "lower --config.data.seq_len or raise --config.model.max_len"
+        )
     if mesh is not None:
         dp = sharding.data_parallel_size(mesh)
         unit = dp * t.grad_accum_steps
@@ -80,22 +86,26 @@ def check_config(config, mesh=None) -> None:
                 f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
                 f"(mesh.data*mesh.fsdp = {dp}) times train.grad_accum_steps ({t.grad_accum_steps}) = "
                 f"{unit}: every device needs whole sequences in every micro-batch; set "
-                f"--config.train.batch_size to a multiple of {unit} or change --config.mesh.*")
+                f"--config.train.batch_size to a multiple of {unit} or change --config.mesh.*"
+            )
     if t.batch_size % jax.process_count():
-        raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the process count "
-                         f"({jax.process_count()})")
+        raise ValueError(
+            f"train.batch_size={t.batch_size} must be a multiple of the process count ({jax.process_count()})"
+        )
     check_loop_fields(t)
 
 
 def check_loop_fields(t) -> None:
     """The train.* fields of the loop and the optimizer: errors that would otherwise come after
     compiling (a ZeroDivisionError at the first log) or never (keep_checkpoints=0 saved nothing)."""
-    for name, what in (("log_every", "steps between train-metric logs"),
-                       ("eval_every", "steps between evaluations"),
-                       ("checkpoint_every", "steps between checkpoints"),
-                       ("keep_checkpoints", "checkpoints kept (the newest ones)"),
-                       ("eval_batches", "validation batches per evaluation"),
-                       ("batch_size", "sequences per step, all devices")):
+    for name, what in (
+        ("log_every", "steps between train-metric logs"),
+        ("eval_every", "steps between evaluations"),
+        ("checkpoint_every", "steps between checkpoints"),
+        ("keep_checkpoints", "checkpoints kept (the newest ones)"),
+        ("eval_batches", "validation batches per evaluation"),
+        ("batch_size", "sequences per step, all devices"),
+    ):
         if int(t[name]) < 1:
             raise errors.ConfigError(f"train.{name}={t[name]} must be >= 1 ({what})")
     if int(t.num_steps) < 0:
@@ -115,34 +125,46 @@ def check_loop_fields(t) -> None:
 
 # ----------------------------------------------------------------------------- optimizer
 
+
 def learning_rate_schedule(tc) -> optax.Schedule:
     """Linear warm-up from 0 to train.lr, then cosine decay to lr * min_lr_ratio, or constant."""
     warmup = int(tc.warmup_steps)
     if tc.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, tc.lr, warmup, max(int(tc.num_steps), warmup + 1), end_value=tc.lr * tc.min_lr_ratio)
+            0.0, tc.lr, warmup, max(int(tc.num_steps), warmup + 1), end_value=tc.lr * tc.min_lr_ratio
+        )
     if tc.lr_schedule == "constant":
         if warmup == 0:
             return optax.constant_schedule(tc.lr)
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, tc.lr, warmup), optax.constant_schedule(tc.lr)], [warmup])
+            [optax.linear_schedule(0.0, tc.lr, warmup), optax.constant_schedule(tc.lr)], [warmup]
+        )
     raise ValueError(f"unknown train.lr_schedule {tc.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
 
 
 def weight_decay_mask(params):
     """Decay matrices only: norms' scales, biases (1-D) and the token embedding are exempt, the
     usual AdamW practice (decaying them shrinks normalisation gains and rare tokens' rows)."""
+
     def decays(path, x):
         names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
         return scan_layout.per_layer_ndim(path, x) >= 2 and "embedding" not in names
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
     tc = config.train
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
-    parts.append(optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2,
-                             weight_decay=tc.weight_decay, mask=weight_decay_mask))
+    parts.append(
+        optax.adamw(
+            learning_rate_schedule(tc),
+            b1=tc.b1,
+            b2=tc.b2,
+            weight_decay=tc.weight_decay,
+            mask=weight_decay_mask,
+        )
+    )
     return optax.chain(*parts)
 
 
@@ -155,14 +177,22 @@ def ema_decay_at(decay: float, step) -> jax.Array:
 
 # ----------------------------------------------------------------------------- state
 
+
 def _init_fn(config, model, tx):
     """root key -> TrainState with logically boxed params / moments / EMA (for eval_shape + jit)."""
+
     def init(root):
         tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
         t = jnp.zeros((1,), jnp.float32) if objectives.uses_time(config) else None
         params = model.init(rng.fold(root, "params"), tokens, t)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          ema_params=params, key=jax.random.key_data(root))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=params,
+            key=jax.random.key_data(root),
+        )
+
     return init
 
 
@@ -176,8 +206,9 @@ def _boxed_init(config, mesh):
 def abstract_train_state(config, mesh):
     """(abstract state of ShapeDtypeStructs carrying shardings, state_shardings): restore targets."""
     _, boxed, shardings = _boxed_init(config, mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nn.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
+    )
     return abstract, shardings
 
 
@@ -203,6 +234,7 @@ def _in_mesh_context(mesh):
 
 
 # ----------------------------------------------------------------------------- steps
+
 
 def make_train_step(config, mesh, state_shardings):
     """The jitted train step; see the module docstring for its contract.
@@ -245,32 +277,44 @@ def make_train_step(config, mesh, state_shardings):
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
             if accum == 1:  # no loop: XLA compiles and fuses one straight-line graph
-                (loss, grads), _ = body((jnp.zeros((), jnp.float32), zeros),
-                                        (jax.tree.map(lambda x: x[0], micro), 0))
+                (loss, grads), _ = body(
+                    (jnp.zeros((), jnp.float32), zeros), (jax.tree.map(lambda x: x[0], micro), 0)
+                )
             else:
-                (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                                (micro, jnp.arange(accum)))
+                (loss, grads), _ = jax.lax.scan(
+                    body, (jnp.zeros((), jnp.float32), zeros), (micro, jnp.arange(accum))
+                )
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             ema = optax.incremental_update(
-                params, state.ema_params, 1.0 - ema_decay_at(config.train.ema_decay, state.step))
+                params, state.ema_params, 1.0 - ema_decay_at(config.train.ema_decay, state.step)
+            )
             grad_norm = optax.tree.norm(grads)
             # A non-finite step is not applied (see mdm_jax.guards); the step counter still
             # advances, so the data position and the keys stay those of an uninterrupted run.
             healthy, flags = guards.step_health(loss, grad_norm, grads, params)
             params, opt_state, ema = guards.keep_if_healthy(
-                healthy, (params, opt_state, ema), (state.params, state.opt_state, state.ema_params))
-            metrics = {"loss": loss, **objectives.summarize(loss, c),
-                       "grad_norm": grad_norm, "lr": lr_fn(state.step), **flags}
-            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                      ema_params=ema)
+                healthy, (params, opt_state, ema), (state.params, state.opt_state, state.ema_params)
+            )
+            metrics = {
+                "loss": loss,
+                **objectives.summarize(loss, c),
+                "grad_norm": grad_norm,
+                "lr": lr_fn(state.step),
+                **flags,
+            }
+            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
             return new_state, metrics
 
     rep = sharding.replicated(mesh)
-    return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(config, mesh, params_shardings):
@@ -281,13 +325,15 @@ def make_eval_step(config, mesh, params_shardings):
 
     def eval_step(params, batch, key):
         with _in_mesh_context(mesh):
-            loss, aux = objectives.loss_fn(model.apply, params, batch, key, config, train=False,
-                                           low_discrepancy=True)
+            loss, aux = objectives.loss_fn(
+                model.apply, params, batch, key, config, train=False, low_discrepancy=True
+            )
             return {"loss": loss, **aux}
 
     rep = sharding.replicated(mesh)
-    return jax.jit(eval_step, in_shardings=(params_shardings, sharding.batch_sharding(mesh), rep),
-                   out_shardings=rep)
+    return jax.jit(
+        eval_step, in_shardings=(params_shardings, sharding.batch_sharding(mesh), rep), out_shardings=rep
+    )
 
 
 def eval_metrics(eval_step, params, batches, root, mesh, *, draws: int = 1) -> dict:
@@ -312,8 +358,10 @@ def eval_metrics(eval_step, params, batches, root, mesh, *, draws: int = 1) -> d
 
 def format_eval(step: int, m: dict, objective: objectives.Objective) -> str:
     """The eval line, e.g. `eval step 600: nelbo 2.9 nats/token = 4.2 bits/token (ppl bound 18)`."""
-    return (f"eval step {step}: {objective.metric} {m['nats_per_token']:.4g} nats/token = "
-            f"{m['bits_per_token']:.4g} bits/token ({objective.perplexity} {m['perplexity']:.4g})")
+    return (
+        f"eval step {step}: {objective.metric} {m['nats_per_token']:.4g} nats/token = "
+        f"{m['bits_per_token']:.4g} bits/token ({objective.perplexity} {m['perplexity']:.4g})"
+    )
 
 
 def check_root_key(state: TrainState, config, workdir) -> None:
@@ -323,4 +371,5 @@ def check_root_key(state: TrainState, config, workdir) -> None:
     if not np.array_equal(np.asarray(jax.device_get(state.key)), expected):
         raise errors.ConfigError(
             f"the checkpoint in {workdir} was trained with another config.seed than {config.seed}: "
-            "resume with the seed it was trained with (see its config.json), or use a new --workdir")
+            "resume with the seed it was trained with (see its config.json), or use a new --workdir"
+        )

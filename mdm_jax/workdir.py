@@ -35,7 +35,7 @@ class Locked(errors.RunStopped):
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -78,8 +78,12 @@ class RunLock:
         if not self.enabled:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": _now(),
-              "command": " ".join(sys.argv)}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start_time": _now(),
+            "command": " ".join(sys.argv),
+        }
         for _ in range(3):  # a race with another starting run: re-read and retry
             if self._write_new(me):
                 self._held = True
@@ -95,17 +99,24 @@ class RunLock:
                     json.dump(me, f)
                 os.replace(tmp, self.path)
                 self._held = True
-                logging.warning("took over the stale lock %s of a run that is gone (%s)", self.path,
-                                json.dumps(other) if other else "unreadable lock file")
-                print(f"note: took over a stale lock left by a run that is gone: {other or 'unreadable'}",
-                      file=sys.stderr, flush=True)
+                logging.warning(
+                    "took over the stale lock %s of a run that is gone (%s)",
+                    self.path,
+                    json.dumps(other) if other else "unreadable lock file",
+                )
+                print(
+                    f"note: took over a stale lock left by a run that is gone: {other or 'unreadable'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return
             raise Locked(
                 f"workdir {os.path.dirname(self.path)} is in use by another run: pid {other.get('pid')} "
                 f"on host {other.get('host')}, started {other.get('start_time')} "
                 f"({other.get('command', '')!r}). "
                 f"Wait for it to finish or use another --workdir; if that run is gone (another host), "
-                f"delete {self.path}.")
+                f"delete {self.path}."
+            )
         raise Locked(f"could not take the lock {self.path}: it keeps changing; is another run starting?")
 
     def release(self) -> None:
@@ -137,9 +148,14 @@ def record_config(config, workdir, *, start_step: int) -> str:
     workdir = os.fspath(workdir)
     path = os.path.join(workdir, "config.json")
     _atomic_write(path, config.to_json(indent=2))
-    entry = {"time": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-             "command": " ".join(sys.argv), "start_step": int(start_step),
-             "config": json.loads(config.to_json())}
+    entry = {
+        "time": _now(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": " ".join(sys.argv),
+        "start_step": int(start_step),
+        "config": json.loads(config.to_json()),
+    }
     with open(os.path.join(workdir, HISTORY_NAME), "a") as f:
         f.write(json.dumps(entry) + "\n")
     return path
@@ -157,11 +173,15 @@ def history(workdir) -> list[dict]:
 def check_run_dir(workdir, mode: str) -> None:
     """sample / eval read a trained workdir: it must exist and be a directory."""
     if os.path.isfile(workdir):
-        raise errors.ConfigError(f"--workdir={workdir} is a file, not a run directory: point --workdir at "
-                                 f"the directory a --mode=train run wrote")
+        raise errors.ConfigError(
+            f"--workdir={workdir} is a file, not a run directory: point --workdir at "
+            f"the directory a --mode=train run wrote"
+        )
     if not os.path.isdir(workdir):
-        raise errors.ConfigError(f"--workdir={workdir} does not exist: train first (--mode=train with this "
-                                 f"--workdir) or point --workdir at a trained run before --mode={mode}")
+        raise errors.ConfigError(
+            f"--workdir={workdir} does not exist: train first (--mode=train with this "
+            f"--workdir) or point --workdir at a trained run before --mode={mode}"
+        )
 
 
 def check_output_dir(path) -> str:
@@ -176,5 +196,6 @@ def check_output_dir(path) -> str:
     except OSError as e:
         raise errors.ConfigError(
             f"output directory {path} cannot be written ({type(e).__name__}: {e.strerror or e}); pass "
-            "--output_dir=DIR (a writable directory) to write the outputs elsewhere") from None
+            "--output_dir=DIR (a writable directory) to write the outputs elsewhere"
+        ) from None
     return path

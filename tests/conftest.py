@@ -36,12 +36,20 @@ def tiny(config):
 
 def tiny_flags() -> list[str]:
     """The same tiny shape as `--config.*` overrides of `python -m mdm_jax.main`."""
-    values = {**{f"model.{k}": v for k, v in TINY_MODEL.items()}, "data.seq_len": TINY_SEQ_LEN,
-              "train.batch_size": TINY_BATCH}
+    values = {
+        **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+        "data.seq_len": TINY_SEQ_LEN,
+        "train.batch_size": TINY_BATCH,
+    }
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def run_main(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m mdm_jax.main ARGS` from the repository root, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "mdm_jax.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdm_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -27,8 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def choose(requested, backend, dtype=jnp.bfloat16, seq_len=1024, causal=False):
-    return attention.select(requested, backend=backend, dtype=dtype, seq_len=seq_len, num_heads=4,
-                            head_dim=64, causal=causal)
+    return attention.select(
+        requested, backend=backend, dtype=dtype, seq_len=seq_len, num_heads=4, head_dim=64, causal=causal
+    )
 
 
 def test_auto_picks_each_backends_kernel_or_says_why_not():
@@ -86,8 +87,9 @@ def test_splash_kernel_in_interpret_mode_matches_xla(causal):
     def loss(impl):
         return lambda q, k, v: jnp.sum(w * attention.attend(q, k, v, implementation=impl, is_causal=causal))
 
-    out = jax.jit(lambda q, k, v: attention.attend(q, k, v, implementation="splash_interpret",
-                                                   is_causal=causal))(q, k, v)
+    out = jax.jit(
+        lambda q, k, v: attention.attend(q, k, v, implementation="splash_interpret", is_causal=causal)
+    )(q, k, v)
     ref = attention.attend(q, k, v, implementation="xla", is_causal=causal)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5)
     grads = jax.jit(jax.grad(loss("splash_interpret"), argnums=(0, 1, 2)))(q, k, v)
@@ -175,6 +177,7 @@ def test_splash_kernel_sharded_over_eight_devices_matches_xla():
     """8 fake CPU devices as data=2 x fsdp=2 x tensor=2 (a fresh process: XLA_FLAGS before import)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -50,8 +50,13 @@ def _state(width: int, seed: int = 0) -> _State:
     grads = jax.tree.map(jnp.ones_like, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return _State(step=jnp.int32(seed + 1), params=params, opt_state=opt_state,
-                  ema_params=jax.tree.map(lambda x: 0.5 * x, params), key=jax.random.key_data(k))
+    return _State(
+        step=jnp.int32(seed + 1),
+        params=params,
+        opt_state=opt_state,
+        ema_params=jax.tree.map(lambda x: 0.5 * x, params),
+        key=jax.random.key_data(k),
+    )
 
 
 def _assert_trees_equal(a, b):
@@ -110,8 +115,9 @@ os._exit(9)  # the process dies mid-write, like a preempted or OOM-killed job
 
 def test_interrupted_save_keeps_last_good_checkpoint(tmp_path):
     """A process killed while an async save is in flight leaves only an uncommitted tmp dir."""
-    run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 9 and "save 2 started" in run.stdout, run.stderr[-2000:]
     ckdir = tmp_path / "checkpoints"
     names = sorted(p.name for p in ckdir.iterdir())
@@ -120,8 +126,11 @@ def test_interrupted_save_keeps_last_good_checkpoint(tmp_path):
 
     ck = checkpoint.Checkpointer(tmp_path, keep=3)  # a restarted job
     assert ck.latest_step() == 1 and ck.all_steps() == [1]
-    abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(
-        jax.devices()[0]))}
+    abstract = {
+        "w": jax.ShapeDtypeStruct(
+            (4,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        )
+    }
     restored, data = ck.restore(abstract)
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.ones(4, np.float32))
     assert data == {"index": 1}
@@ -139,8 +148,9 @@ def test_shape_mismatch_names_paths(tmp_path):
         with pytest.raises(ValueError) as e:
             ck.restore(wider)
     msg = str(e.value)
-    assert ("this workdir was trained with a different config: use a new --workdir or the matching "
-            "config") in msg
+    assert (
+        "this workdir was trained with a different config: use a new --workdir or the matching config"
+    ) in msg
     for path in ("params/dense/kernel", "ema_params/dense/kernel", "opt_state/1/0/mu/dense/kernel"):
         assert path in msg and "(4, 3)" in msg and "(8, 3)" in msg
     assert "params/bias" not in msg.replace("ema_params/bias", "")  # unchanged leaves are not listed
@@ -164,8 +174,11 @@ def test_unwritable_workdir(tmp_path):
 
 
 def _tree_snapshot(root):
-    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, dirs, files in os.walk(root) for f in files + dirs)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, dirs, files in os.walk(root)
+        for f in files + dirs
+    )
 
 
 def test_read_only_restore_writes_nothing(tmp_path, monkeypatch):
@@ -213,7 +226,7 @@ def test_corrupt_latest_checkpoint_names_step_and_file_and_falls_back(tmp_path, 
     abstract = checkpoint.abstract_like(states[1])
     with checkpoint.Checkpointer(tmp_path) as ck:
         with pytest.raises(checkpoint.CorruptCheckpoint) as e:
-            ck.restore(abstract)                       # the fallback is off by default
+            ck.restore(abstract)  # the fallback is off by default
         msg = str(e.value)
         assert msg.startswith(f"checkpoint step 2 is unreadable: {tmp_path}/checkpoints/2/{culprit}"), msg
         assert "\n" not in msg and f"delete {tmp_path}/checkpoints/2 to use step 1" in msg
@@ -221,7 +234,7 @@ def test_corrupt_latest_checkpoint_names_step_and_file_and_falls_back(tmp_path, 
         _assert_trees_equal(restored, states[1])
         assert data == {"index": 1} and ck.skipped == [2] and ck.restored_step == 1
         assert "falling back to step 1" in capsys.readouterr().out
-        moved = ck.set_aside(2)                        # what training does, so step 2 can be saved again
+        moved = ck.set_aside(2)  # what training does, so step 2 can be saved again
         assert ck.all_steps() == [1] and os.path.isdir(moved) and "checkpoints_unreadable" in moved
         assert ck.save(2, states[2], {"index": 2})
         ck.wait()
@@ -238,13 +251,14 @@ def test_failed_save_names_step_cause_and_file_and_keeps_the_last_one(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
     try:
         with pytest.raises(checkpoint.SaveFailed) as e:
-            ck.save(2, {"w": jnp.arange(100_000.0)}, {"index": 2})   # 400 kB
-            ck.wait()                                   # an asynchronous failure surfaces here
+            ck.save(2, {"w": jnp.arange(100_000.0)}, {"index": 2})  # 400 kB
+            ck.wait()  # an asynchronous failure surfaces here
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     first = str(e.value).splitlines()[0]
-    assert first.startswith(f"checkpoint save at step 2 failed: {os.strerror(errno.EFBIG)}: "
-                            f"{tmp_path}/checkpoints/2."), first
+    assert first.startswith(
+        f"checkpoint save at step 2 failed: {os.strerror(errno.EFBIG)}: {tmp_path}/checkpoints/2."
+    ), first
     assert "previous checkpoint is intact" in str(e.value)
     ck.close()
     with checkpoint.Checkpointer(tmp_path) as ck:
@@ -274,8 +288,8 @@ def _tb_scalars(tb_dir) -> dict:
         data = open(os.path.join(tb_dir, name), "rb").read()
         pos = 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            ev = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for v in ev.summary.value:
                 out.setdefault(v.tag, []).append((ev.step, v.simple_value))
@@ -285,14 +299,21 @@ def _tb_scalars(tb_dir) -> dict:
 def test_metrics_writer_jsonl_tensorboard_and_plot(tmp_path):
     with metrics.MetricsWriter(tmp_path, enabled=True) as w:
         for step in (10, 20, 30):
-            w.write(step, {"loss": jnp.float32(5.0 / step), "bits_per_token": np.float64(8.0 - step / 10),
-                           "note": "x"}, prefix="train")
+            w.write(
+                step,
+                {"loss": jnp.float32(5.0 / step), "bits_per_token": np.float64(8.0 - step / 10), "note": "x"},
+                prefix="train",
+            )
         w.write(30, {"bits_per_token": 4.5, "nelbo": 3.1}, prefix="eval")
         with pytest.raises(ValueError, match="reserved"):
             w.write(40, {"step": 1})
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [(r["step"], r["prefix"]) for r in lines] == [(10, "train"), (20, "train"), (30, "train"),
-                                                         (30, "eval")]
+    assert [(r["step"], r["prefix"]) for r in lines] == [
+        (10, "train"),
+        (20, "train"),
+        (30, "train"),
+        (30, "eval"),
+    ]
     assert lines[0]["loss"] == pytest.approx(0.5) and isinstance(lines[0]["wall_time"], float)
     assert lines[3]["nelbo"] == 3.1 and lines[0]["note"] == "x"
 
@@ -333,8 +354,16 @@ def tiny_config(num_steps: int = 8):
     """The tiny time-free MDM on the embedded corpus: compiles and trains in seconds."""
     c = tiny(config_lib.base())
     c.model.time_conditioning = False
-    c.train.update(num_steps=num_steps, warmup_steps=2, lr=3e-3, log_every=2,
-                   eval_every=1000, eval_batches=1, checkpoint_every=num_steps // 2, plot=False)
+    c.train.update(
+        num_steps=num_steps,
+        warmup_steps=2,
+        lr=3e-3,
+        log_every=2,
+        eval_every=1000,
+        eval_batches=1,
+        checkpoint_every=num_steps // 2,
+        plot=False,
+    )
     c.eval.num_batches = 1
     c.sampling.update(num_samples=3, batch_size=2, precision="float32")
     return c
@@ -371,5 +400,6 @@ def test_resume_is_exact(tmp_path, capsys):
     _assert_trees_equal(state, uninterrupted)  # bitwise: params, optimizer moments, EMA, key
     assert data == data_8 != data_4
     # The second half really trained: the step-4 parameters differ from the final ones.
-    assert not np.array_equal(np.asarray(jax.tree.leaves(halfway.params)[0]),
-                              np.asarray(jax.tree.leaves(state.params)[0]))
+    assert not np.array_equal(
+        np.asarray(jax.tree.leaves(halfway.params)[0]), np.asarray(jax.tree.leaves(state.params)[0])
+    )

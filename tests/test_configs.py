@@ -18,8 +18,7 @@ from absl import flags
 from ml_collections import config_dict
 
 from conftest import ROOT, load_config
-from mdm_jax import cli, experiments, sampling, sharding, train
-from mdm_jax import config as config_lib
+from mdm_jax import cli, config as config_lib, experiments, sampling, sharding, train
 from mdm_jax.data import pipeline
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -70,8 +69,9 @@ def gpt2_dir(tmp_path_factory):
 
 
 def test_all_expected_configs_exist():
-    assert {"quickstart", "quickstart_arm", "owt_mdm_small", "owt_arm_small", "text8_mdm",
-            "lm1b_mdm"} <= set(NAMES)
+    assert {"quickstart", "quickstart_arm", "owt_mdm_small", "owt_arm_small", "text8_mdm", "lm1b_mdm"} <= set(
+        NAMES
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -126,18 +126,29 @@ def test_describe_lists_every_field_with_its_description_and_changed_defaults():
     assert set(lines) == set(config_lib.fields("sampler_speed"))
     for path, f in config_lib.fields("sampler_speed").items():
         assert f.doc in lines[path], path
-    assert "[default" not in lines["objective.kind"]                 # unchanged: no default shown
+    assert "[default" not in lines["objective.kind"]  # unchanged: no default shown
     assert "[default (256, 50257)]" in lines["experiment.vocab_sizes"]  # changed by the variant
-    assert "# sampling: " in text and "# experiment: " in text           # group headers
+    assert "# sampling: " in text and "# experiment: " in text  # group headers
     with c.unlocked():
         c.train.stale = 1
     assert "train.stale" in config_lib.describe(c).split("not in the schema")[1]
 
 
 def test_print_config_flag_prints_the_resolved_config():
-    r = subprocess.run([sys.executable, "-m", "mdm_jax.main", "--config=configs/quickstart.py",
-                        "--config.train.lr=0.002", "--print_config"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mdm_jax.main",
+            "--config=configs/quickstart.py",
+            "--config.train.lr=0.002",
+            "--print_config",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("train.lr "))
     assert "0.002" in line and "peak AdamW learning rate" in line and "[default 0.0003]" in line
@@ -174,8 +185,9 @@ def test_every_experiment_field_can_be_overridden_on_the_command_line(name, monk
     assert fv.config.to_dict() == c.to_dict()
     # Lists in their natural command-line form: numbers and names separated by commas.
     args = ["m", f"--config=configs/experiments/{name}.py", "--workdir=w"]
-    lists = {k: v for k, v in _leaves(c).items()
-             if isinstance(v, tuple) and v and not isinstance(v[0], tuple)}
+    lists = {
+        k: v for k, v in _leaves(c).items() if isinstance(v, tuple) and v and not isinstance(v[0], tuple)
+    }
     args += [f"--config.{k}={','.join(map(str, v))}" for k, v in lists.items()]
     fv = flags.FlagValues()
     cli.define_flags(fv, sys_argv=args)

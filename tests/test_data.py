@@ -13,8 +13,10 @@ import pytest
 from mdm_jax import config as config_lib, errors
 from mdm_jax.data import builders, corpus, packing, pipeline, tokenizers
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
-         "jolly boxing frogs and many other words appear here too").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
+    "jolly boxing frogs and many other words appear here too"
+).split()
 
 
 def make_config(data_dir, **data):
@@ -49,13 +51,18 @@ def gpt2_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("gpt2")
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([fake_text(200, s) for s in range(20)], vocab_size=400,
-                            special_tokens=[tokenizers.GPT2_EOT], show_progress=False)
+    bpe.train_from_iterator(
+        [fake_text(200, s) for s in range(20)],
+        vocab_size=400,
+        special_tokens=[tokenizers.GPT2_EOT],
+        show_progress=False,
+    )
     bpe.save_model(str(d))
     return d
 
 
 # ----------------------------------------------------------------------------- tokenizers
+
 
 def test_byte_tokenizer_roundtrip_and_mask():
     tok = tokenizers.get(make_config("x").data)
@@ -99,6 +106,7 @@ def test_gpt2_missing_files_error(tmp_path):
 
 # ----------------------------------------------------------------------------- embedded corpus
 
+
 def test_embedded_corpus_is_deterministic_english_with_fixed_split():
     docs = list(corpus.documents())
     assert docs == list(corpus.documents())
@@ -130,8 +138,9 @@ def test_packing_concatenates_documents_with_separator(embedded_dir):
     tokens, meta = packing.packed_tokens(c, "validation")
     src = builders.EmbeddedCorpus(data_dir=str(embedded_dir)).as_data_source(split="validation")
     tok = tokenizers.get(c.data)
-    expected = np.concatenate([np.append(tok.encode(src[i]["text"].decode()), tok.eot_id)
-                               for i in range(len(src))])
+    expected = np.concatenate(
+        [np.append(tok.encode(src[i]["text"].decode()), tok.eot_id) for i in range(len(src))]
+    )
     np.testing.assert_array_equal(np.asarray(tokens), expected)
     # Eval batches are the first sequences in order: a plain reshape of the stream.
     ev = pipeline.eval_batches(c, 2, process_index=0, process_count=1)
@@ -205,6 +214,7 @@ def test_processes_read_disjoint_rows_that_union_to_the_global_batch(embedded_di
 
 # ----------------------------------------------------------------------------- real datasets, locally faked
 
+
 def test_text8_builder_split_and_continuous_packing(tmp_path):
     text = fake_text(4000, 0)[:20000]
     manual = tmp_path / "downloads" / "manual"
@@ -233,7 +243,7 @@ def test_dataset_that_needs_a_download_without_network_says_so_at_once(tmp_path,
     msg = str(e.value)
     assert "config.data.dataset='text8'" in msg and "needs text8.zip" in msg and "127.0.0.1:9" in msg
     assert f"put them in {tmp_path}/downloads/manual/" in msg and "config.data.data_dir" in msg
-    assert not (tmp_path / "text8").exists()   # nothing was prepared
+    assert not (tmp_path / "text8").exists()  # nothing was prepared
 
 
 def test_lm1b_builder_reads_archive_without_tensorflow(tmp_path):
@@ -305,10 +315,14 @@ def test_openwebtext_builder_holds_out_last_documents_gpt2(tmp_path, gpt2_dir, m
 
 # ----------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("field,value,match", [
-    ("dataset", "wikitext", r"config\.data\.dataset='wikitext'.*one of"),
-    ("tokenizer", "sentencepiece", r"config\.data\.tokenizer='sentencepiece'.*one of"),
-])
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("dataset", "wikitext", r"config\.data\.dataset='wikitext'.*one of"),
+        ("tokenizer", "sentencepiece", r"config\.data\.tokenizer='sentencepiece'.*one of"),
+    ],
+)
 def test_unknown_dataset_or_tokenizer(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         pipeline.validate(make_config(tmp_path, **{field: value}), process_count=1)
@@ -388,7 +402,7 @@ def test_text8_download_path_works_without_tensorflow(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     n = len(text)
-    assert tokenizers.get(c.data).decode(tokens) == text[int(0.9 * n):int(0.95 * n)]
+    assert tokenizers.get(c.data).decode(tokens) == text[int(0.9 * n) : int(0.95 * n)]
     assert "tensorflow" not in sys.modules
 
 

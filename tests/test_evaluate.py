@@ -22,8 +22,9 @@ from mdm_jax.reference.joint import ReferenceJoint
 def test_sequence_entropy_hand_computed():
     # [0,0,1,2]: p = (1/2, 1/4, 1/4) -> H = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2; a constant row has H = 0.
     tokens = np.array([[0, 0, 1, 2], [5, 5, 5, 5]])
-    np.testing.assert_allclose(sample_metrics.sequence_entropies(tokens), [1.5 * math.log(2), 0.0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        sample_metrics.sequence_entropies(tokens), [1.5 * math.log(2), 0.0], rtol=1e-12
+    )
     assert sample_metrics.sequence_entropy(tokens) == pytest.approx(0.75 * math.log(2), rel=1e-12)
 
 
@@ -40,9 +41,7 @@ def test_sequence_entropy_is_per_sequence_not_pooled():
 
 # An exact first-order ARM over V = 3 tokens with BOS = 3: p(x_0) = FIRST, p(x_i | x_{i-1}) = TRANS.
 FIRST = np.array([0.5, 0.3, 0.2])
-TRANS = np.array([[0.1, 0.6, 0.3],
-                  [0.25, 0.25, 0.5],
-                  [0.7, 0.2, 0.1]])
+TRANS = np.array([[0.1, 0.6, 0.3], [0.25, 0.25, 0.5], [0.7, 0.2, 0.1]])
 BOS = 3
 
 
@@ -60,8 +59,9 @@ def test_generative_perplexity_equals_hand_computed_value():
     expected = math.exp((nll1 + nll2) / 6)  # token-weighted over all 6 tokens
     got = sample_metrics.generative_perplexity(_bigram_logits_fn, tokens, bos_id=BOS, vocab_size=3)
     assert got == pytest.approx(expected, rel=1e-5)
-    np.testing.assert_allclose(sample_metrics.sequence_nlls(_bigram_logits_fn, tokens, BOS), [nll1, nll2],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        sample_metrics.sequence_nlls(_bigram_logits_fn, tokens, BOS), [nll1, nll2], rtol=1e-5
+    )
     # Corpus mean, not the mean of per-sequence perplexities (which would be larger here).
     per_seq_mean = (math.exp(nll1 / 3) + math.exp(nll2 / 3)) / 2
     assert abs(got - per_seq_mean) > 0.1
@@ -94,8 +94,18 @@ def _tiny(kind: str):
     c = tiny(config_lib.base())
     c.objective.kind = kind
     c.model.update(dict(vocab_size=256, time_conditioning=False))
-    c.train.update(dict(num_steps=12, log_every=6, eval_every=1000, eval_batches=2,
-                        checkpoint_every=1000, plot=False, warmup_steps=2, lr=3e-3))
+    c.train.update(
+        dict(
+            num_steps=12,
+            log_every=6,
+            eval_every=1000,
+            eval_batches=2,
+            checkpoint_every=1000,
+            plot=False,
+            warmup_steps=2,
+            lr=3e-3,
+        )
+    )
     c.eval.update(dict(num_batches=2, mc_draws=1))
     c.sampling.batch_size = 4
     return c
@@ -153,10 +163,24 @@ def test_sample_quality_of_real_text_matches_the_arm_eval(trained, tmp_path):
     c.eval.evaluator_workdir = wd_arm
     batch = pipeline.eval_batches(ca, 1)[0]
     arm_eval = likelihood.evaluate(ca1, wd_arm)
-    records = [{"tokens": row.tolist(), "sampler": "real_text", "steps": 0, "tokens_per_step": 1,
-                "precision": "n/a", "temperature": 1.0, "seed": 0, "batch_index": 0, "nfe": 0,
-                "wall_time_s": 0.0, "checkpoint_step": None, "device_kind": "cpu", "jax_version": "x"}
-               for row in batch]
+    records = [
+        {
+            "tokens": row.tolist(),
+            "sampler": "real_text",
+            "steps": 0,
+            "tokens_per_step": 1,
+            "precision": "n/a",
+            "temperature": 1.0,
+            "seed": 0,
+            "batch_index": 0,
+            "nfe": 0,
+            "wall_time_s": 0.0,
+            "checkpoint_step": None,
+            "device_kind": "cpu",
+            "jax_version": "x",
+        }
+        for row in batch
+    ]
     q = sample_quality.sample_quality(c, str(tmp_path), records, name="real")
     assert q["gen_nll_per_token"] == pytest.approx(arm_eval["nats_per_token"], rel=1e-5)
     assert q["gen_ppl"] == pytest.approx(arm_eval["perplexity"], rel=1e-5)

@@ -26,6 +26,7 @@ def _load_config(name, arg=None):
 
 def test_report_write_json_csv_summary(tmp_path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -35,9 +36,16 @@ def test_report_write_json_csv_summary(tmp_path):
     ax.plot([0, 1], [1, 0])
     plot = report.save_figure(fig, str(tmp_path), "line.png")
     rows = [{"n": np.int64(1), "x": np.float32(0.5)}, {"n": 2, "y": float("nan")}]
-    paths = report.write(str(tmp_path), "demo", config=config_lib.base(), results={"best": np.float64(1.25)},
-                         tables={"rows": rows}, findings=[(plot, "Line goes down."), (None, "No plot here.")],
-                         notes=["a note"], title="Demo")
+    paths = report.write(
+        str(tmp_path),
+        "demo",
+        config=config_lib.base(),
+        results={"best": np.float64(1.25)},
+        tables={"rows": rows},
+        findings=[(plot, "Line goes down."), (None, "No plot here.")],
+        notes=["a note"],
+        title="Demo",
+    )
     with open(paths["json"]) as f:
         data = json.load(f, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert data["results"] == {"best": 1.25}
@@ -85,15 +93,27 @@ def test_dispatcher_and_list_parsing(tmp_path):
 
 def test_matched_entropy_interpolation_and_verdict_rules():
     # log gen PPL is interpolated linearly in entropy: halfway between e=1 (ppl e^1) and e=3 (e^3) -> e^2.
-    e, pa, pb, how = mdm_vs_arm.matched([(1.0, math.e), (3.0, math.e ** 3)], [(0.0, 1.0), (4.0, 4.0)], 2.0)
-    assert e == 2.0 and pa == pytest.approx(math.e ** 2) and pb == pytest.approx(2.0) and "real" in how
+    e, pa, pb, how = mdm_vs_arm.matched([(1.0, math.e), (3.0, math.e**3)], [(0.0, 1.0), (4.0, 4.0)], 2.0)
+    assert e == 2.0 and pa == pytest.approx(math.e**2) and pb == pytest.approx(2.0) and "real" in how
     e, *_, how = mdm_vs_arm.matched([(1.0, 2.0), (3.0, 4.0)], [(2.0, 2.0), (5.0, 4.0)], 4.5)
     assert e == 2.5 and "middle" in how
     assert mdm_vs_arm.matched([(1.0, 2.0)], [(2.0, 3.0)], 1.5)[0] is None
-    s = {"mdm_val_ppl_bound": 10.0, "arm_val_ppl": 8.0, "matched_entropy": 4.0, "matched_how": "x",
-         "mdm_gen_ppl_matched": 30.0, "arm_gen_ppl_matched": 10.0, "evaluator": "train", "speed_max_len": 128,
-         "fhs_s_per_seq_at_max_len": 0.4, "arm_s_per_seq_at_max_len": 0.1, "speed_min_len": 16,
-         "speed_ratio_min_len": 1.5, "mdm_train_tokens_per_s": 1000.0, "arm_train_tokens_per_s": 1100.0}
+    s = {
+        "mdm_val_ppl_bound": 10.0,
+        "arm_val_ppl": 8.0,
+        "matched_entropy": 4.0,
+        "matched_how": "x",
+        "mdm_gen_ppl_matched": 30.0,
+        "arm_gen_ppl_matched": 10.0,
+        "evaluator": "train",
+        "speed_max_len": 128,
+        "fhs_s_per_seq_at_max_len": 0.4,
+        "arm_s_per_seq_at_max_len": 0.1,
+        "speed_min_len": 16,
+        "speed_ratio_min_len": 1.5,
+        "mdm_train_tokens_per_s": 1000.0,
+        "arm_train_tokens_per_s": 1100.0,
+    }
     v = mdm_vs_arm.verdict(s)
     assert "ARM wins validation perplexity by 20.0%" in v["likelihood"]
     assert "ARM's samples have 3.00x lower gen PPL" in v["samples"]
@@ -122,7 +142,7 @@ def _assert_redraw_reproduces_summary(workdir, name, plots):
     summary = open(os.path.join(workdir, "summary.md")).read()
     for f in (*plots, "summary.md"):
         os.remove(os.path.join(workdir, f))
-    drawn = modes.run("report", None, workdir)   # the experiment is found from its <name>.json
+    drawn = modes.run("report", None, workdir)  # the experiment is found from its <name>.json
     assert open(os.path.join(workdir, "summary.md")).read() == summary
     assert sorted(drawn["plots"].values()) == sorted(plots)
     for f in plots:
@@ -132,8 +152,17 @@ def _assert_redraw_reproduces_summary(workdir, name, plots):
 
 def _tiny(c):
     tiny(c)
-    c.train.update(dict(log_every=10, eval_every=10, eval_batches=1, checkpoint_every=1000,
-                        plot=False, warmup_steps=2, lr=3e-3))
+    c.train.update(
+        dict(
+            log_every=10,
+            eval_every=10,
+            eval_batches=1,
+            checkpoint_every=1000,
+            plot=False,
+            warmup_steps=2,
+            lr=3e-3,
+        )
+    )
     c.eval.update(dict(num_batches=2, mc_draws=2))
     return c
 
@@ -152,9 +181,16 @@ def time_agnostic_run(tmp_path_factory):
 @pytest.mark.slow
 def test_time_agnostic_end_to_end(time_agnostic_run):
     c, wd, res = time_agnostic_run
-    for f in ("time_agnostic.json", "time_agnostic_nelbo.csv", "time_agnostic_kl.csv",
-              "time_agnostic_kl_summary.csv", "nelbo.png", "kl_vs_t.png", "learning_curves.png",
-              "summary.md"):
+    for f in (
+        "time_agnostic.json",
+        "time_agnostic_nelbo.csv",
+        "time_agnostic_kl.csv",
+        "time_agnostic_kl_summary.csv",
+        "nelbo.png",
+        "kl_vs_t.png",
+        "learning_curves.png",
+        "summary.md",
+    ):
         assert os.path.getsize(os.path.join(wd, f)) > 0, f
     variants = res["variants"]
     assert set(variants) == {"tc_continuous", "tf_continuous", "tf_discrete", "arm"}
@@ -186,7 +222,9 @@ def test_time_agnostic_end_to_end(time_agnostic_run):
     md = open(os.path.join(wd, "summary.md")).read()
     assert md.count("- ") >= 4 and "continuous ELBO, with t" in md
     assert f"{res['kl_summary'][0]['kl_max']:.2g} nats over all" in md
-    _assert_redraw_reproduces_summary(wd, "time_agnostic", ("nelbo.png", "kl_vs_t.png", "learning_curves.png"))
+    _assert_redraw_reproduces_summary(
+        wd, "time_agnostic", ("nelbo.png", "kl_vs_t.png", "learning_curves.png")
+    )
     # A rerun reuses a trained model (no retraining), and refuses a workdir of another model.
     from mdm_jax.experiments import time_agnostic
 
@@ -211,8 +249,17 @@ def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
     c.experiment.speed_repeats = 1
     c.sampling.batch_size = 4
     res = experiments.run(c, str(tmp_path))
-    for f in ("mdm_vs_arm.json", "mdm_vs_arm_summary.csv", "mdm_vs_arm_quality.csv", "mdm_vs_arm_speed.csv",
-              "perplexity.png", "genppl_vs_entropy.png", "sampling_time.png", "throughput.png", "summary.md"):
+    for f in (
+        "mdm_vs_arm.json",
+        "mdm_vs_arm_summary.csv",
+        "mdm_vs_arm_quality.csv",
+        "mdm_vs_arm_speed.csv",
+        "perplexity.png",
+        "genppl_vs_entropy.png",
+        "sampling_time.png",
+        "throughput.png",
+        "summary.md",
+    ):
         assert os.path.getsize(tmp_path / f) > 0, f
     s = res["summary"]
     assert s["mdm_step"] == s["arm_step"] == 20
@@ -223,11 +270,14 @@ def test_mdm_vs_arm_end_to_end_on_given_workdirs(time_agnostic_run, tmp_path):
         quality = json.load(f)["tables"]["quality"]
     assert len(quality) == 4
     for q in quality:
-        assert 0.0 < q["entropy"] <= math.log(32) + 1e-9   # at most log(L) distinct ids per sequence
-        assert 1.0 < q["gen_ppl"] < 256.0                  # better than uniform after training
+        assert 0.0 < q["entropy"] <= math.log(32) + 1e-9  # at most log(L) distinct ids per sequence
+        assert 1.0 < q["gen_ppl"] < 256.0  # better than uniform after training
     assert s["evaluator"] == "self" and s["evaluator_workdir"] == os.path.abspath(c.experiment.arm_workdir)
     assert res["verdict"]["verdict"].startswith("Verdict:") and len(res["verdict"]) == 5
     md = open(tmp_path / "summary.md").read()
     assert "decision page" in md and res["verdict"]["likelihood"] in md
-    _assert_redraw_reproduces_summary(str(tmp_path), "mdm_vs_arm", (
-        "perplexity.png", "genppl_vs_entropy.png", "sampling_time.png", "throughput.png"))
+    _assert_redraw_reproduces_summary(
+        str(tmp_path),
+        "mdm_vs_arm",
+        ("perplexity.png", "genppl_vs_entropy.png", "sampling_time.png", "throughput.png"),
+    )

@@ -43,9 +43,16 @@ def sweep(tmp_path_factory):
 @pytest.mark.slow
 def test_precision_sweep_writes_its_report(sweep):
     workdir, out = sweep
-    for f in ("precision_sweep.json", "precision_sweep_sweep.csv", "precision_sweep_one_step.csv",
-              "summary.md", "entropy_vs_steps.png", "genppl_vs_steps.png", "genppl_vs_entropy.png",
-              "one_step_prediction.png"):
+    for f in (
+        "precision_sweep.json",
+        "precision_sweep_sweep.csv",
+        "precision_sweep_one_step.csv",
+        "summary.md",
+        "entropy_vs_steps.png",
+        "genppl_vs_steps.png",
+        "genppl_vs_entropy.png",
+        "one_step_prediction.png",
+    ):
         assert os.path.getsize(os.path.join(workdir, f)) > 0, f
     with open(os.path.join(workdir, "precision_sweep.json")) as fh:
         data = json.load(fh)
@@ -68,11 +75,21 @@ def test_precision_sweep_report_mode_redraws_from_the_json(sweep, tmp_path):
     copy.mkdir()
     for f in ("precision_sweep.json", "summary.md"):
         shutil.copy(os.path.join(workdir, f), copy / f)
-    r = subprocess.run([sys.executable, "-m", "mdm_jax.main", "--mode=report", f"--workdir={copy}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mdm_jax.main", "--mode=report", f"--workdir={copy}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (copy / "summary.md").read_text() == open(os.path.join(workdir, "summary.md")).read()
-    for f in ("entropy_vs_steps.png", "genppl_vs_steps.png", "genppl_vs_entropy.png", "one_step_prediction.png"):
+    for f in (
+        "entropy_vs_steps.png",
+        "genppl_vs_steps.png",
+        "genppl_vs_entropy.png",
+        "one_step_prediction.png",
+    ):
         assert os.path.getsize(copy / f) > 1000, f
 
 
@@ -141,8 +158,9 @@ def _token_law_per_token(mu, p_unmask, law, prec, num_points=16):
     """ancestral_token_law written token by token ([N, V] arrays): the grouped version must equal it."""
     body = p_unmask[:-1]
     grid_p = np.unique(np.geomspace(body.min(), body.max(), num_points))
-    ratios = np.asarray([refm._law(np.concatenate([q * mu, [1.0 - q]]), law, prec)[:-1] / (q * mu)
-                         for q in grid_p])
+    ratios = np.asarray(
+        [refm._law(np.concatenate([q * mu, [1.0 - q]]), law, prec)[:-1] / (q * mu) for q in grid_p]
+    )
     r = np.stack([np.interp(np.log(body), np.log(grid_p), ratios[:, v]) for v in range(len(mu))], axis=1)
     step = body[:, None] * mu[None, :] * r
     stay = np.clip(1.0 - step.sum(axis=1), 0.0, 1.0)
@@ -163,7 +181,7 @@ def test_ancestral_token_law_grouping_equals_per_token_computation(prec):
         fast = refm.ancestral_token_law(mu, p, "grid", prec, num_points=16)
         slow = _token_law_per_token(mu, p, "grid", prec)
         assert np.allclose(fast, slow, rtol=1e-10, atol=1e-15)
-        assert not np.allclose(fast, mu, rtol=1e-3)   # the float32 distortion is really there
+        assert not np.allclose(fast, mu, rtol=1e-3)  # the float32 distortion is really there
 
 
 @pytest.mark.slow
@@ -171,9 +189,16 @@ def test_sampler_speed_tiny(tmp_path):
     workdir = str(tmp_path)
     config = _config("sampler_speed", "tiny")
     out = experiments.run(config, workdir)
-    for f in ("sampler_speed.json", "sampler_speed_mdm.csv", "sampler_speed_cost_model.csv",
-              "sampler_speed_arm.csv", "summary.md", "time_vs_steps.png", "speedup_vs_steps.png",
-              "arm_cache_vs_length.png"):
+    for f in (
+        "sampler_speed.json",
+        "sampler_speed_mdm.csv",
+        "sampler_speed_cost_model.csv",
+        "sampler_speed_arm.csv",
+        "summary.md",
+        "time_vs_steps.png",
+        "speedup_vs_steps.png",
+        "arm_cache_vs_length.png",
+    ):
         assert os.path.getsize(os.path.join(workdir, f)) > 0, f
     rows = out["rows"]
     b, seq_len = config.sampling.batch_size, 8
@@ -181,8 +206,11 @@ def test_sampler_speed_tiny(tmp_path):
     # (first-hitting: exactly L; cached ancestral: the first step's, then one after each step that
     # changed a token, so at most min(N, B L + 1)) and categories drawn.
     assert {(r["vocab"], r["sampler"], r["num_steps"]) for r in rows} == {
-        (256, "first_hitting", seq_len), (4096, "first_hitting", seq_len),
-        *((256, "ancestral", n) for n in (8, 64, 512)), *((4096, "ancestral", n) for n in (8, 64))}
+        (256, "first_hitting", seq_len),
+        (4096, "first_hitting", seq_len),
+        *((256, "ancestral", n) for n in (8, 64, 512)),
+        *((4096, "ancestral", n) for n in (8, 64)),
+    }
     for r in rows:
         assert r["seconds_per_sequence"] > 0
         if r["sampler"] == "first_hitting":
@@ -191,7 +219,11 @@ def test_sampler_speed_tiny(tmp_path):
             assert 1 <= r["nfe"] <= min(r["num_steps"], b * seq_len + 1)
             assert r["draws"] == r["num_steps"] * b * seq_len * (r["vocab"] + 1)
     for v, fit in out["fits"].items():
-        assert fit["t_net_s"] >= 0 and fit["t_cat_s_per_draw"] >= 0 and fit["t_net_s"] + fit["t_cat_s_per_draw"] > 0
+        assert (
+            fit["t_net_s"] >= 0
+            and fit["t_cat_s_per_draw"] >= 0
+            and fit["t_net_s"] + fit["t_cat_s_per_draw"] > 0
+        )
     # The fitted cost model (non-negative t_net, t_cat) predicts more time, hence a larger speed-up,
     # for every further step count: expected network calls and draws both grow with N.
     for v in (256, 4096):

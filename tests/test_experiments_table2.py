@@ -25,8 +25,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mdm_jax import config as config_lib
-from mdm_jax import evaluators, experiments, gen_ppl, gpt2_evaluator, interop, sample_metrics, sample_quality
+from mdm_jax import (
+    config as config_lib,
+    evaluators,
+    experiments,
+    gen_ppl,
+    gpt2_evaluator,
+    interop,
+    sample_metrics,
+    sample_quality,
+)
 from mdm_jax.data import tokenizers
 from mdm_jax.experiments import table2
 
@@ -40,20 +48,39 @@ def write_gpt2(path, *, vocab=V, n_positions=64, d=32, layers=1, heads=2, seed=0
     os.makedirs(path, exist_ok=True)
     g = np.random.default_rng(seed)
     w = lambda *shape, s=0.2: (s * g.standard_normal(shape)).astype(np.float32)  # noqa: E731
-    t = {"transformer.wte.weight": w(vocab, d), "transformer.wpe.weight": w(n_positions, d),
-         "transformer.ln_f.weight": 1 + w(d, s=0.1), "transformer.ln_f.bias": w(d, s=0.05)}
+    t = {
+        "transformer.wte.weight": w(vocab, d),
+        "transformer.wpe.weight": w(n_positions, d),
+        "transformer.ln_f.weight": 1 + w(d, s=0.1),
+        "transformer.ln_f.bias": w(d, s=0.05),
+    }
     for i in range(layers):
         h = f"transformer.h.{i}."
         for ln in ("ln_1", "ln_2"):
             t[h + ln + ".weight"], t[h + ln + ".bias"] = 1 + w(d, s=0.1), w(d, s=0.05)
-        for name, shape in (("attn.c_attn", (d, 3 * d)), ("attn.c_proj", (d, d)), ("mlp.c_fc", (d, 4 * d)),
-                            ("mlp.c_proj", (4 * d, d))):
+        for name, shape in (
+            ("attn.c_attn", (d, 3 * d)),
+            ("attn.c_proj", (d, d)),
+            ("mlp.c_fc", (d, 4 * d)),
+            ("mlp.c_proj", (4 * d, d)),
+        ):
             t[h + name + ".weight"], t[h + name + ".bias"] = w(*shape), w(shape[1], s=0.05)
     save_file(t, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    cfg = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab,
-           "n_positions": n_positions, "n_embd": d, "n_layer": layers, "n_head": heads, "n_inner": None,
-           "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "bos_token_id": vocab - 1,
-           "eos_token_id": vocab - 1, "tie_word_embeddings": True}
+    cfg = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": vocab,
+        "n_positions": n_positions,
+        "n_embd": d,
+        "n_layer": layers,
+        "n_head": heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "bos_token_id": vocab - 1,
+        "eos_token_id": vocab - 1,
+        "tie_word_embeddings": True,
+    }
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
     if tokenizer:
@@ -78,13 +105,24 @@ def test_mdlm_scoring_reproduces_transformers_nll():
     apply_fn, params, info = interop.load_gpt2(os.path.join(FIXTURES, "gpt2-tiny"))
     ref = np.load(os.path.join(FIXTURES, "gpt2-tiny", "reference.npz"))
     rows = list(ref["tokens"].astype(np.int64))
-    nll, count = gen_ppl.chunked_nlls(lambda x: apply_fn(params, x), rows, eot_id=info.eot_id,
-                                      context=info.context_length, vocab_size=info.vocab_size)
+    nll, count = gen_ppl.chunked_nlls(
+        lambda x: apply_fn(params, x),
+        rows,
+        eot_id=info.eot_id,
+        context=info.context_length,
+        vocab_size=info.vocab_size,
+    )
     assert count.tolist() == [63, 63, 63]
-    np.testing.assert_allclose(nll / count, ref["nll"], atol=1e-5)   # the fixtures' NLL tolerance
+    np.testing.assert_allclose(nll / count, ref["nll"], atol=1e-5)  # the fixtures' NLL tolerance
     # Chunks of 16: 4 chunks of 15 targets each, the first token of every chunk unscored.
-    nll16, count16 = gen_ppl.chunked_nlls(lambda x: apply_fn(params, x), rows, eot_id=info.eot_id,
-                                          context=16, vocab_size=info.vocab_size, batch_size=2)
+    nll16, count16 = gen_ppl.chunked_nlls(
+        lambda x: apply_fn(params, x),
+        rows,
+        eot_id=info.eot_id,
+        context=16,
+        vocab_size=info.vocab_size,
+        batch_size=2,
+    )
     assert count16.tolist() == [60, 60, 60] and np.all(np.abs(nll16 / count16 - ref["nll"]) > 1e-3)
 
 
@@ -110,7 +148,7 @@ def test_eval_config_hooks(gpt2_dir):
     c = config_lib.base()
     c.eval.evaluator = f"gpt2:{gpt2_dir}"
     with pytest.raises(ValueError, match="model.vocab_size=256"):
-        evaluators.load_evaluator(c)          # a byte-level model's samples are not GPT-2 ids
+        evaluators.load_evaluator(c)  # a byte-level model's samples are not GPT-2 ids
     c.model.vocab_size = V
     c.data.tokenizer, c.data.gpt2_vocab_dir = "gpt2", tokenizers.BUNDLED_GPT2_DIR
     c.sampling.batch_size = 2
@@ -156,9 +194,11 @@ def _tiny_config(gpt2_dir, **over):
 
 
 def test_table2_checks_its_fields_before_loading(gpt2_dir, tmp_path):
-    for over, match in (({"experiment.mdlm_dir": str(tmp_path / "none")}, "experiment.mdlm_dir"),
-                        ({"experiment.rows": ("mdlm_float32", "nope")}, "unknown row 'nope'"),
-                        ({"sampling.num_samples": 3}, "multiple of sampling.batch_size")):
+    for over, match in (
+        ({"experiment.mdlm_dir": str(tmp_path / "none")}, "experiment.mdlm_dir"),
+        ({"experiment.rows": ("mdlm_float32", "nope")}, "unknown row 'nope'"),
+        ({"sampling.num_samples": 3}, "multiple of sampling.batch_size"),
+    ):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             experiments.run(_tiny_config(gpt2_dir, **over), str(tmp_path / "wd"))
     assert not os.path.exists(tmp_path / "wd")
@@ -184,8 +224,9 @@ def test_table2_end_to_end_on_the_fixtures(gpt2_dir, tmp_path):
         assert np.isfinite(r["gen_ppl"]) and r["gen_ppl_se"] > 0 and r["gen_ppl_project"] > 1
     # At V = 600 and 64 steps no token's per-step probability nears float32's 2^-24 grid: 32-bit and
     # 64-bit MDLM sampling must agree in entropy (|z| < 5 over 4 + 4 samples).
-    z = ((rows["mdlm_float32"]["entropy"] - rows["mdlm_float64"]["entropy"])
-         / math.hypot(rows["mdlm_float32"]["entropy_se"], rows["mdlm_float64"]["entropy_se"]))
+    z = (rows["mdlm_float32"]["entropy"] - rows["mdlm_float64"]["entropy"]) / math.hypot(
+        rows["mdlm_float32"]["entropy_se"], rows["mdlm_float64"]["entropy_se"]
+    )
     assert abs(z) < 5, z
     samples = [json.loads(x) for x in open(os.path.join(wd, "table2_samples.jsonl"))]
     assert len(samples) == 5 * 4 and all(max(s["tokens"]) < 600 for s in samples)

@@ -55,12 +55,11 @@ def test_chunked_nlls_match_an_explicit_loop():
     rng = np.random.default_rng(1)
     rows = [rng.integers(0, 10, size=11) for _ in range(3)] + [rng.integers(0, 10, size=9)]
     context = 4
-    nll, count = gen_ppl.chunked_nlls(bigram, rows, eot_id=EOT, context=context, vocab_size=10,
-                                      batch_size=2)
+    nll, count = gen_ppl.chunked_nlls(bigram, rows, eot_id=EOT, context=context, vocab_size=10, batch_size=2)
     for r, got_nll, got_count in zip(rows, nll, count):
         want_nll, want_count = 0.0, 0
         for start in range(0, len(r), context):
-            chunk = r[start:start + context]
+            chunk = r[start : start + context]
             seen_eot = 0
             for j, tok in enumerate(chunk):
                 seen_eot += tok == EOT
@@ -86,8 +85,12 @@ def test_decode_cleans_up_like_transformers_and_retokenize_pads_per_group():
     rows, lengths = gen_ppl.retokenize(tok, texts, max_length=6, pad_id=EOT, group_size=2)
     assert lengths == [3, 6, 3, 2]
     # Group 1 is padded to 6 (the truncated second text), group 2 to 3.
-    assert [r.tolist() for r in rows] == [[0, 1, 2, EOT, EOT, EOT], [0, 1, 2, 3, 4, 5],
-                                          [0, EOT, 1], [0, 1, EOT]]
+    assert [r.tolist() for r in rows] == [
+        [0, 1, 2, EOT, EOT, EOT],
+        [0, 1, 2, 3, 4, 5],
+        [0, EOT, 1],
+        [0, 1, EOT],
+    ]
     with pytest.raises(ValueError, match="max_length"):
         gen_ppl.retokenize(tok, texts, max_length=1, pad_id=EOT)
 
@@ -95,8 +98,9 @@ def test_decode_cleans_up_like_transformers_and_retokenize_pads_per_group():
 def test_mdlm_generative_perplexity_end_to_end_on_a_bigram():
     tok = CharTokenizer()
     tokens = np.array([[0, 1, 2, EOT, 3], [4, 5, 6, 7, 8]])
-    out = gen_ppl.mdlm_generative_perplexity(bigram, tokens, sample_tokenizer=tok, eval_tokenizer=tok,
-                                             eot_id=EOT, context=8, vocab_size=10)
+    out = gen_ppl.mdlm_generative_perplexity(
+        bigram, tokens, sample_tokenizer=tok, eval_tokenizer=tok, eot_id=EOT, context=8, vocab_size=10
+    )
     # One padding group of width 5 (no truncation, nothing to pad): every target counted.
     rows = tokens
     want = sum(-_log_softmax(TABLE[r[j - 1]])[r[j]] for r in rows for j in range(1, 5))

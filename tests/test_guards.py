@@ -23,11 +23,22 @@ from mdm_jax import checkpoint, config as config_lib, errors, guards, loop, rng,
 
 def tiny_config(**train_fields):
     c = config_lib.base()
-    c.model.update(vocab_size=256, max_len=32, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64,
-                   time_conditioning=False)
+    c.model.update(
+        vocab_size=256, max_len=32, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, time_conditioning=False
+    )
     c.data.seq_len = 32
-    c.train.update(batch_size=8, num_steps=4, warmup_steps=0, lr=3e-3, lr_schedule="constant",
-                   log_every=2, eval_every=1000, eval_batches=1, checkpoint_every=2, plot=False)
+    c.train.update(
+        batch_size=8,
+        num_steps=4,
+        warmup_steps=0,
+        lr=3e-3,
+        lr_schedule="constant",
+        log_every=2,
+        eval_every=1000,
+        eval_batches=1,
+        checkpoint_every=2,
+        plot=False,
+    )
     c.train.update(train_fields)
     c.eval.num_batches = 1
     return c
@@ -57,10 +68,10 @@ def test_step_flags_and_drops_a_nonfinite_update():
     state, m = blow_up(state, batch, rng.fold(rng.root_key(good.seed), "train", 1))
     n = len(jax.tree.leaves(state.params))
     assert int(m["nonfinite"]) == 1 and int(state.step) == 2
-    assert int(m["nonfinite_loss"]) == 0 and int(m["nonfinite_grads"]) == 0   # the loss was fine...
+    assert int(m["nonfinite_loss"]) == 0 and int(m["nonfinite_grads"]) == 0  # the loss was fine...
     assert int(m["nonfinite_params"]) == n and int(m["nonfinite_param_leaf"]) == 0  # ...the update was not
     for old, new in zip(before, (_flat(state.params), _flat(state.opt_state), _flat(state.ema_params))):
-        np.testing.assert_array_equal(old, new)   # nothing of the update was applied
+        np.testing.assert_array_equal(old, new)  # nothing of the update was applied
     state, m = step(state, batch, rng.fold(rng.root_key(good.seed), "train", 2))
     assert int(m["nonfinite"]) == 0 and not np.array_equal(_flat(state.params), before[0])
 
@@ -82,8 +93,9 @@ def test_monitor_policies():
     stop = guards.Monitor(tiny_config().train, names, lambda: (4, "/w/checkpoints/4"))
     assert stop.observe([_flags(0), _flags(0)], first_step=1) == 0
     with pytest.raises(guards.Diverged) as e:
-        stop.observe([_flags(0), _flags(1, nonfinite_loss=1, nonfinite_grads=2, nonfinite_grad_leaf=1)],
-                     first_step=5)
+        stop.observe(
+            [_flags(0), _flags(1, nonfinite_loss=1, nonfinite_grads=2, nonfinite_grad_leaf=1)], first_step=5
+        )
     msg = str(e.value)
     assert "diverged at step 6" in msg and "the loss" in msg and "the last good checkpoint is step 4" in msg
     assert "gradients of 2 of 2 parameter arrays (first: params/head/kernel)" in msg
@@ -91,9 +103,10 @@ def test_monitor_policies():
 
     skip = guards.Monitor(tiny_config(nonfinite="skip", max_nonfinite_skips=3).train, names, lambda: None)
     assert skip.observe([_flags(1), _flags(1), _flags(0), _flags(1)], first_step=1) == 3  # never 3 in a row
-    assert skip.observe([_flags(1)], first_step=5) == 1                                   # 2 in a row
-    with pytest.raises(guards.Diverged,
-                       match=r"step 6: .*3 non-finite steps in a row .*max_nonfinite_skips=3"):
+    assert skip.observe([_flags(1)], first_step=5) == 1  # 2 in a row
+    with pytest.raises(
+        guards.Diverged, match=r"step 6: .*3 non-finite steps in a row .*max_nonfinite_skips=3"
+    ):
         skip.observe([_flags(1, nonfinite_params=2, nonfinite_param_leaf=0)], first_step=6)
 
 
@@ -112,22 +125,23 @@ def _all_checkpoints_finite(config, workdir):
 @pytest.mark.slow
 def test_loop_stops_or_skips_and_keeps_the_good_checkpoints(tmp_path):
     wd = str(tmp_path / "run")
-    loop.train_and_evaluate(tiny_config(num_steps=4), wd)          # checkpoints 2 and 4, finite
-    with pytest.raises(guards.Diverged) as e:                         # then the learning rate explodes
+    loop.train_and_evaluate(tiny_config(num_steps=4), wd)  # checkpoints 2 and 4, finite
+    with pytest.raises(guards.Diverged) as e:  # then the learning rate explodes
         loop.train_and_evaluate(tiny_config(num_steps=8, lr=1e39), wd)
     msg = str(e.value)
     assert "training diverged at step 5" in msg and "updated values of" in msg
     assert f"the last good checkpoint is step 4 ({wd}/checkpoints/4)" in msg and "train.nonfinite" in msg
-    assert _checkpoint_steps(wd) == [2, 4]       # nothing saved after the divergence
-    assert not os.path.exists(os.path.join(wd, "run.lock"))   # the lock is released on the way out
+    assert _checkpoint_steps(wd) == [2, 4]  # nothing saved after the divergence
+    assert not os.path.exists(os.path.join(wd, "run.lock"))  # the lock is released on the way out
 
     with pytest.raises(guards.Diverged, match=r"step 7: .*3 non-finite steps in a row"):
-        loop.train_and_evaluate(tiny_config(num_steps=8, lr=1e39, log_every=1, nonfinite="skip",
-                                             max_nonfinite_skips=3), wd)
+        loop.train_and_evaluate(
+            tiny_config(num_steps=8, lr=1e39, log_every=1, nonfinite="skip", max_nonfinite_skips=3), wd
+        )
     records = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     skipped = [(r["step"], r["skipped_steps"]) for r in records if r["prefix"] == "train" and r["step"] > 4]
-    assert skipped[-2:] == [(5, 1), (6, 1)] and "loss" not in records[-1]   # nothing finite to average
-    assert _checkpoint_steps(wd) == [2, 4, 6]   # step 6 = step 4's parameters: both updates skipped
+    assert skipped[-2:] == [(5, 1), (6, 1)] and "loss" not in records[-1]  # nothing finite to average
+    assert _checkpoint_steps(wd) == [2, 4, 6]  # step 6 = step 4's parameters: both updates skipped
     _all_checkpoints_finite(tiny_config(), wd)
 
 
@@ -137,15 +151,23 @@ def test_restore_params_refuses_nonfinite_parameters(tmp_path):
     state, _ = train.create_train_state(c, mesh)
     with checkpoint.Checkpointer(tmp_path, async_save=False) as ck:
         nan_state = state.replace(ema_params=jax.tree.map(lambda x: x * jnp.nan, state.ema_params))
-        with pytest.raises(guards.Diverged, match="refusing to save checkpoint step 3: non-finite values in "
-                                                  "ema_params/"):
+        with pytest.raises(
+            guards.Diverged, match="refusing to save checkpoint step 3: non-finite values in ema_params/"
+        ):
             ck.save(3, nan_state, {"index": 3})
         assert ck.all_steps() == []
         # A checkpoint written without the guard (an older version of this code) is refused on read.
-        ck._manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(nan_state),
-                                                    data=ocp.args.JsonSave({"index": 3})))
-    with pytest.raises(guards.Diverged, match="checkpoint step 3 .* holds non-finite EMA parameters "
-                                              r"\(ema_params/block_0"):
+        ck._manager.save(
+            3,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(nan_state), data=ocp.args.JsonSave({"index": 3})
+            ),
+        )
+    with pytest.raises(
+        guards.Diverged,
+        match="checkpoint step 3 .* holds non-finite EMA parameters "
+        r"\(ema_params/block_0",
+    ):
         runs.restore_params(c, str(tmp_path))
-    params, step, _, _ = runs.restore_params(c, str(tmp_path), use_ema=False)   # the raw ones are fine
+    params, step, _, _ = runs.restore_params(c, str(tmp_path), use_ema=False)  # the raw ones are fine
     assert step == 3

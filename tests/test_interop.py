@@ -80,6 +80,7 @@ def gpt2_config():
 
 # ----------------------------------------------------------------------------- GPT-2 parity
 
+
 def test_gpt2_logits_and_nll_match_transformers():
     ref = reference(GPT2)
     apply_fn, params, info = interop.load_gpt2(GPT2)
@@ -133,6 +134,7 @@ def test_gpt2_bfloat16_compute_is_close_but_not_float32():
 
 
 # ----------------------------------------------------------------------------- MDLM parity
+
 
 @pytest.mark.parametrize("name", sorted(MDLM))
 def test_mdlm_raw_logits_and_subs_match_reference(name):
@@ -202,10 +204,12 @@ def test_float64_reference_agrees_with_float32_reference_to_its_rounding():
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def test_directory_missing_a_file(tmp_path):
     d = rewrite(GPT2, tmp_path / "no_weights", drop=("model.safetensors",))
-    with pytest.raises(FileNotFoundError,
-                       match=r"'model.safetensors' is missing.*config.json.*huggingface-cli"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'model.safetensors' is missing.*config.json.*huggingface-cli"
+    ):
         interop.load_gpt2(d)
     d = rewrite(MDLM["mdlm-tiny"], tmp_path / "no_config", drop=("config.json",))
     with pytest.raises(FileNotFoundError, match=r"'config.json' is missing"):
@@ -224,8 +228,11 @@ def test_config_of_another_model_type():
 def test_missing_and_extra_tensors_are_named(tmp_path):
     t = gpt2_tensors()
     del t["transformer.h.1.mlp.c_fc.bias"]
-    with pytest.raises(ValueError, match=r"missing 1 tensor\(s\): h\.1\.mlp\.c_fc\.bias\).*Expected tensors: "
-                                         r"h\.0\.attn\.c_attn\.bias"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing 1 tensor\(s\): h\.1\.mlp\.c_fc\.bias\).*Expected tensors: "
+        r"h\.0\.attn\.c_attn\.bias",
+    ):
         interop.load_gpt2(rewrite(GPT2, tmp_path / "missing", tensors=t))
     t = dict(gpt2_tensors(), **{f"transformer.h.0.adapter_{i}": np.zeros(3, np.float32) for i in range(7)})
     with pytest.raises(ValueError, match=r"unexpected 7 tensor\(s\): h\.0\.adapter_0, .* \.\.\. and 2 more"):
@@ -238,13 +245,19 @@ def test_missing_and_extra_tensors_are_named(tmp_path):
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     cfg = dict(gpt2_config(), n_positions=32)
-    with pytest.raises(ValueError, match=r"'transformer\.wpe\.weight' has shape \(64, 64\), but config\.json "
-                                         r"implies \(32, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'transformer\.wpe\.weight' has shape \(64, 64\), but config\.json "
+        r"implies \(32, 64\)",
+    ):
         interop.load_gpt2(rewrite(GPT2, tmp_path / "short", config=cfg))
     with open(os.path.join(MDLM["mdlm-tiny"], "config.json")) as f:
         cfg = dict(json.load(f), cond_dim=16)
-    with pytest.raises(ValueError, match=r"'backbone\.sigma_map\.mlp\.0\.weight' has shape \(32, 256\), but "
-                                         r"config\.json implies \(16, 256\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'backbone\.sigma_map\.mlp\.0\.weight' has shape \(32, 256\), but "
+        r"config\.json implies \(16, 256\)",
+    ):
         interop.load_mdlm(rewrite(MDLM["mdlm-tiny"], tmp_path / "cond", config=cfg))
 
 
@@ -267,8 +280,12 @@ def test_unsupported_gpt2_settings_are_refused(tmp_path):
 def test_tokenizer_whose_vocabulary_does_not_match_the_model():
     _, _, info = interop.load_gpt2(GPT2)
     real = tokenizers.GPT2Tokenizer(tokenizers.BUNDLED_GPT2_DIR)
-    with pytest.raises(ValueError, match=r"eval.evaluator.*50257 token ids, the model 512; its end-of-text "
-                                         r"id is 50256, the model's 511"):
-        vocab.check_tokenizer(real, vocab_size=info.vocab_size, eot_id=info.eot_id, model="gpt2-tiny",
-                              field="eval.evaluator")
+    with pytest.raises(
+        ValueError,
+        match=r"eval.evaluator.*50257 token ids, the model 512; its end-of-text "
+        r"id is 50256, the model's 511",
+    ):
+        vocab.check_tokenizer(
+            real, vocab_size=info.vocab_size, eot_id=info.eot_id, model="gpt2-tiny", field="eval.evaluator"
+        )
     vocab.check_tokenizer(real, vocab_size=50257, eot_id=50256, model="GPT-2", field="x")  # matches: silent

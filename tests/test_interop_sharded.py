@@ -68,10 +68,14 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def result():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON"))
     return json.loads(line[4:])
@@ -80,9 +84,9 @@ def result():
 def test_sharded_gpt2_matches_reference(result):
     assert result["gpt2_err"] <= 5e-5
     specs = result["gpt2_specs"]
-    assert specs["wte/embedding"] == ["tensor", "fsdp"]          # vocab over tensor, embed over fsdp
-    assert result["wte_shard"] == [256, 32]                       # 512 x 64 split 2 x 2
-    assert specs["h_0/c_attn/kernel"] == ["fsdp", "None", "tensor", "None"]   # [D, 3, heads, head_dim]
+    assert specs["wte/embedding"] == ["tensor", "fsdp"]  # vocab over tensor, embed over fsdp
+    assert result["wte_shard"] == [256, 32]  # 512 x 64 split 2 x 2
+    assert specs["h_0/c_attn/kernel"] == ["fsdp", "None", "tensor", "None"]  # [D, 3, heads, head_dim]
     assert specs["h_0/c_attn/bias"] == ["None", "tensor", "None"]
     assert specs["h_1/mlp_c_proj/kernel"] == ["tensor", "fsdp"]  # [mlp, D]
     assert specs["ln_f/scale"] == ["fsdp"]

@@ -18,10 +18,16 @@ from ml_collections import ConfigDict
 from mdm_jax.data import tokenizers
 
 # Known GPT-2 token ids (the published vocabulary).
-KNOWN = {"Hello world": [15496, 995], "Hello, world!": [15496, 11, 995, 0], " the": [262],
-         "The quick brown fox": [464, 2068, 7586, 21831]}
-TEXT = ("The quick brown fox jumps over the lazy dog. It's 2024; naïve café, 日本語 and emoji 🙂!\n\n"
-        "  Indented   spaces, tabs\tand CRLF\r\nlines: don't, we'll, they've, I'm... <|endoftext|> 3.14159")
+KNOWN = {
+    "Hello world": [15496, 995],
+    "Hello, world!": [15496, 11, 995, 0],
+    " the": [262],
+    "The quick brown fox": [464, 2068, 7586, 21831],
+}
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. It's 2024; naïve café, 日本語 and emoji 🙂!\n\n"
+    "  Indented   spaces, tabs\tand CRLF\r\nlines: don't, we'll, they've, I'm... <|endoftext|> 3.14159"
+)
 
 
 def data_config(vocab_dir):
@@ -49,8 +55,7 @@ def test_bundled_real_gpt2_vocabulary(real):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in for every byte, the alphabet of vocab.json / merges.txt."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     out, extra = {b: chr(b) for b in keep}, 0
     for b in range(256):
         if b not in out:
@@ -75,7 +80,7 @@ def _hf_form(ranks_path, out_dir):
             pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
             best, i = min(pairs)
             assert best < rank
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
         merges.append(f"{show(parts[0])} {show(parts[1])}")
     vocab = {show(t): r for t, r in ranks.items()}
     vocab[tokenizers.GPT2_EOT] = len(ranks)

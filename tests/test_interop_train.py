@@ -18,15 +18,24 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mdm_jax import config as config_lib
-from mdm_jax import cli, generate, interop, models, modes, sharding, train
+from mdm_jax import cli, config as config_lib, generate, interop, models, modes, sharding, train
 from mdm_jax.data import tokenizers
 from mdm_jax.interop import init_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "mdlm-tiny")
-FIELDS = dict(family="mdlm", vocab_size=600, max_len=64, emb_dim=64, num_layers=2, num_heads=4,
-              time_emb_dim=32, mlp_dim=256, mlp_type="gelu", time_conditioning=False)
+FIELDS = dict(
+    family="mdlm",
+    vocab_size=600,
+    max_len=64,
+    emb_dim=64,
+    num_layers=2,
+    num_heads=4,
+    time_emb_dim=32,
+    mlp_dim=256,
+    mlp_type="gelu",
+    time_conditioning=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +59,18 @@ def mdlm_config(vocab_dir, packed_dir, **train_fields):
     c.init_from = f"mdlm:{FIXTURE}"
     c.objective.schedule = "loglinear"
     c.data.update(tokenizer="gpt2", gpt2_vocab_dir=vocab_dir, seq_len=16, packed_dir=str(packed_dir))
-    c.train.update(batch_size=4, num_steps=2, warmup_steps=0, lr=1e-3, log_every=1, eval_every=100,
-                   eval_batches=1, checkpoint_every=2, plot=False, **train_fields)
+    c.train.update(
+        batch_size=4,
+        num_steps=2,
+        warmup_steps=0,
+        lr=1e-3,
+        log_every=1,
+        eval_every=100,
+        eval_batches=1,
+        checkpoint_every=2,
+        plot=False,
+        **train_fields,
+    )
     c.sampling.update(num_samples=2, batch_size=2, seq_len=16, precision="float32", prompt="The ")
     return c
 
@@ -76,8 +95,13 @@ def test_init_from_is_a_command_line_field():
     parses override paths as Python, where `from` is a keyword)."""
     from absl import flags
 
-    argv = ["m", f"--config={ROOT}/configs/quickstart.py",
-            f"--config.init_from=mdlm:{FIXTURE}", "--config.model.family=mdlm", "--workdir=/unused"]
+    argv = [
+        "m",
+        f"--config={ROOT}/configs/quickstart.py",
+        f"--config.init_from=mdlm:{FIXTURE}",
+        "--config.model.family=mdlm",
+        "--workdir=/unused",
+    ]
     assert cli.unknown_override_message(argv) is None
     fv = flags.FlagValues()
     cli.define_flags(fv, sys_argv=argv)
@@ -94,8 +118,11 @@ def test_bad_init_from_and_family_settings_fail_early(vocab_600, tmp_path):
             init_from.check(c)
     c = mdlm_config(vocab_600, tmp_path)
     c.data.update(tokenizer="byte")
-    with pytest.raises(ValueError, match=r"config.data.tokenizer: the 'byte' tokenizer does not match the "
-                                         r"mdlm checkpoint .*256 token ids, the model 600"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.data.tokenizer: the 'byte' tokenizer does not match the "
+        r"mdlm checkpoint .*256 token ids, the model 600",
+    ):
         init_from.check(c)
     c = mdlm_config(vocab_600, tmp_path)
     c.objective.kind = "arm"
@@ -133,7 +160,11 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         result = modes.run("train", c, workdir)
-    assert result["step"] == 2 and np.isfinite(result["train/loss"]) and np.isfinite(result["eval/nats_per_token"])
+    assert (
+        result["step"] == 2
+        and np.isfinite(result["train/loss"])
+        and np.isfinite(result["eval/nats_per_token"])
+    )
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
 
     with contextlib.redirect_stdout(buf):
@@ -149,14 +180,26 @@ def test_train_from_mdlm_checkpoint_then_sample_and_resume(vocab_600, tmp_path):
     c.init_from = f"mdlm:{tmp_path / 'gone'}"
     with contextlib.redirect_stdout(buf):
         result = modes.run("train", c, workdir)
-    assert result["step"] == 2 and "resumed from" in buf.getvalue() and np.isfinite(result["eval/nats_per_token"])
+    assert (
+        result["step"] == 2
+        and "resumed from" in buf.getvalue()
+        and np.isfinite(result["eval/nats_per_token"])
+    )
 
 
 # ----------------------------------------------------------------------------- GPT-2 as an ARM family
 
 GPT2_FIXTURE = os.path.join(os.path.dirname(FIXTURE), "gpt2-tiny")
-GPT2_FIELDS = dict(family="gpt2", vocab_size=512, max_len=64, emb_dim=64, num_layers=2, num_heads=4,
-                   mlp_dim=256, mlp_type="gelu")
+GPT2_FIELDS = dict(
+    family="gpt2",
+    vocab_size=512,
+    max_len=64,
+    emb_dim=64,
+    num_layers=2,
+    num_heads=4,
+    mlp_dim=256,
+    mlp_type="gelu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +260,11 @@ def test_gpt2_family_from_checkpoint_trains_as_arm_and_samples(vocab_512):
     c = gpt2_config(vocab_512)
     bad = gpt2_config(vocab_512)
     bad.model.num_heads = 8
-    with pytest.raises(ValueError, match=r"--config.model.num_heads=4 \(config.json n_head\), the config has "
-                                         r"8"):
+    with pytest.raises(
+        ValueError,
+        match=r"--config.model.num_heads=4 \(config.json n_head\), the config has "
+        r"8",
+    ):
         init_from.check(bad)
     init_from.check(c)
     mesh = sharding.make_mesh(c.mesh)

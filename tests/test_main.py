@@ -12,18 +12,27 @@ from mdm_jax import cli, distributed
 
 # The tiny model on the embedded corpus: the whole round trip takes seconds per mode.
 TINY = [
-    "--config=configs/quickstart.py", *tiny_flags(),
-    "--config.train.num_steps=12", "--config.train.warmup_steps=2",
-    "--config.train.log_every=3", "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
-    "--config.train.eval_batches=1", "--config.eval.num_batches=2",
-    "--config.sampling.num_samples=3", "--config.sampling.batch_size=2",
+    "--config=configs/quickstart.py",
+    *tiny_flags(),
+    "--config.train.num_steps=12",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every=3",
+    "--config.train.eval_every=6",
+    "--config.train.checkpoint_every=6",
+    "--config.train.eval_batches=1",
+    "--config.eval.num_batches=2",
+    "--config.sampling.num_samples=3",
+    "--config.sampling.batch_size=2",
 ]
 
 
-@pytest.mark.parametrize("override, field, parent_listing", [
-    ("--config.trian.lr=1", "'trian'", "Valid fields of config: data, dtype, eval"),
-    ("--config.train.lrr=1", "'lrr'", "Valid fields of config.train: b1, b2, batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, field, parent_listing",
+    [
+        ("--config.trian.lr=1", "'trian'", "Valid fields of config: data, dtype, eval"),
+        ("--config.train.lrr=1", "'lrr'", "Valid fields of config.train: b1, b2, batch_size"),
+    ],
+)
 def test_unknown_config_field_stops_early(tmp_path, override, field, parent_listing):
     r = _run("--config=configs/quickstart.py", f"--workdir={tmp_path}/w", override, timeout=120)
     assert r.returncode != 0
@@ -33,8 +42,12 @@ def test_unknown_config_field_stops_early(tmp_path, override, field, parent_list
 
 
 def test_unknown_override_message_is_none_for_valid_fields():
-    argv = ["m", f"--config={ROOT}/configs/quickstart.py", "--config.train.lr=0.1",
-            "--config.model.dropout=0.1"]
+    argv = [
+        "m",
+        f"--config={ROOT}/configs/quickstart.py",
+        "--config.train.lr=0.1",
+        "--config.model.dropout=0.1",
+    ]
     assert cli.unknown_override_message(argv) is None
     bad = cli.unknown_override_message(argv + ["--config.model.dropout.rate=1"])
     assert "config.model.dropout is a value, not a group" in bad
@@ -59,8 +72,11 @@ def test_unwritable_workdir_cli(tmp_path):
 
 
 def _snapshot(root):
-    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, _, files in os.walk(root) for f in files)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, _, files in os.walk(root)
+        for f in files
+    )
 
 
 @pytest.mark.slow
@@ -83,8 +99,9 @@ def test_cli_train_eval_sample_round_trip(tmp_path):
     assert len(history) == 1 and history[0]["start_step"] == 0 and not (wd / "run.lock").exists()
 
     # The config file without the run's shape overrides: the model comes from wd/config.json.
-    r = _run("--config=configs/quickstart.py", "--config.eval.num_batches=2", f"--workdir={wd}",
-             "--mode=eval")
+    r = _run(
+        "--config=configs/quickstart.py", "--config.eval.num_batches=2", f"--workdir={wd}", "--mode=eval"
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "taken from" in r.stdout and "model.emb_dim" in r.stdout
     assert "eval step 12" in r.stdout and "bits/token" in r.stdout

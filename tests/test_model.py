@@ -25,6 +25,7 @@ from mdm_jax.models.transformer import Transformer, padded_vocab
 
 V, L, B = 13, 12, 3
 
+
 def tiny(**kw) -> Transformer:
     args = dict(vocab_size=V, max_len=16, num_layers=2, num_heads=2, emb_dim=32, mlp_dim=48)
     args.update(kw)
@@ -80,12 +81,12 @@ def test_ar_adapters_reject_bidirectional_model():
 def _position_sensitivity(model, params, i):
     """Max |change| of outputs at positions <= i and > i when only tokens after i change."""
     a = tokens_of(2)
-    b = a.at[:, i + 1:].set((a[:, i + 1:] + 1) % V)
+    b = a.at[:, i + 1 :].set((a[:, i + 1 :] + 1) % V)
     t = jnp.full((B,), 0.5, jnp.float32) if model.time_conditioning else None
     apply = jax.jit(lambda x: model.apply({"params": params}, x, t))
     fa, fb = apply(a), apply(b)
     diff = jnp.abs(fa - fb)
-    return float(diff[:, :i + 1].max()), float(diff[:, i + 1:].max())
+    return float(diff[:, : i + 1].max()), float(diff[:, i + 1 :].max())
 
 
 def test_causal_output_ignores_future_tokens_bidirectional_does_not():
@@ -183,7 +184,7 @@ def _float64_ops(closed_jaxpr) -> list[str]:
             if any(getattr(v.aval, "dtype", None) == jnp.float64 for v in eqn.outvars):
                 found.append(str(eqn))
             for p in eqn.params.values():
-                for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                for sub in p if isinstance(p, (list, tuple)) else [p]:
                     inner = getattr(sub, "jaxpr", sub)
                     if hasattr(inner, "eqns"):
                         walk(inner)
@@ -264,8 +265,9 @@ def test_sharded_forward_matches_single_device():
     """8 fake CPU devices as data=2 x fsdp=2 x tensor=2 (a fresh process: XLA_FLAGS before import)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -276,6 +278,7 @@ def test_samplers_take_adapter_params_as_traced_arguments():
     import importlib
 
     from mdm_jax import sampling, schedules
+
     # The modules (the package re-exports functions of the same names).
     fhs_mod = importlib.import_module("mdm_jax.sampling.first_hitting")
     ar_mod = importlib.import_module("mdm_jax.sampling.autoregressive")
@@ -300,10 +303,16 @@ def test_samplers_take_adapter_params_as_traced_arguments():
     toks = []
     for p in (a1, a2):
         step_fn, state = adapters.ar_step_fn(arm, p, B)
-        toks.append(np.asarray(sampling.autoregressive(step_fn, state, key, batch_size=B, seq_len=L,
-                                                       bos_id=V, precision="float32")[0]))
-        full, _ = sampling.autoregressive_uncached(adapters.ar_logits_fn(arm, p), key, batch_size=B,
-                                                   seq_len=L, bos_id=V, precision="float32")
+        toks.append(
+            np.asarray(
+                sampling.autoregressive(
+                    step_fn, state, key, batch_size=B, seq_len=L, bos_id=V, precision="float32"
+                )[0]
+            )
+        )
+        full, _ = sampling.autoregressive_uncached(
+            adapters.ar_logits_fn(arm, p), key, batch_size=B, seq_len=L, bos_id=V, precision="float32"
+        )
         np.testing.assert_array_equal(toks[-1], np.asarray(full))
     assert ar_mod._ar_cached._cache_size() == before + 1
     assert not np.array_equal(toks[0], toks[1])
@@ -326,4 +335,5 @@ def test_adapters_cast_weight_matrices_once_without_changing_outputs():
     ap = random_params(arm, 8)
     np.testing.assert_array_equal(
         np.asarray(jax.jit(adapters.ar_logits_fn(arm, ap))(x)),
-        np.asarray(jax.jit(lambda p, x: arm.apply({"params": p}, x, None, deterministic=True))(ap, x)))
+        np.asarray(jax.jit(lambda p, x: arm.apply({"params": p}, x, None, deterministic=True))(ap, x)),
+    )

@@ -51,13 +51,25 @@ def _free_port() -> int:
 
 def _launch(num_processes: int, devices_per_process: int, workdir, out, cache_dir) -> dict:
     # The restarted job compiles the same programs again: a persistent compilation cache saves it.
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(num_processes), str(i), str(port),
-                               str(workdir), str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(num_processes), str(i), str(port), str(workdir), str(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(num_processes)
+    ]
     logs = []
     for p in procs:
         try:

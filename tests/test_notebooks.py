@@ -19,9 +19,14 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-EXPECTED = ("01_schedules_and_time_agnostic", "02_first_hitting_sampler", "03_sampling_precision",
-            "04_train_sample_audit", "05_backends")
-CELL_TIMEOUT_S = 300   # generous per cell on a loaded 2-core box; each notebook takes under 3 min
+EXPECTED = (
+    "01_schedules_and_time_agnostic",
+    "02_first_hitting_sampler",
+    "03_sampling_precision",
+    "04_train_sample_audit",
+    "05_backends",
+)
+CELL_TIMEOUT_S = 300  # generous per cell on a loaded 2-core box; each notebook takes under 3 min
 
 
 def test_every_notebook_is_tested_and_committed_with_outputs_of_one_top_to_bottom_run():
@@ -48,11 +53,12 @@ def test_notebook_executes(name, monkeypatch, tmp_path):
     # tmp_path (cleaned up by pytest) instead of accumulating in /tmp.
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
     start = time.perf_counter()
-    client.execute()   # raises CellExecutionError naming the cell on any error or failed assert
+    client.execute()  # raises CellExecutionError naming the cell on any error or failed assert
     print(f"{name}: {time.perf_counter() - start:.1f} s")
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code)   # every cell ran
+    assert all(c.execution_count is not None for c in code)  # every cell ran
     assert not any(o.output_type == "error" for c in code for o in c.outputs)

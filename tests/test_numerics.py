@@ -13,12 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax import config as config_lib
-from mdm_jax import precision as precision_lib
-from mdm_jax import rng
-from mdm_jax.numerics import __main__ as cli
-from mdm_jax.numerics import compare, convert, draws, emulate, environment, networks
-from mdm_jax.numerics import rows as R
+from mdm_jax import config as config_lib, precision as precision_lib, rng
+from mdm_jax.numerics import (
+    __main__ as cli,
+    compare,
+    convert,
+    draws,
+    emulate,
+    environment,
+    networks,
+    rows as R,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "numerics")
@@ -27,6 +32,7 @@ H200 = os.path.join(ROOT, "docs", "results", "nvidia-h200", "numerics.json")
 
 # --- emulated accelerator arithmetic -----------------------------------------------------------
 
+
 def test_round_mantissa_rounds_to_nearest_even():
     x = jnp.asarray([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -(1 + 3 * 2**-8), 3.0], jnp.float32)
     out = np.asarray(emulate.round_mantissa(x, 7))
@@ -34,8 +40,9 @@ def test_round_mantissa_rounds_to_nearest_even():
     np.testing.assert_array_equal(out, [1.0, 1 + 2**-6, 1 + 2**-7, -(1 + 2**-6), 3.0])
     # Agrees with XLA's own float32 -> bfloat16 conversion on random values.
     r = jax.random.normal(jax.random.key(0), (4096,)) * 100
-    np.testing.assert_array_equal(np.asarray(emulate.round_mantissa(r, 7)),
-                                  np.asarray(r.astype(jnp.bfloat16).astype(jnp.float32)))
+    np.testing.assert_array_equal(
+        np.asarray(emulate.round_mantissa(r, 7)), np.asarray(r.astype(jnp.bfloat16).astype(jnp.float32))
+    )
 
 
 @pytest.mark.parametrize("fmt", sorted(emulate.FORMATS))
@@ -58,7 +65,7 @@ def test_emulated_bfloat16_matmul_equals_a_bfloat16_operand_matmul():
     exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
     # Same products, float32 accumulation in a possibly different order: ~1e-6 of the terms.
     np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), atol=2e-5)
-    assert np.max(np.abs(np.asarray(ours) - exact)) > 1e-2   # and far from the float32 product
+    assert np.max(np.abs(np.asarray(ours) - exact)) > 1e-2  # and far from the float32 product
 
 
 def test_emulate_keeps_a_partial_a_partial_with_its_arrays_traced():
@@ -76,11 +83,12 @@ def test_probe_classifies_and_float32_is_full_precision_everywhere():
     assert environment.classify(0.0) == "bfloat16"
     assert environment.classify(0.5).startswith("other")
     found = environment.matmul_probe()
-    assert found["native"]["float32"] == "float32"   # HIGHEST is full float32 on every backend
+    assert found["native"]["float32"] == "float32"  # HIGHEST is full float32 on every backend
     assert found["emulated"] == {f: f for f in emulate.FORMATS}
 
 
 # --- the report format and compare ---------------------------------------------------------------
+
 
 def _report(rows, title="t"):
     return {"format": R.FORMAT, "version": R.VERSION, "size": "quick", "title": title, "rows": rows}
@@ -99,10 +107,23 @@ def test_differs_uses_the_rows_tolerances():
 
 
 def test_compare_marks_exactly_the_differences_and_absences():
-    a = _report({"env/x64": R.exact(False), "cap/max": R.number(15.9424, rel=1e-6),
-                 "tokens/ids": R.ids([1, 2, 3, 4]), "only/a": R.exact(1)}, "A")
-    b = _report({"env/x64": R.exact(True), "cap/max": R.number(15.94241, rel=1e-6),
-                 "tokens/ids": R.ids([1, 2, 3, 5])}, "B")
+    a = _report(
+        {
+            "env/x64": R.exact(False),
+            "cap/max": R.number(15.9424, rel=1e-6),
+            "tokens/ids": R.ids([1, 2, 3, 4]),
+            "only/a": R.exact(1),
+        },
+        "A",
+    )
+    b = _report(
+        {
+            "env/x64": R.exact(True),
+            "cap/max": R.number(15.94241, rel=1e-6),
+            "tokens/ids": R.ids([1, 2, 3, 5]),
+        },
+        "B",
+    )
     lines = {ln.name: ln for ln in compare.compare_reports([a, b])}
     assert lines["env/x64"].marks == ["", "*"]
     assert lines["cap/max"].marks == ["", ""]
@@ -120,9 +141,13 @@ def test_cli_compare_reports_differences_with_exit_0_and_malformed_files_with_ex
     other.write_text(json.dumps(_report({"env/backend": R.exact("gpu")})))
     assert cli.main(["compare", str(good), str(other), "--out", str(tmp_path / "t.md")]) == 0
     assert "| env/backend | equal | cpu | gpu * |" in (tmp_path / "t.md").read_text()
-    bad_rows = [{"x": {"kind": "float", "value": "1.0", "abs": 0, "rel": 0, "se": 0}},
-                {"x": {"kind": "float", "value": 1.0, "abs": -1, "rel": 0, "se": 0}},
-                {"x": {"kind": "ids", "value": [1, "2"]}}, {"x": {"value": 1}}, {}]
+    bad_rows = [
+        {"x": {"kind": "float", "value": "1.0", "abs": 0, "rel": 0, "se": 0}},
+        {"x": {"kind": "float", "value": 1.0, "abs": -1, "rel": 0, "se": 0}},
+        {"x": {"kind": "ids", "value": [1, "2"]}},
+        {"x": {"value": 1}},
+        {},
+    ]
     for i, rows in enumerate(bad_rows):
         bad = tmp_path / f"bad{i}.json"
         bad.write_text(json.dumps(_report(rows)))
@@ -141,12 +166,22 @@ def test_cli_compare_reports_differences_with_exit_0_and_malformed_files_with_ex
 
 # --- the network under test ----------------------------------------------------------------------
 
+
 def test_the_network_has_owt_mdm_small_architecture():
     ours = networks.owt_mdm_small_config("full")
     owt = config_lib.load_file(os.path.join(ROOT, "configs", "owt_mdm_small.py"))
-    for field in ("objective.kind", "objective.schedule", "objective.schedule_eps", "model.vocab_size",
-                  "model.mlp_type", "model.time_conditioning", "model.time_emb_dim", "model.rope_base",
-                  "model.num_layers", "model.family"):
+    for field in (
+        "objective.kind",
+        "objective.schedule",
+        "objective.schedule_eps",
+        "model.vocab_size",
+        "model.mlp_type",
+        "model.time_conditioning",
+        "model.time_emb_dim",
+        "model.rope_base",
+        "model.num_layers",
+        "model.family",
+    ):
         section, name = field.split(".")
         assert ours[section][name] == owt[section][name], field
     # Reduced in width and length only, with whole heads and the same MLP ratio.
@@ -164,10 +199,11 @@ def test_the_network_has_trained_size_logits_and_its_float64_twin_agrees():
     with jax.enable_x64(True):
         ref = np.asarray(forward(net.build("float64"), *net.inputs))[net.scored]
     err = np.max(np.abs(logits - ref)) / np.max(np.abs(ref))
-    assert 0 < err < 1e-5   # float32 rounding, measured against a float64 forward
+    assert 0 < err < 1e-5  # float32 rounding, measured against a float64 forward
 
 
 # --- the categorical-draw audit --------------------------------------------------------------------
+
 
 def test_noise_reaches_the_analytic_cap_at_the_grid_rate():
     # 2^22 draws: bfloat16 (2^-7 grid) and float16 (2^-10) sit on their top grid point at rate d;
@@ -194,7 +230,7 @@ def test_the_h200_file_converts_exactly_and_matches_this_cpu_token_for_token():
     cpu = R.load(os.path.join(DOCS, "cpu_report.json"))
     tokens = [n for n in h200["rows"] if n.startswith("tokens/")]
     assert len(tokens) == 2 * len(draws.POLICIES)
-    for name in tokens:   # same keys, same sizes: identical ids on the H200 and this CPU
+    for name in tokens:  # same keys, same sizes: identical ids on the H200 and this CPU
         assert cpu["rows"][name] == h200["rows"][name], name
     with pytest.raises(R.ReportError, match="not a benchmarks/numerics.py result"):
         convert.from_benchmark(os.path.join(DOCS, "cpu_report.json"))

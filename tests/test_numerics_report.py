@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from mdm_jax import rng
-from mdm_jax.numerics import arithmetic, compare, draws, environment
-from mdm_jax.numerics import rows as R
+from mdm_jax.numerics import arithmetic, compare, draws, environment, rows as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,10 +23,18 @@ def _start(tmp_path, name, **env):
     # XLA at -O0: a quick report is almost all compilation, and the test is about which rows change
     # between settings, not about this CPU's speed (the flag is recorded in both reports alike).
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", **env)
-    cmd = [sys.executable, "-m", "mdm_jax.numerics", "report", "--size=quick",
-           f"--out={tmp_path / name}.json", "--fixtures="]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mdm_jax.numerics",
+        "report",
+        "--size=quick",
+        f"--out={tmp_path / name}.json",
+        "--fixtures=",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(proc, tmp_path, name):
@@ -39,13 +46,17 @@ def _finish(proc, tmp_path, name):
 @pytest.mark.slow
 def test_two_reports_differ_in_exactly_the_rows_their_settings_change(tmp_path):
     # The two reports run side by side (one per core).
-    procs = {"a": _start(tmp_path, "a"),
-             "b": _start(tmp_path, "b", JAX_ENABLE_X64="1", JAX_DEFAULT_MATMUL_PRECISION="highest")}
+    procs = {
+        "a": _start(tmp_path, "a"),
+        "b": _start(tmp_path, "b", JAX_ENABLE_X64="1", JAX_DEFAULT_MATMUL_PRECISION="highest"),
+    }
     a, b = (_finish(procs[n], tmp_path, n) for n in ("a", "b"))
     ra, rb = a["rows"], b["rows"]
     assert ra["env/x64"]["value"] is False and rb["env/x64"]["value"] is True
     assert (ra["env/default_matmul_precision"]["value"], rb["env/default_matmul_precision"]["value"]) == (
-        "unset", "highest")
+        "unset",
+        "highest",
+    )
 
     # Every section is there: every policy's draws, every variant's model rows.
     for p in draws.POLICIES:
@@ -59,8 +70,9 @@ def test_two_reports_differ_in_exactly_the_rows_their_settings_change(tmp_path):
     # the setting, which the probe shows).
     expected = {"env/x64", "env/default_matmul_precision"}
     if ra["matmul/native/default"]["value"] != rb["matmul/native/default"]["value"]:
-        expected |= {"matmul/native/default"} | {f"model/owt_mdm_small/{v}/{m}" for m in METRICS
-                                                  for v in ("matmul=default", "compute=bfloat16")}
+        expected |= {"matmul/native/default"} | {
+            f"model/owt_mdm_small/{v}/{m}" for m in METRICS for v in ("matmul=default", "compute=bfloat16")
+        }
     lines = compare.compare_reports([a, b])
     assert {ln.name for ln in lines if ln.differs} == expected
     assert len(lines) == len(ra) == len(rb)
@@ -81,9 +93,21 @@ def test_two_reports_differ_in_exactly_the_rows_their_settings_change(tmp_path):
         assert like / 4 <= native <= like * 4, (setting, found, native, like)
 
     # The command prints the same table, marks the two rows and exits 0 (a report, not a gate).
-    out = subprocess.run([sys.executable, "-m", "mdm_jax.numerics", "compare", str(tmp_path / "a.json"),
-                          str(tmp_path / "b.json"), "--differences"], check=True, cwd=tmp_path,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mdm_jax.numerics",
+            "compare",
+            str(tmp_path / "a.json"),
+            str(tmp_path / "b.json"),
+            "--differences",
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "| env/x64 | equal | False | True * |" in out
     assert f"{len(expected)} differ from {tmp_path / 'a.json'} beyond their tolerance" in out
 
@@ -97,8 +121,9 @@ def test_this_cpu_reproduces_the_committed_reports_token_ids():
     committed = R.load(os.path.join(ROOT, "docs", "numerics", "cpu_report.json"))["rows"]
     size = draws.FULL
     for i, p in enumerate(draws.POLICIES):
-        ids = draws.same_tokens(rng.fold(rng.root_key(0), "same", i), p, size["zipf_rows"],
-                                size["fhs_batch"], size["fhs_len"])
+        ids = draws.same_tokens(
+            rng.fold(rng.root_key(0), "same", i), p, size["zipf_rows"], size["fhs_batch"], size["fhs_len"]
+        )
         for kind, values in ids.items():
             want = committed[f"tokens/{p}/{kind}"]["value"]
             assert len(values) == len(want) and sum(a != b for a, b in zip(values, want)) <= 1, (p, kind)

@@ -23,10 +23,14 @@ from mdm_jax import config as config_lib, objectives, schedules
 from mdm_jax.reference.joint import ReferenceJoint
 
 V, L = 3, 4
-DATA = ReferenceJoint(vocab=V, length=L, seed=0)     # the data distribution p
-MODEL = ReferenceJoint(vocab=V, length=L, seed=1)    # a wrong denoiser q (NELBO strictly > H(p))
-SCHEDULES = [("linear", {}), ("cosine", {}), ("polynomial", {"schedule_k": 3.0}),
-             ("loglinear", {"schedule_eps": 0.05})]
+DATA = ReferenceJoint(vocab=V, length=L, seed=0)  # the data distribution p
+MODEL = ReferenceJoint(vocab=V, length=L, seed=1)  # a wrong denoiser q (NELBO strictly > H(p))
+SCHEDULES = [
+    ("linear", {}),
+    ("cosine", {}),
+    ("polynomial", {"schedule_k": 3.0}),
+    ("loglinear", {"schedule_eps": 0.05}),
+]
 
 
 def objective(kind="continuous", schedule="linear", low_discrepancy=False, **kw):
@@ -50,7 +54,7 @@ def exact_per_n(denoise_fn):
             x[:, list(m)] = V
             logits = np.asarray(denoise_fn(jnp.asarray(x), None), np.float64)
             logq = logits - special.logsumexp(logits, axis=-1, keepdims=True)
-            ce = -np.take_along_axis(logq, DATA.seqs[..., None], -1)[..., 0]   # [S, L]
+            ce = -np.take_along_axis(logq, DATA.seqs[..., None], -1)[..., 0]  # [S, L]
             c[n] += np.sum(DATA.probs * ce[:, list(m)].mean(-1)) / len(subsets)
     return c
 
@@ -85,13 +89,15 @@ def _batched_estimator(items):
 def per_sequence(x0, key, obj):
     """Per-sequence NELBO estimates [batches, B] of q on x0 [batches, B, L]; batch i uses key fold(key, i)
     (independent batches: one shared u per batch when the draws are stratified)."""
-    items = tuple((k, obj[k]) for k in ("kind", "schedule", "schedule_k", "schedule_eps",
-                                        "low_discrepancy", "t_min"))
+    items = tuple(
+        (k, obj[k]) for k in ("kind", "schedule", "schedule_k", "schedule_eps", "low_discrepancy", "t_min")
+    )
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(x0.shape[0]))
     return np.asarray(_batched_estimator(items)(x0, keys), np.float64)
 
 
 # ----------------------------------------------------------------------------- schedules
+
 
 @pytest.mark.parametrize("name,kw", SCHEDULES)
 def test_schedule_alpha_inverse_and_derivative_agree(name, kw):
@@ -101,7 +107,7 @@ def test_schedule_alpha_inverse_and_derivative_agree(name, kw):
         a = np.asarray(s.alpha(t))
         assert float(s.alpha(0.0)) == pytest.approx(1.0, abs=1e-12)
         assert float(s.alpha(1.0)) == pytest.approx(kw.get("schedule_eps", 0.0), abs=1e-12)
-        assert np.all(np.diff(a) < 0)                                     # strictly decreasing
+        assert np.all(np.diff(a) < 0)  # strictly decreasing
         np.testing.assert_allclose(np.asarray(s.inverse(a)), t, atol=1e-10)
         h = 1e-6
         fd = (np.asarray(s.alpha(t + h)) - np.asarray(s.alpha(t - h))) / (2 * h)
@@ -110,6 +116,7 @@ def test_schedule_alpha_inverse_and_derivative_agree(name, kw):
 
 
 # ----------------------------------------------------------------------------- exact NELBO
+
 
 def test_exact_nelbo_bounds_the_entropy():
     """Prop. 3.1's sum over n is >= H(p) for any denoiser, with equality for the true one (it is the
@@ -120,21 +127,22 @@ def test_exact_nelbo_bounds_the_entropy():
     assert C_MODEL[1:].sum() > h + 0.05
 
 
-@pytest.mark.parametrize("name,kw,low_discrepancy",
-                         [(n, kw, False) for n, kw in SCHEDULES] + [("linear", {}, True)])
+@pytest.mark.parametrize(
+    "name,kw,low_discrepancy", [(n, kw, False) for n, kw in SCHEDULES] + [("linear", {}, True)]
+)
 def test_continuous_estimator_is_unbiased(name, kw, low_discrepancy):
     obj = objective("continuous", name, low_discrepancy, t_min=1e-4, **kw)
     sched = objectives.schedule_of(obj)
     target = exact_continuous(C_MODEL, sched, obj.t_min)
     batches, batch = 400, 64
     x0 = draw_data(1, batches * batch).reshape(batches, batch, L)
-    means = per_sequence(x0, jax.random.key(2), obj).mean(-1)   # iid batch means
+    means = per_sequence(x0, jax.random.key(2), obj).mean(-1)  # iid batch means
     se = means.std(ddof=1) / math.sqrt(batches)
     assert se < 0.03 * target
     assert abs(means.mean() - target) < 4 * se, (means.mean(), target, se)
-    if name != "loglinear":   # alpha(1) = 0: the continuous NELBO is Prop. 3.1's sum (up to t_min)
+    if name != "loglinear":  # alpha(1) = 0: the continuous NELBO is Prop. 3.1's sum (up to t_min)
         assert target == pytest.approx(C_MODEL[1:].sum(), rel=1e-3)
-    else:                     # alpha(1) = eps: mask levels above 1 - eps are left out
+    else:  # alpha(1) = eps: mask levels above 1 - eps are left out
         assert target < C_MODEL[1:].sum() - 0.05
 
 
@@ -158,8 +166,7 @@ def test_discrete_masks_exactly_n_and_gives_the_mask_ratio_as_time():
     np.testing.assert_array_equal(np.sort(n), np.repeat(np.arange(1, L + 1), 256 // L))
     np.testing.assert_allclose(np.asarray(c.t), n / L, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(c.inputs == V), np.asarray(c.scored))
-    np.testing.assert_allclose(np.asarray(c.weights)[np.asarray(c.scored)],
-                               np.repeat(L / n, n), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(c.weights)[np.asarray(c.scored)], np.repeat(L / n, n), rtol=1e-6)
 
 
 def test_continuous_mask_rate_follows_the_schedule():
@@ -177,11 +184,12 @@ def test_continuous_mask_rate_follows_the_schedule():
 
 # ----------------------------------------------------------------------------- low discrepancy
 
+
 def test_low_discrepancy_draws_are_stratified():
     for b in (1, 7, 64):
         for i in range(5):
             u = np.asarray(objectives.uniforms(jax.random.key(i), b, True))
-            np.testing.assert_array_equal(np.floor(u * b), np.arange(b))   # one per bin
+            np.testing.assert_array_equal(np.floor(u * b), np.arange(b))  # one per bin
         t = np.asarray(objectives.sample_times(jax.random.key(9), b, 0.1, True))
         np.testing.assert_array_equal(np.floor((t - 0.1) / 0.9 * b), np.arange(b))
     n = np.asarray(objectives.sample_num_masked(jax.random.key(10), 3 * L, L, True))
@@ -221,6 +229,7 @@ def test_low_discrepancy_reduces_variance(kind):
 
 # ----------------------------------------------------------------------------- ARM and loss_fn
 
+
 def test_arm_loss_is_the_exact_nll():
     c = config_lib.base()
     c.objective.kind = "arm"
@@ -228,7 +237,8 @@ def test_arm_loss_is_the_exact_nll():
     x0 = draw_data(13, 512)
     apply_fn = lambda variables, tokens, t, deterministic, rngs: DATA.arm_logits_fn(tokens)  # noqa: E731
     loss, aux = jax.jit(lambda x, k: objectives.loss_fn(apply_fn, None, x, k, c, train=False))(
-        x0, jax.random.key(0))
+        x0, jax.random.key(0)
+    )
     nll = -np.log(DATA.probs[DATA.index(np.asarray(x0))])
     assert float(loss) == pytest.approx(nll.mean() / L, rel=1e-5)
     assert float(aux["bits_per_token"]) == pytest.approx(nll.mean() / L / math.log(2), rel=1e-5)
@@ -250,11 +260,18 @@ def test_loss_fn_passes_time_only_to_time_conditioned_networks():
     c = config_lib.base()
     c.model.vocab_size = V
     x0 = draw_data(14, 8)
-    for tc, kind, train in [(True, "continuous", True), (False, "continuous", True),
-                            (True, "discrete", False), (True, "arm", False)]:
+    for tc, kind, train in [
+        (True, "continuous", True),
+        (False, "continuous", True),
+        (True, "discrete", False),
+        (True, "arm", False),
+    ]:
         c.model.time_conditioning, c.objective.kind = tc, kind
-        jax.eval_shape(lambda x, k, train=train: objectives.loss_fn(apply_fn, None, x, k, c, train=train),
-                       x0, jax.random.key(1))
+        jax.eval_shape(
+            lambda x, k, train=train: objectives.loss_fn(apply_fn, None, x, k, c, train=train),
+            x0,
+            jax.random.key(1),
+        )
         if tc and kind != "arm":
             assert seen["t"].shape == (8,) and seen["t"].dtype == jnp.float32
         else:

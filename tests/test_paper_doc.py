@@ -32,8 +32,8 @@ def test_citations_point_at_sections_that_exist():
     for name, text in _tracked_text_files():
         if name == "tests/test_paper_doc.py":
             continue
-        assert "PAPER.md" not in text, name                                   # outside the repository
-        assert not re.search(r"\bissue #?\d+\b", text, re.I), name              # a tracker's number
+        assert "PAPER.md" not in text, name  # outside the repository
+        assert not re.search(r"\bissue #?\d+\b", text, re.I), name  # a tracker's number
         for first, last in re.findall(r"docs/paper\.md sections? (\d+)(?:-(\d+))?", text):
             cited += 1
             for n in range(int(first), int(last or first) + 1):

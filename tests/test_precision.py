@@ -11,9 +11,17 @@ from scipy import integrate
 from mdm_jax import precision as P
 
 
-@pytest.mark.parametrize("name,table", [
-    ("float32-pytorch", 16.64), ("float32", 15.94), ("float16", 6.93), ("bfloat16", 4.85),
-    ("float64", 36.04), ("float32-high", 31.88)])
+@pytest.mark.parametrize(
+    "name,table",
+    [
+        ("float32-pytorch", 16.64),
+        ("float32", 15.94),
+        ("float16", 6.93),
+        ("bfloat16", 4.85),
+        ("float64", 36.04),
+        ("float32-high", 31.88),
+    ],
+)
 def test_caps_match_paper_table(name, table):
     # PyTorch's cap is 16.634 with the 1e-10 shift of MDLM's arithmetic (24 ln 2 = 16.636 without).
     assert abs(P.gumbel_cap(name) - table) < 0.01
@@ -27,17 +35,19 @@ def test_unknown_precision_lists_choices():
 def _truncated_gumbel_law(probs, cap):
     """P(i wins) with Gumbels truncated at `cap` and renormalised, by quadrature."""
     logits = np.log(probs)
-    z = math.exp(-math.exp(-cap))                      # normaliser F(cap)
+    z = math.exp(-math.exp(-cap))  # normaliser F(cap)
 
     def cdf(x):
         return np.where(x >= cap, 1.0, np.exp(-np.exp(-np.minimum(x, cap))) / z)
 
     out = []
     for i in range(len(probs)):
+
         def f(g):
             dens = math.exp(-g - math.exp(-g)) / z
             others = np.prod([cdf(g + logits[i] - logits[k]) for k in range(len(probs)) if k != i])
             return dens * others
+
         out.append(integrate.quad(f, -10, cap, limit=400, epsabs=1e-12, epsrel=1e-9)[0])
     return np.array(out)
 
@@ -45,17 +55,22 @@ def _truncated_gumbel_law(probs, cap):
 def test_prop52_is_the_truncated_gumbel_law():
     probs = np.array([0.6, 0.25, 0.1, 0.04, 0.01])
     for cap in (1.0, 2.5):
-        np.testing.assert_allclose(P.prop52_law(probs, cap), _truncated_gumbel_law(probs, cap),
-                                   rtol=1e-6, atol=1e-10)
+        np.testing.assert_allclose(
+            P.prop52_law(probs, cap), _truncated_gumbel_law(probs, cap), rtol=1e-6, atol=1e-10
+        )
     np.testing.assert_allclose(P.prop52_law(probs, 60.0), probs, rtol=1e-9)
-    assert P.prop52_law(probs, 1.0)[0] > probs[0]       # large probabilities are amplified
+    assert P.prop52_law(probs, 1.0)[0] > probs[0]  # large probabilities are amplified
 
 
 def test_grid_law_matches_brute_force_on_a_coarse_grid():
     # A 2^-5 grid (32 uniforms) is enumerable: all 32^3 triples, real arithmetic, argmin E/p.
     for shift in (0.0, 1e-10):
-        grid = dataclasses.replace(P.policy_grid("float32-pytorch" if shift else "float32"),
-                                   d=2.0**-5, num_points=32, u_max=1 - 2.0**-5)
+        grid = dataclasses.replace(
+            P.policy_grid("float32-pytorch" if shift else "float32"),
+            d=2.0**-5,
+            num_points=32,
+            u_max=1 - 2.0**-5,
+        )
         probs = np.array([0.9, 0.07, 0.03])
         e = grid.race_variable(np.arange(1, 33))
         wins = np.zeros(3)
@@ -79,8 +94,14 @@ def test_measured_here_ratios():
     # The paper's own formula, d e^-a / (1 - e^-a), a = (1 - pi) d / pi, per token.
     d, p = 2.0**-23, 1.5e-7
     a = (1 - 16 * p) * d / p
-    assert abs(P.grid_law(np.array([1.5e-7] * 16 + [1 - 16 * 1.5e-7]), "float32")[0]
-               / (d * math.exp(-a) / (1 - math.exp(-a))) - 1) < 1e-3
+    assert (
+        abs(
+            P.grid_law(np.array([1.5e-7] * 16 + [1 - 16 * 1.5e-7]), "float32")[0]
+            / (d * math.exp(-a) / (1 - math.exp(-a)))
+            - 1
+        )
+        < 1e-3
+    )
 
 
 def test_mean_field_agrees_with_exact_sum_and_high_precision_is_exact():

@@ -26,12 +26,23 @@ from mdm_jax import checkpoint, errors, preemption, runs, sharding, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
 ARGS = [
-    "--config=configs/quickstart.py", "--mode=train",
-    "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64", "--config.model.max_len=32", "--config.data.seq_len=32",
-    "--config.train.batch_size=8", f"--config.train.num_steps={STEPS}", "--config.train.warmup_steps=2",
-    "--config.train.log_every=1", "--config.train.eval_every=1000", "--config.train.checkpoint_every=4",
-    "--config.train.eval_batches=1", "--config.train.plot=False", "--config.train.sample_at_end=False",
+    "--config=configs/quickstart.py",
+    "--mode=train",
+    "--config.model.num_layers=1",
+    "--config.model.emb_dim=32",
+    "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64",
+    "--config.model.max_len=32",
+    "--config.data.seq_len=32",
+    "--config.train.batch_size=8",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=1000",
+    "--config.train.checkpoint_every=4",
+    "--config.train.eval_batches=1",
+    "--config.train.plot=False",
+    "--config.train.sample_at_end=False",
 ]
 
 
@@ -61,7 +72,7 @@ def _final_state(workdir):
 @pytest.mark.slow
 def test_signal_at_a_random_step_then_rerun_is_bitwise_uninterrupted(tmp_path):
     k = random.randint(1, STEPS - 4)  # any step: the property holds for each (k is in the messages)
-    ref = _start(tmp_path / "ref", tmp_path / "ref.log")   # the uninterrupted run, in parallel
+    ref = _start(tmp_path / "ref", tmp_path / "ref.log")  # the uninterrupted run, in parallel
     term = _start(tmp_path / "term", tmp_path / "term.log")
     term_out = _interrupt(term, k, signal.SIGTERM)
     ref.communicate(timeout=300)
@@ -91,13 +102,15 @@ def test_signal_at_a_random_step_then_rerun_is_bitwise_uninterrupted(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_watcher_turns_a_signal_into_a_stop_at_the_next_step(sig, capsys):
     before = signal.getsignal(sig)
-    with preemption.Watcher(checkpointer=None) as w:   # single process: no agreement needed
+    with preemption.Watcher(checkpointer=None) as w:  # single process: no agreement needed
         assert not w.should_stop(1)
-        os.kill(os.getpid(), sig)                       # handled here, between two bytecodes
+        os.kill(os.getpid(), sig)  # handled here, between two bytecodes
         assert w.should_stop(2) and w.signal_name == signal.Signals(sig).name
         stop = w.stopped(2, "/w/checkpoints/2")
-    assert signal.getsignal(sig) == before               # the handlers are put back
+    assert signal.getsignal(sig) == before  # the handlers are put back
     assert isinstance(stop, preemption.Preempted) and stop.exit_code == 75
-    assert str(stop).startswith(f"{signal.Signals(sig).name}: stopped after step 2, checkpoint saved in "
-                                "/w/checkpoints/2; rerun the same command to resume")
+    assert str(stop).startswith(
+        f"{signal.Signals(sig).name}: stopped after step 2, checkpoint saved in "
+        "/w/checkpoints/2; rerun the same command to resume"
+    )
     assert "finishing this step, then saving a checkpoint" in capsys.readouterr().err

@@ -62,8 +62,11 @@ BAD = [
     ("train", {**SAMPLE_AT_END, "sampling.method": "autoregressive"}, "sampling.method"),
     ("train", {**SAMPLE_AT_END, "sampling.method": "gibbs"}, "sampling.method"),
     ("train", {**SAMPLE_AT_END, "sampling.tokens_per_step": 0}, "sampling.tokens_per_step"),
-    ("train", {**SAMPLE_AT_END, "sampling.method": "ancestral", "sampling.num_steps": 0},
-     "sampling.num_steps"),
+    (
+        "train",
+        {**SAMPLE_AT_END, "sampling.method": "ancestral", "sampling.num_steps": 0},
+        "sampling.num_steps",
+    ),
     ("train", {**SAMPLE_AT_END, "sampling.precision": "fp32"}, "sampling.precision"),
     ("train", {**SAMPLE_AT_END, "sampling.temperature": 0.0}, "sampling.temperature"),
     ("train", {**SAMPLE_AT_END, "sampling.num_samples": 0}, "sampling.num_samples"),
@@ -129,8 +132,13 @@ def test_path_checks(tmp_path):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "mdm_jax.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdm_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_errors_are_one_line_with_the_exit_status(tmp_path):
@@ -153,6 +161,14 @@ def test_cli_errors_are_one_line_with_the_exit_status(tmp_path):
 
 def test_help_lists_the_modes_and_where_fields_are_documented():
     r = _cli("--help", timeout=60)  # absl's --help exits with status 1 after printing
-    for text in ("train ", "eval ", "sample ", "experiment ", "mdm_jax/config.py", "--output_dir",
-                 "Exit status", "75 preempted"):
+    for text in (
+        "train ",
+        "eval ",
+        "sample ",
+        "experiment ",
+        "mdm_jax/config.py",
+        "--output_dir",
+        "Exit status",
+        "75 preempted",
+    ):
         assert text in r.stdout, text

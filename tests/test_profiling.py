@@ -69,8 +69,17 @@ def test_training_writes_the_trace_and_run_metadata(tmp_path):
     c = config_lib.base()
     c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32, time_emb_dim=16)
     c.data.seq_len = 32
-    c.train.update(batch_size=4, num_steps=4, warmup_steps=1, log_every=2, eval_every=100, eval_batches=1,
-                   checkpoint_every=100, plot=False, profile_steps=(1, 3))
+    c.train.update(
+        batch_size=4,
+        num_steps=4,
+        warmup_steps=1,
+        log_every=2,
+        eval_every=100,
+        eval_batches=1,
+        checkpoint_every=100,
+        plot=False,
+        profile_steps=(1, 3),
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         loop.train_and_evaluate(c, str(tmp_path))
     _, steps = traced_steps(tmp_path)

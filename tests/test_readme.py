@@ -25,20 +25,31 @@ from mdm_jax import cli
 
 MAIN = ".venv/bin/python -m mdm_jax.main"
 SHRINK = [
-    "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64", "--config.model.max_len=32", "--config.data.seq_len=32",
-    "--config.train.batch_size=8", "--config.train.num_steps=6", "--config.train.warmup_steps=2",
-    "--config.train.log_every=3", "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
-    "--config.train.eval_batches=1", "--config.eval.num_batches=2",
-    "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
+    "--config.model.num_layers=1",
+    "--config.model.emb_dim=32",
+    "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64",
+    "--config.model.max_len=32",
+    "--config.data.seq_len=32",
+    "--config.train.batch_size=8",
+    "--config.train.num_steps=6",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every=3",
+    "--config.train.eval_every=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.eval_batches=1",
+    "--config.eval.num_batches=2",
+    "--config.sampling.num_samples=2",
+    "--config.sampling.batch_size=2",
 ]
 
 
 def _bash_commands():
     text = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    return [[line.strip() for line in b.splitlines() if line.strip() and not line.startswith("#")]
-            for b in blocks]
+    return [
+        [line.strip() for line in b.splitlines() if line.strip() and not line.startswith("#")] for b in blocks
+    ]
 
 
 def _main_argv(command: str) -> list[str]:
@@ -84,14 +95,19 @@ def test_quickstart_chain_runs_as_written(tmp_path):
         args = [a.replace("=workdirs/", f"={tmp_path}/") for a in _main_argv(c)]
         if "--output_dir" in c:
             before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "quickstart").rglob("*"))
-        r = subprocess.run([sys.executable, "-m", "mdm_jax.main", *args, *SHRINK], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-m", "mdm_jax.main", *args, *SHRINK],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, (c, r.stderr[-3000:])
         if "--mode" not in c and "--print_config" not in c:
             assert "eval step 6" in r.stdout and "bits/token" in r.stdout, r.stdout[-2000:]
         if "--print_config" in c:  # every field with its description; the overrides resolved
             assert "train.num_steps" in r.stdout and "optimizer steps" in r.stdout, r.stdout[-2000:]
-        if "--output_dir" in c:    # the run itself is untouched; the samples are elsewhere
+        if "--output_dir" in c:  # the run itself is untouched; the samples are elsewhere
             assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "quickstart").rglob("*")) == before
             assert list((tmp_path / "quickstart_samples" / "samples").glob("first_hitting_float64_*.jsonl"))
     qs = tmp_path / "quickstart"

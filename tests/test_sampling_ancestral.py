@@ -11,9 +11,9 @@ import pytest
 from mdm_jax import sampling, schedules
 from mdm_jax.models import adapters
 from mdm_jax.models.transformer import Transformer
+from mdm_jax.reference.joint import ReferenceJoint, ancestral_law, chisquare_pvalue
 from mdm_jax.sampling.ancestral import step_coefficients
 from mdm_jax.sampling.plumbing import sampler_scope
-from mdm_jax.reference.joint import ReferenceJoint, ancestral_law, chisquare_pvalue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,8 +25,15 @@ LINEAR = schedules.get("linear")
 
 def _anc(key, n, **kw):
     kw.setdefault("schedule", LINEAR)
-    return sampling.ancestral(REF.denoise_fn, jax.random.key(key), batch_size=kw.pop("b", B),
-                              seq_len=L, mask_id=V, num_steps=n, **kw)
+    return sampling.ancestral(
+        REF.denoise_fn,
+        jax.random.key(key),
+        batch_size=kw.pop("b", B),
+        seq_len=L,
+        mask_id=V,
+        num_steps=n,
+        **kw,
+    )
 
 
 def _law(n, schedule=LINEAR, init=None):
@@ -86,14 +93,30 @@ def test_cache_counts_real_calls():
         jax.debug.callback(lambda xx: calls.append(np.asarray(xx).copy()), x)
         return REF.denoise_fn(x, t)
 
-    tok_nc, st_nc = sampling.ancestral(counting, jax.random.key(6), batch_size=b, seq_len=L,
-                                       mask_id=V, schedule=LINEAR, num_steps=n, cache=False)
+    tok_nc, st_nc = sampling.ancestral(
+        counting,
+        jax.random.key(6),
+        batch_size=b,
+        seq_len=L,
+        mask_id=V,
+        schedule=LINEAR,
+        num_steps=n,
+        cache=False,
+    )
     inputs_nc = list(calls)
     calls.clear()
-    tok_c, st_c = sampling.ancestral(counting, jax.random.key(6), batch_size=b, seq_len=L,
-                                     mask_id=V, schedule=LINEAR, num_steps=n, cache=True)
+    tok_c, st_c = sampling.ancestral(
+        counting,
+        jax.random.key(6),
+        batch_size=b,
+        seq_len=L,
+        mask_id=V,
+        schedule=LINEAR,
+        num_steps=n,
+        cache=True,
+    )
     assert st_nc["nfe"] == n == len(inputs_nc)
-    np.testing.assert_array_equal(tok_c, tok_nc)        # the cache is exact for a time-free net
+    np.testing.assert_array_equal(tok_c, tok_nc)  # the cache is exact for a time-free net
     # Independent count: one call, then one more after every step whose input differs.
     changes = sum(not np.array_equal(a, b) for a, b in zip(inputs_nc, inputs_nc[1:]))
     assert st_c["nfe"] == len(calls) == 1 + changes < n
@@ -101,8 +124,9 @@ def test_cache_counts_real_calls():
 
 def _benchmark_module():
     """benchmarks/ancestral_cache.py, which keeps the cached loop's previous (lax.cond) formulation."""
-    spec = importlib.util.spec_from_file_location("bench_ancestral_cache",
-                                                  os.path.join(ROOT, "benchmarks", "ancestral_cache.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_ancestral_cache", os.path.join(ROOT, "benchmarks", "ancestral_cache.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -114,19 +138,42 @@ def test_restructured_cache_draws_the_tokens_of_the_cond_loop(precision, factori
     # cached and uncached runs differ): the restructured loop must give bitwise the tokens, call
     # count and change count of the lax.cond formulation it replaced.
     v, length, b, n = 11, 6, 3, 24
-    model = Transformer(vocab_size=v, max_len=length, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=24,
-                        time_conditioning=True)
+    model = Transformer(
+        vocab_size=v,
+        max_len=length,
+        num_layers=1,
+        num_heads=2,
+        emb_dim=16,
+        mlp_dim=24,
+        time_conditioning=True,
+    )
     params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32), jnp.zeros((1,)))["params"]
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape), params)
     fn = adapters.denoise_fn(model, params)
-    tokens, st = sampling.ancestral(fn, jax.random.key(7), batch_size=b, seq_len=length, mask_id=v,
-                                    schedule=LINEAR, num_steps=n, precision=precision, factorized=factorized)
+    tokens, st = sampling.ancestral(
+        fn,
+        jax.random.key(7),
+        batch_size=b,
+        seq_len=length,
+        mask_id=v,
+        schedule=LINEAR,
+        num_steps=n,
+        precision=precision,
+        factorized=factorized,
+    )
     bench = _benchmark_module()
     with sampler_scope(precision):  # x64 on for float64: its coefficients stay float64
         coefs = jax.tree.map(jnp.asarray, bench.cond_coefficients(LINEAR, n, precision))
-        ref, nfe, changes = bench.cond_loop(jax.random.key(7), jnp.full((b, length), v, jnp.int32), coefs,
-                                            denoise_fn=lambda x, t: fn(x, t), mask_id=v, n=n,
-                                            precision=precision, factorized=factorized)
+        ref, nfe, changes = bench.cond_loop(
+            jax.random.key(7),
+            jnp.full((b, length), v, jnp.int32),
+            coefs,
+            denoise_fn=lambda x, t: fn(x, t),
+            mask_id=v,
+            n=n,
+            precision=precision,
+            factorized=factorized,
+        )
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref))
     assert (st["nfe"], st["steps_with_change"]) == (int(nfe), int(changes))
     assert 1 < st["nfe"] < n and not (np.asarray(tokens) == v).any()

@@ -13,10 +13,12 @@ REF = ReferenceJoint(V, L, seed=1)
 
 
 def _both(key, b=B, **kw):
-    cached, st = sampling.autoregressive(REF.arm_step_fn, REF.init_arm_state(b), jax.random.key(key),
-                                         batch_size=b, seq_len=L, **kw)
-    full, st_u = sampling.autoregressive_uncached(REF.arm_logits_fn, jax.random.key(key),
-                                                  batch_size=b, seq_len=L, **kw)
+    cached, st = sampling.autoregressive(
+        REF.arm_step_fn, REF.init_arm_state(b), jax.random.key(key), batch_size=b, seq_len=L, **kw
+    )
+    full, st_u = sampling.autoregressive_uncached(
+        REF.arm_logits_fn, jax.random.key(key), batch_size=b, seq_len=L, **kw
+    )
     np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
     assert st["nfe"] == st_u["nfe"] == L
     return np.asarray(cached)

@@ -17,11 +17,10 @@ import pytest
 from jax.extend.random import define_prng_impl
 from scipy import stats
 
-from mdm_jax import precision as P
-from mdm_jax import sampling
+from mdm_jax import precision as P, sampling
 from mdm_jax.sampling.categorical import exponential_race
 
-ALPHA = 1e-3    # tests fail when a correct law is rejected at this level (fixed seeds)
+ALPHA = 1e-3  # tests fail when a correct law is rejected at this level (fixed seeds)
 
 
 def _draws(fn, logits, n, chunk=100_000, seed=0):
@@ -63,7 +62,7 @@ def test_low_precision_matches_grid_law_not_truth(policy):
     counts = _draws(functools.partial(sampling.categorical, precision=policy), logits, n)
     law = P.grid_law(probs, policy)
     assert _pvalue(counts, law) > ALPHA
-    assert _pvalue(counts, probs) < 1e-12              # the truncation is real and visible
+    assert _pvalue(counts, probs) < 1e-12  # the truncation is real and visible
     assert law[1:].sum() < 0.8 * probs[1:].sum()
 
 
@@ -71,8 +70,7 @@ def test_pytorch_arithmetic_matches_grid_law_on_coarse_grid():
     probs = _mix(True, [1e-3] * 6 + [5e-3] * 2)
     logits = jnp.log(jnp.asarray(probs, jnp.float32))
     counts = _draws(lambda k, lg: exponential_race(k, lg, uniform_bits=8), logits, 400_000)
-    grid = dataclasses.replace(P.policy_grid("float32-pytorch"), d=2.0**-8, num_points=256,
-                               u_max=1 - 2.0**-8)
+    grid = dataclasses.replace(P.policy_grid("float32-pytorch"), d=2.0**-8, num_points=256, u_max=1 - 2.0**-8)
     law = P.grid_law(probs, grid)
     assert _pvalue(counts, law) > ALPHA
     assert _pvalue(counts, probs) < 1e-12
@@ -86,9 +84,10 @@ def test_fine_grids_match_their_law(policy):
     # float64 and float32-high sample the true law.
     probs = _mix(True, [1e-4] * 10 + [1e-2] * 3)
     logits = jnp.log(jnp.asarray(probs, jnp.float32))
-    with sampling.categorical_scope(policy):   # x64 for the float64 trace
-        counts = _draws(functools.partial(sampling.categorical, precision=policy), logits,
-                        100_000, chunk=50_000, seed=1)
+    with sampling.categorical_scope(policy):  # x64 for the float64 trace
+        counts = _draws(
+            functools.partial(sampling.categorical, precision=policy), logits, 100_000, chunk=50_000, seed=1
+        )
     assert _pvalue(counts, P.grid_law(probs, policy)) > ALPHA
     if policy in ("float64", "float32-high"):
         assert _pvalue(counts, probs) > ALPHA
@@ -119,6 +118,7 @@ def _top_heavy_prng():
     23-bit ones only m = 2, 4, ..., 16. A uniform key stream reaches that region once in 2^20
     draws; this one every time, so the grid's resolution shows in 2e5 draws.
     """
+
     def wrap(k):
         return jax.random.wrap_key_data(k)
 
@@ -128,17 +128,20 @@ def _top_heavy_prng():
         return jax.random.bits(wrap(k), shape, dtype) | jnp.asarray(top, dtype)
 
     return define_prng_impl(
-        key_shape=(2,), seed=lambda s: jax.random.key_data(jax.random.key(s)),
+        key_shape=(2,),
+        seed=lambda s: jax.random.key_data(jax.random.key(s)),
         split=lambda k, shape: jax.random.key_data(jax.random.split(wrap(k), shape)),
         random_bits=random_bits,
-        fold_in=lambda k, d: jax.random.key_data(jax.random.fold_in(wrap(k), d)), name="top_heavy")
+        fold_in=lambda k, d: jax.random.key_data(jax.random.fold_in(wrap(k), d)),
+        name="top_heavy",
+    )
 
 
 def _race_law(p0: float, bits: int) -> float:
     """P(category 0 of [p0, 1 - p0] wins MDLM's race) when both uniforms are uniform on the top
     grid points of a `bits`-bit grid, enumerated with the race's own formula."""
-    steps = 1 << (bits - TOP_BITS)                       # grid points in the top 2^-TOP_BITS
-    u = 1.0 - np.arange(1, steps + 1) * 2.0 ** -bits
+    steps = 1 << (bits - TOP_BITS)  # grid points in the top 2^-TOP_BITS
+    u = 1.0 - np.arange(1, steps + 1) * 2.0**-bits
     e = 1e-10 - np.log(u + 1e-10)
     return float(np.mean(p0 / e[:, None] > (1 - p0) / e[None, :]))
 
@@ -148,9 +151,12 @@ def test_float32_pytorch_draws_from_the_24_bit_grid():
     p0, n = 1 / 4.3, 200_000
     logits = jnp.log(jnp.asarray([[p0, 1 - p0]], jnp.float32))
     key = jax.random.key(0, impl=_top_heavy_prng())
-    wins = int(np.sum(np.asarray(sampling.categorical(key, jnp.broadcast_to(logits, (n, 2)),
-                                                      "float32-pytorch")) == 0))
-    law24, law23 = _race_law(p0, 24), _race_law(p0, 23)   # 33/256 and 7/64
+    wins = int(
+        np.sum(
+            np.asarray(sampling.categorical(key, jnp.broadcast_to(logits, (n, 2)), "float32-pytorch")) == 0
+        )
+    )
+    law24, law23 = _race_law(p0, 24), _race_law(p0, 23)  # 33/256 and 7/64
     assert abs(law24 - law23) > 0.015
     assert stats.binomtest(wins, n, law24).pvalue > ALPHA
-    assert stats.binomtest(wins, n, law23).pvalue < 1e-8   # a 23-bit grid would be caught
+    assert stats.binomtest(wins, n, law23).pvalue < 1e-8  # a 23-bit grid would be caught

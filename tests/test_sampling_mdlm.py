@@ -18,14 +18,15 @@ from mdm_jax import sampling
 from mdm_jax.reference.joint import ReferenceJoint, _conditionals, chisquare_pvalue
 from mdm_jax.sampling import mdlm
 
-ALPHA, REJECT = 1e-3, 1e-8      # a correct law passes at ALPHA; the power checks reject at REJECT
+ALPHA, REJECT = 1e-3, 1e-8  # a correct law passes at ALPHA; the power checks reject at REJECT
 V, L, B = 3, 3, 20000
 REF = ReferenceJoint(V, L, seed=1)
 
 
 def _run(seed, n, b=B, **kw):
-    return sampling.mdlm_ancestral(REF.denoise_fn, jax.random.key(seed), batch_size=b, seq_len=L,
-                                   mask_id=V, num_steps=n, **kw)
+    return sampling.mdlm_ancestral(
+        REF.denoise_fn, jax.random.key(seed), batch_size=b, seq_len=L, mask_id=V, num_steps=n, **kw
+    )
 
 
 def mdlm_law(n, eps, noise_removal=True, init=None):
@@ -43,8 +44,10 @@ def mdlm_law(n, eps, noise_removal=True, init=None):
         for x, px in dist.items():
             masked = [pos for pos in range(L) if x[pos] == V]
             mu = _conditionals(REF, x)
-            options = [[(V, s_i / (d_i + s_i))] + [(v, d_i * mu[pos, v] / (d_i + s_i)) for v in range(V)]
-                       for pos in masked]
+            options = [
+                [(V, s_i / (d_i + s_i))] + [(v, d_i * mu[pos, v] / (d_i + s_i)) for v in range(V)]
+                for pos in masked
+            ]
             for combo in itertools.product(*options):
                 y, q = list(x), px
                 for pos, (v, pv) in zip(masked, combo):
@@ -99,12 +102,14 @@ def test_normalized_log_probs_are_only_exponentiated():
     shifted = lambda x, t: REF.denoise_fn(x, t) + 3.0  # noqa: E731
     base, st = _run(6, n, b=b, eps=eps, normalized=True)
     assert st["normalized"]
-    same, _ = sampling.mdlm_ancestral(shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V,
-                                      num_steps=n, eps=eps)
-    assert np.mean(np.asarray(base) == np.asarray(same)) > 0.999   # equal up to float32 rounding
+    same, _ = sampling.mdlm_ancestral(
+        shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V, num_steps=n, eps=eps
+    )
+    assert np.mean(np.asarray(base) == np.asarray(same)) > 0.999  # equal up to float32 rounding
     assert chisquare_pvalue(REF.index(np.asarray(base)), mdlm_law(n, eps)) > ALPHA
-    wrong, _ = sampling.mdlm_ancestral(shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V,
-                                       num_steps=n, eps=eps, normalized=True)
+    wrong, _ = sampling.mdlm_ancestral(
+        shifted, jax.random.key(6), batch_size=b, seq_len=L, mask_id=V, num_steps=n, eps=eps, normalized=True
+    )
     assert chisquare_pvalue(REF.index(np.asarray(wrong)), mdlm_law(n, eps)) < REJECT
 
 
@@ -119,7 +124,7 @@ def test_time_grid_is_mdlms():
         assert np.array_equal(s, t[:-1] - np.float32((1 - 1e-5) / n))
         assert np.array_equal(d, t[:-1] - s)
     _, s, _ = mdlm.time_grid(2048)
-    assert 0 < s[-1] < 2e-5     # MDLM's loop stops just short of 0: noise removal does the rest
+    assert 0 < s[-1] < 2e-5  # MDLM's loop stops just short of 0: noise removal does the rest
 
 
 def test_network_times_cache_and_nfe():
@@ -130,12 +135,14 @@ def test_network_times_cache_and_nfe():
         jax.debug.callback(lambda xx, tt: calls.append((np.asarray(xx).copy(), np.asarray(tt).copy())), x, t)
         return REF.denoise_fn(x, t)
 
-    tok_nc, st_nc = sampling.mdlm_ancestral(recording, jax.random.key(3), batch_size=b, seq_len=L,
-                                            mask_id=V, num_steps=n, cache=False)
+    tok_nc, st_nc = sampling.mdlm_ancestral(
+        recording, jax.random.key(3), batch_size=b, seq_len=L, mask_id=V, num_steps=n, cache=False
+    )
     uncached = list(calls)
     calls.clear()
-    tok_c, st_c = sampling.mdlm_ancestral(recording, jax.random.key(3), batch_size=b, seq_len=L,
-                                          mask_id=V, num_steps=n, cache=True)
+    tok_c, st_c = sampling.mdlm_ancestral(
+        recording, jax.random.key(3), batch_size=b, seq_len=L, mask_id=V, num_steps=n, cache=True
+    )
     # Without the cache: one call per step at t_i, then the noise-removal call at t = eps.
     t, _, _ = mdlm.time_grid(n)
     assert st_nc["nfe"] == n + 1 == len(uncached)
@@ -153,8 +160,8 @@ def _race_law(q, bits, dtype):
     k = np.arange(2**bits, dtype=np.float64) * 2.0**-bits
     u = k.astype(dtype)
     shift = dtype(1e-10)
-    denom = shift - np.log(u + shift)                                  # [K]
-    grids = np.meshgrid(*([denom] * len(q)), indexing="ij")             # C x [K, ..., K]
+    denom = shift - np.log(u + shift)  # [K]
+    grids = np.meshgrid(*([denom] * len(q)), indexing="ij")  # C x [K, ..., K]
     ratio = np.stack([dtype(qi) / g for qi, g in zip(q, grids)], axis=-1)
     win = np.argmax(ratio, axis=-1)
     return np.bincount(win.ravel(), minlength=len(q)) / win.size
@@ -203,15 +210,16 @@ def test_bad_settings_name_the_field():
 
 
 def test_sample_mode_checks_the_mdlm_settings():
-    from mdm_jax import config as config_lib
-    from mdm_jax import generate
+    from mdm_jax import config as config_lib, generate
 
     c = config_lib.base()
     c.sampling.method, c.sampling.precision = "mdlm_ancestral", "float64"
     assert generate.check_method(c) == "mdlm_ancestral"
-    for field, value, match in (("objective.schedule", "cosine", "objective.schedule"),
-                                ("sampling.temperature", 0.9, "sampling.temperature"),
-                                ("sampling.precision", "bfloat16", "sampling.precision")):
+    for field, value, match in (
+        ("objective.schedule", "cosine", "objective.schedule"),
+        ("sampling.temperature", 0.9, "sampling.temperature"),
+        ("sampling.precision", "bfloat16", "sampling.precision"),
+    ):
         bad = config_lib.base()
         bad.sampling.method, bad.sampling.precision = "mdlm_ancestral", "float64"
         section, name = field.split(".")
@@ -219,25 +227,25 @@ def test_sample_mode_checks_the_mdlm_settings():
         with pytest.raises(ValueError, match=match):
             generate.check_method(bad)
     other = config_lib.base()
-    other.sampling.uniform_bits = 24      # only MDLM's sampler has this setting
+    other.sampling.uniform_bits = 24  # only MDLM's sampler has this setting
     with pytest.raises(ValueError, match="sampling.uniform_bits"):
         generate.check_method(other)
 
 
 @pytest.mark.slow
 def test_sample_mode_runs_mdlms_sampler_on_a_project_model():
-    from mdm_jax import config as config_lib
-    from mdm_jax import generate, models, sharding
+    from mdm_jax import config as config_lib, generate, models, sharding
 
     c = config_lib.base()
     c.model.update(vocab_size=16, max_len=8, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
     c.data.seq_len = 8
     c.sampling.update(method="mdlm_ancestral", precision="float32-pytorch", num_steps=16, cache=False)
     model = models.build(c)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,), jnp.float32),
-                        deterministic=True)["params"]
+    params = model.init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,), jnp.float32), deterministic=True
+    )["params"]
     run, seq_len, _ = generate.make_sampler(c, params, sharding.make_mesh(c.mesh))
     tokens, st = run(jax.random.key(1), 2)
     tokens = np.asarray(tokens)
     assert tokens.shape == (2, 8) and tokens.max() < 16 and st["method"] == "mdlm_ancestral"
-    assert st["nfe"] == 17 and st["uniform_bits"] == 24    # no cache: 16 steps + noise removal
+    assert st["nfe"] == 17 and st["uniform_bits"] == 24  # no cache: 16 steps + noise removal

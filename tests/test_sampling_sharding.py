@@ -40,41 +40,57 @@ def run(sh, only_fhs=False):
     ref = ReferenceJoint(V, L, seed=2)
     lin = schedules.get("linear")
     common = dict(batch_size=B, seq_len=L, mask_id=V, schedule=lin, batch_sharding=sh)
-    fhs, _ = sampling.first_hitting(ref.denoise_fn, jax.random.key(7), precision="float64",
-                                    **common)
+    fhs, _ = sampling.first_hitting(ref.denoise_fn, jax.random.key(7), precision="float64", **common)
     if only_fhs:
         return dict(fhs=jnp.asarray(fhs).tolist())
-    anc, st = sampling.ancestral(ref.denoise_fn, jax.random.key(8), num_steps=16,
-                                 precision="float32", **common)
+    anc, st = sampling.ancestral(
+        ref.denoise_fn, jax.random.key(8), num_steps=16, precision="float32", **common
+    )
     state = ref.init_arm_state(B) if sh is None else jax.device_put(ref.init_arm_state(B), sh)
-    ar, _ = sampling.autoregressive(ref.arm_step_fn, state, jax.random.key(9),
-                                    batch_size=B, seq_len=L, precision="float32",
-                                    batch_sharding=sh)
-    return dict(fhs=jnp.asarray(fhs).tolist(), anc=jnp.asarray(anc).tolist(),
-                ar=jnp.asarray(ar).tolist(), anc_nfe=st["nfe"])
+    ar, _ = sampling.autoregressive(
+        ref.arm_step_fn,
+        state,
+        jax.random.key(9),
+        batch_size=B,
+        seq_len=L,
+        precision="float32",
+        batch_sharding=sh,
+    )
+    return dict(
+        fhs=jnp.asarray(fhs).tolist(),
+        anc=jnp.asarray(anc).tolist(),
+        ar=jnp.asarray(ar).tolist(),
+        anc_nfe=st["nfe"],
+    )
 
 
 @pytest.mark.slow
 def test_same_tokens_on_one_and_eight_devices():
     here = os.path.dirname(os.path.abspath(__file__))
-    src = "import inspect\n" + textwrap.dedent(
-        f"B, V, L = {B}, {V}, {L}\n") + _source_of_run() + SCRIPT.format(tests=here)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    src = (
+        "import inspect\n"
+        + textwrap.dedent(f"B, V, L = {B}, {V}, {L}\n")
+        + _source_of_run()
+        + SCRIPT.format(tests=here)
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(here)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", src], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=300, cwd=root
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     eight = json.loads(out.stdout.strip().splitlines()[-1])
     one = run(None)
     assert jax.device_count() == 1
     for kind in ("Auto", "Explicit"):
         for name in eight[kind]:
-            np.testing.assert_array_equal(np.array(eight[kind][name]), np.array(one[name]),
-                                          err_msg=f"{kind} mesh, {name}")
+            np.testing.assert_array_equal(
+                np.array(eight[kind][name]), np.array(one[name]), err_msg=f"{kind} mesh, {name}"
+            )
 
 
 def _source_of_run():
     import inspect
+
     return inspect.getsource(run)

@@ -28,16 +28,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(**kw) -> Transformer:
-    args = dict(vocab_size=V, max_len=16, num_layers=3, num_heads=2, emb_dim=32, mlp_dim=48,
-                time_conditioning=True)
+    args = dict(
+        vocab_size=V, max_len=16, num_layers=3, num_heads=2, emb_dim=32, mlp_dim=48, time_conditioning=True
+    )
     args.update(kw)
     return Transformer(**args)
 
 
 def random_params(model: Transformer, seed: int = 0):
     """Unscanned random params with every part live (the real init zeroes adaLN gates and the head)."""
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32),
-                                     jnp.zeros((1,), jnp.float32)))["params"]
+    shapes = nn.unbox(
+        jax.eval_shape(
+            model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32), jnp.zeros((1,), jnp.float32)
+        )
+    )["params"]
     gen = np.random.default_rng(seed)
 
     def draw(path, s):
@@ -60,6 +64,7 @@ def loss_and_grads(model, params, x, y, t):
     def loss(p):
         logits = model.apply({"params": p}, x, t, deterministic=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
@@ -70,14 +75,16 @@ def assert_trees_close(a, b, rel=1e-4):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         y = np.asarray(y)
-        np.testing.assert_allclose(np.asarray(x), y, rtol=rel, atol=rel * float(np.abs(y).max()),
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), y, rtol=rel, atol=rel * float(np.abs(y).max()), err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_scanned_layout_stacks_blocks_on_a_layers_axis():
     model = tiny(scan_layers=True)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32),
-                           jnp.zeros((1,), jnp.float32))["params"]
+    boxed = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32), jnp.zeros((1,), jnp.float32)
+    )["params"]
     assert "blocks" in boxed and not any(k.startswith("block_") for k in boxed)
     specs = nn.get_partition_spec(boxed)
     assert tuple(specs["blocks"]["attn"]["qkv"]["kernel"]) == ("layers", "embed", None, "heads", "kv")
@@ -159,8 +166,10 @@ def test_layout_conversion_round_trips_every_tree_kind():
     # Abstract leaves keep their dtype; a NamedSharding gains / loses a leading unsharded axis.
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.AXES)
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", "tensor"))
-    abstract = {"block_0": {"w": jax.ShapeDtypeStruct((4, 6), jnp.bfloat16, sharding=spec)},
-                "block_1": {"w": jax.ShapeDtypeStruct((4, 6), jnp.bfloat16, sharding=spec)}}
+    abstract = {
+        "block_0": {"w": jax.ShapeDtypeStruct((4, 6), jnp.bfloat16, sharding=spec)},
+        "block_1": {"w": jax.ShapeDtypeStruct((4, 6), jnp.bfloat16, sharding=spec)},
+    }
     s = scan_layout.to_scanned(abstract)["blocks"]["w"]
     assert s.shape == (2, 4, 6) and s.dtype == jnp.bfloat16
     assert tuple(s.sharding.spec) == (None, "fsdp", "tensor")
@@ -174,9 +183,11 @@ def test_per_layer_rules_ignore_the_layers_axis():
     params = random_params(tiny(time_conditioning=False))
     mask = train.weight_decay_mask(params)
     mask_s = train.weight_decay_mask(scan_layout.to_scanned(params))
-    per_block = {jax.tree_util.keystr(p).replace("['block_0']", "['blocks']"): v
-                 for p, v in jax.tree_util.tree_leaves_with_path(mask)
-                 if "block_1" not in jax.tree_util.keystr(p) and "block_2" not in jax.tree_util.keystr(p)}
+    per_block = {
+        jax.tree_util.keystr(p).replace("['block_0']", "['blocks']"): v
+        for p, v in jax.tree_util.tree_leaves_with_path(mask)
+        if "block_1" not in jax.tree_util.keystr(p) and "block_2" not in jax.tree_util.keystr(p)
+    }
     assert {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask_s)} == per_block
     assert mask_s["blocks"]["attn_norm"]["scale"] is False and mask_s["blocks"]["mlp"]["wo"]["kernel"] is True
     model = tiny(time_conditioning=False, scan_layers=True, dtype=jnp.bfloat16)
@@ -187,8 +198,16 @@ def test_per_layer_rules_ignore_the_layers_axis():
 
 def tiny_config(scan: bool, layers: int = 2):
     c = config_lib.base()
-    c.model.update(vocab_size=32, max_len=16, num_layers=layers, num_heads=2, emb_dim=32, mlp_dim=64,
-                   time_emb_dim=16, scan_layers=scan)
+    c.model.update(
+        vocab_size=32,
+        max_len=16,
+        num_layers=layers,
+        num_heads=2,
+        emb_dim=32,
+        mlp_dim=64,
+        time_emb_dim=16,
+        scan_layers=scan,
+    )
     c.data.seq_len = 16
     c.train.batch_size = 4
     return c
@@ -199,8 +218,11 @@ def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scan):
     c_saved, c_other = tiny_config(saved_scan), tiny_config(not saved_scan)
     mesh = sharding.make_mesh(c_saved.mesh)
     state, _ = train.create_train_state(c_saved, mesh)
-    state = state.replace(opt_state=jax.tree.map(  # non-trivial moments
-        lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
+    state = state.replace(
+        opt_state=jax.tree.map(  # non-trivial moments
+            lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state
+        )
+    )
     with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
         ckpt.save(3, state, {"pos": 7})
     convert = scan_layout.to_unscanned if saved_scan else scan_layout.to_scanned
@@ -279,6 +301,7 @@ def test_sharded_scanned_step_matches_one_device_and_the_unscanned_step():
     scanned and one device unscanned, from the same params (a fresh process: XLA_FLAGS first)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

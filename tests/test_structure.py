@@ -88,7 +88,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_package_import_graph_has_no_cycle():
     graph = {m: _imported_modules(m, ast.parse(p.read_text())) for m, p in MODULES.items()}
-    assert len(graph) > 30 and "mdm_jax.runs" in graph["mdm_jax.likelihood"]   # the graph is real
+    assert len(graph) > 30 and "mdm_jax.runs" in graph["mdm_jax.likelihood"]  # the graph is real
     assert _cycles(graph) == []
 
 
@@ -120,6 +120,6 @@ def test_every_folded_purpose_is_documented():
     files = [p for p in PACKAGE.rglob("*.py") if p.name != "rng.py"]
     files += sorted((pathlib.Path(ROOT) / "benchmarks").glob("*.py"))
     used = {(str(p.relative_to(ROOT)), line, purpose) for p in files for line, purpose in _folded_purposes(p)}
-    assert len(used) > 20   # the scan sees the code's folds
+    assert len(used) > 20  # the scan sees the code's folds
     missing = [u for u in sorted(used) if not fnmatch.filter(rng.PURPOSES, u[2])]
     assert not missing, f"purposes folded in but not listed in rng.PURPOSES: {missing}"

@@ -36,8 +36,14 @@ class NullMeter:
 
 
 def _slot(index, load, seconds):
-    return {"index": index, "load_1m_start": load, "load_1m_end": load, "others_cpu": None,
-            "seconds": dict(seconds), "calls": {k: [v] for k, v in seconds.items()}}
+    return {
+        "index": index,
+        "load_1m_start": load,
+        "load_1m_end": load,
+        "others_cpu": None,
+        "seconds": dict(seconds),
+        "calls": {k: [v] for k, v in seconds.items()},
+    }
 
 
 def test_run_slots_interleaves_warms_up_and_repeats_to_min_seconds():
@@ -49,10 +55,17 @@ def test_run_slots_interleaves_warms_up_and_repeats_to_min_seconds():
             order.append((name, i))
             clock.now += duration
             return np.zeros(1)
+
         return call
 
-    slots = timing.run_slots({"A": measure("A", 0.4), "B": measure("B", 1.5)}, num_slots=3,
-                             min_seconds=1.0, load_fn=lambda: next(loads), clock=clock, meter=NullMeter())
+    slots = timing.run_slots(
+        {"A": measure("A", 0.4), "B": measure("B", 1.5)},
+        num_slots=3,
+        min_seconds=1.0,
+        load_fn=lambda: next(loads),
+        clock=clock,
+        meter=NullMeter(),
+    )
     # Warm-up once each, then per slot A until >= 1 s has passed (3 calls of 0.4 s), then B once.
     expected = [("A", 0), ("B", 0)]
     for s in range(3):
@@ -68,8 +81,12 @@ def test_run_slots_interleaves_warms_up_and_repeats_to_min_seconds():
 def test_summarize_flags_loaded_slots_and_takes_ratios_within_a_slot():
     # Slot 2 is loaded (everything 3x slower) and must not count. Ratios per slot: B/A is 2.0 in
     # every kept slot although A and B vary between slots; a ratio of medians would give 2.5/1.0.
-    slots = [_slot(0, 1.0, {"A": 1.0, "B": 2.0}), _slot(1, 1.5, {"A": 2.0, "B": 4.0}),
-             _slot(2, 5.0, {"A": 3.0, "B": 9.0}), _slot(3, 0.5, {"A": 0.5, "B": 1.0})]
+    slots = [
+        _slot(0, 1.0, {"A": 1.0, "B": 2.0}),
+        _slot(1, 1.5, {"A": 2.0, "B": 4.0}),
+        _slot(2, 5.0, {"A": 3.0, "B": 9.0}),
+        _slot(3, 0.5, {"A": 0.5, "B": 1.0}),
+    ]
     res = timing.summarize(slots, max_load=2.0, ratios={"B/A": lambda s: s["B"] / s["A"]})
     assert [s["flagged"] for s in slots] == [False, False, True, False]
     assert (res["kept"], res["flagged"], res["num_slots"]) == (3, 1, 4)
@@ -107,7 +124,7 @@ def test_peak_table_picks_the_specific_entry_and_the_matmul_class():
     assert timing.peak_flops("NVIDIA H100 80GB HBM3", "float32", "tf32")[0] == 494.5e12
     assert timing.peak_flops("NVIDIA H100 80GB HBM3", "float32", "float32")[0] == 67e12
     assert timing.peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16")[0] == 312e12
-    assert timing.peak_flops("TPU v5 lite", "bfloat16")[0] == 197e12   # not v5p's 459
+    assert timing.peak_flops("TPU v5 lite", "bfloat16")[0] == 197e12  # not v5p's 459
     assert timing.peak_flops("TPU v5", "bfloat16")[0] == 459e12
     assert timing.peak_flops("TPU v6 lite", "bfloat16")[0] == 918e12
     assert timing.peak_flops("TPU v4", "float32", "bfloat16")[0] == 275e12  # f32 run as bf16 passes
@@ -142,29 +159,48 @@ def test_best_time_warms_up_once_and_returns_the_last_result():
 
 
 def _run(script, *args):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
 
-TINY = ["--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
-        "--config.model.mlp_dim=64"]
+TINY = [
+    "--config.model.num_layers=1",
+    "--config.model.emb_dim=32",
+    "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64",
+]
 
 
 @pytest.mark.slow
 def test_train_throughput_records_slots_loads_and_environment(tmp_path):
     path = tmp_path / "tt.json"
     # A threshold no load can pass: every slot is flagged, and the output must say so.
-    out = _run("train_throughput.py", *TINY, "--config.data.seq_len=16", "--config.model.max_len=16",
-               "--config.train.batch_size=2", "--slots=2", "--min_seconds=0", "--max_load=1e-9",
-               "--train_only", f"--json={path}")
+    out = _run(
+        "train_throughput.py",
+        *TINY,
+        "--config.data.seq_len=16",
+        "--config.model.max_len=16",
+        "--config.train.batch_size=2",
+        "--slots=2",
+        "--min_seconds=0",
+        "--max_load=1e-9",
+        "--train_only",
+        f"--json={path}",
+    )
     d = json.loads(path.read_text())
     assert "NO SLOT KEPT" in out and "load-affected" in out
     assert d["result"]["kept"] == 0 and len(d["slots"]) == 2 and all(s["flagged"] for s in d["slots"])
     assert d["method"]["order_in_slot"] == ["matmul", "train"]
     assert {"device_kind", "jax_version", "jax_default_matmul_precision", "f32_matmul", "cpu_model"} <= set(
-        d["environment"])
+        d["environment"]
+    )
     assert d["peak"] is None and "no MFU" in out  # a CPU has no published peak in the table
     assert d["matmul_reference"]["n"] == 2048
     for s in d["slots"]:
@@ -174,8 +210,16 @@ def test_train_throughput_records_slots_loads_and_environment(tmp_path):
 @pytest.mark.slow
 def test_sampling_times_against_the_floor_and_measures_memory(tmp_path):
     path = tmp_path / "s.json"
-    out = _run("sampling.py", *TINY, "--seq_len=8", "--batch=2", "--samplers=fhs,fhs_float64", "--slots=2",
-               "--max_load=1e6", f"--json={path}")
+    out = _run(
+        "sampling.py",
+        *TINY,
+        "--seq_len=8",
+        "--batch=2",
+        "--samplers=fhs,fhs_float64",
+        "--slots=2",
+        "--max_load=1e6",
+        f"--json={path}",
+    )
     d = json.loads(path.read_text())
     t = d["timing"]
     assert t["order"] == ["floor", "fhs", "fhs_float64"] and t["result"]["kept"] == 2

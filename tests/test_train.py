@@ -29,8 +29,9 @@ LEARN_STEPS = 30
 
 def tiny_config(**objective):
     c = config_lib.base()
-    c.model.update(vocab_size=32, max_len=16, num_layers=1, num_heads=4, emb_dim=32, mlp_dim=64,
-                   time_emb_dim=16)
+    c.model.update(
+        vocab_size=32, max_len=16, num_layers=1, num_heads=4, emb_dim=32, mlp_dim=64, time_emb_dim=16
+    )
     c.data.seq_len = 16
     c.train.update(batch_size=16, lr=1e-2, lr_schedule="constant", warmup_steps=0, ema_decay=0.9)
     c.objective.update(objective)
@@ -47,6 +48,7 @@ def structured_batches(num, batch, length, seed=0):
 
 
 # ----------------------------------------------------------------------------- the worker
+
 
 def _flat(tree):
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]).tolist()
@@ -83,17 +85,20 @@ def _worker(out_path):
     batches = structured_batches(8, 16, 16)
     held_out = structured_batches(1, 16, 16, seed=3)[0]
     res = {}
-    mdm = dict(kind="continuous", schedule="cosine")   # time-conditioned (config default)
+    mdm = dict(kind="continuous", schedule="cosine")  # time-conditioned (config default)
     # Single device, 30 steps: the reference for the sharded runs (first 3 steps) and the MDM
     # learning test.
     res["single"] = _train_run(tiny_config(**mdm), devs[:1], batches, LEARN_STEPS, held_out)
-    for name, (d, f, t, accum, eval_too) in {"data8": (8, 1, 1, 1, False), "d2f2t2": (2, 2, 2, 1, True),
-                                             "single_accum2": (1, 1, 1, 2, False),
-                                             "d4t2_accum2": (4, 1, 2, 2, False)}.items():
+    for name, (d, f, t, accum, eval_too) in {
+        "data8": (8, 1, 1, 1, False),
+        "d2f2t2": (2, 2, 2, 1, True),
+        "single_accum2": (1, 1, 1, 2, False),
+        "d4t2_accum2": (4, 1, 2, 2, False),
+    }.items():
         c = tiny_config(**mdm)
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
         c.train.grad_accum_steps = accum
-        res[name] = _train_run(c, devs[:d * f * t], batches, SHARDED_STEPS, held_out if eval_too else None)
+        res[name] = _train_run(c, devs[: d * f * t], batches, SHARDED_STEPS, held_out if eval_too else None)
     res["arm"] = _train_run(tiny_config(kind="arm"), devs[:1], batches, LEARN_STEPS, held_out)
     del res["arm"]["init"]
     c = tiny_config()
@@ -113,8 +118,17 @@ def loop_config(num_steps):
     c = config_lib.base()
     c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32, time_emb_dim=16)
     c.data.seq_len = 32
-    c.train.update(batch_size=8, num_steps=num_steps, warmup_steps=2, lr=3e-3, log_every=2,
-                   eval_every=3, eval_batches=2, checkpoint_every=3, plot=True)
+    c.train.update(
+        batch_size=8,
+        num_steps=num_steps,
+        warmup_steps=2,
+        lr=3e-3,
+        log_every=2,
+        eval_every=3,
+        eval_batches=2,
+        checkpoint_every=3,
+        plot=True,
+    )
     return c
 
 
@@ -123,20 +137,34 @@ def _loop(workdir):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         first = loop.train_and_evaluate(loop_config(6), workdir)
-        steps_after_first = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-                                   if d.isdigit())
+        steps_after_first = sorted(
+            int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()
+        )
         second = loop.train_and_evaluate(loop_config(8), workdir)
-    return {"first": first, "second": second, "stdout": buf.getvalue(), "workdir": workdir,
-            "checkpoints_after_first": steps_after_first}
+    return {
+        "first": first,
+        "second": second,
+        "stdout": buf.getvalue(),
+        "workdir": workdir,
+        "checkpoints_after_first": steps_after_first,
+    }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("train_worker") / "runs.json"
-    env = {**os.environ,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+    }
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out) as f:
         res = json.load(f)
@@ -146,13 +174,14 @@ def runs(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- sharding
 
+
 def _assert_same_steps(ref, got, rel=1e-5):
     for step_ref, step_got in zip(ref["metrics"][:SHARDED_STEPS], got["metrics"], strict=False):
         for k in ("loss", "nats_per_token", "bits_per_token", "perplexity", "masked_fraction", "lr"):
             assert step_got[k] == pytest.approx(step_ref[k], rel=rel, abs=1e-7), (k, step_ref, step_got)
         assert step_got["grad_norm"] == pytest.approx(step_ref["grad_norm"], rel=10 * rel)
     assert len(got["metrics"]) == SHARDED_STEPS
-    np.testing.assert_array_equal(got["init"], ref["init"])   # the same init on any mesh
+    np.testing.assert_array_equal(got["init"], ref["init"])  # the same init on any mesh
     # AdamW normalises each coordinate, so the parameters (and EMA) after 3 steps are compared by
     # the discrepancy relative to the distance travelled: float noise vs a real difference.
     p_init = np.asarray(ref["init"])
@@ -189,7 +218,7 @@ def test_sharded_state_is_really_sharded(runs):
     full = runs["single"]["embedding_shard"]
     assert runs["d2f2t2"]["embedding_shard"] == [full[0] // 2, full[1] // 2]
     assert runs["d4t2_accum2"]["embedding_shard"] == [full[0] // 2, full[1]]
-    assert runs["data8"]["embedding_shard"] == full   # pure data parallelism: replicated
+    assert runs["data8"]["embedding_shard"] == full  # pure data parallelism: replicated
 
 
 @pytest.mark.slow
@@ -206,6 +235,7 @@ def test_batch_not_divisible_by_data_parallel_size(runs):
 
 
 # ----------------------------------------------------------------------------- learning
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["single", "arm"])
@@ -228,6 +258,7 @@ def test_mdm_and_arm_learn(runs, name):
 
 # ----------------------------------------------------------------------------- the loop
 
+
 @pytest.mark.slow
 def test_train_and_evaluate_logs_evaluates_checkpoints_and_resumes(runs):
     loop = runs["loop"]
@@ -236,8 +267,11 @@ def test_train_and_evaluate_logs_evaluates_checkpoints_and_resumes(runs):
     assert loop["checkpoints_after_first"] == [3, 6]
     assert "resumed from" in out and "at step 6" in out
     # One eval line per eval_every steps and at the end of each run; bits = nats / ln 2.
-    lines = re.findall(r"eval step (\d+): nelbo ([\d.]+) nats/token = ([\d.]+) bits/token "
-                       r"\(ppl bound ([\d.]+)\)", out)
+    lines = re.findall(
+        r"eval step (\d+): nelbo ([\d.]+) nats/token = ([\d.]+) bits/token "
+        r"\(ppl bound ([\d.]+)\)",
+        out,
+    )
     assert [int(s) for s, *_ in lines] == [3, 6, 8]
     for _, nats, bits, ppl in lines:
         assert float(bits) == pytest.approx(float(nats) / np.log(2), rel=1e-3)
@@ -250,12 +284,13 @@ def test_train_and_evaluate_logs_evaluates_checkpoints_and_resumes(runs):
     for r in records:
         if r["prefix"] == "train":
             assert {"loss", "nats_per_token", "bits_per_token", "perplexity", "grad_norm", "lr"} <= set(r)
-            assert r["tokens_per_s"] > 0   # compile time excluded: the clock starts after step 1
+            assert r["tokens_per_s"] > 0  # compile time excluded: the clock starts after step 1
     assert os.path.exists(second["loss_curve"])
     assert os.listdir(os.path.join(loop["workdir"], "tb"))
 
 
 # ----------------------------------------------------------------------------- in-process
+
 
 def test_weight_decay_spares_norms_biases_and_embeddings():
     c = tiny_config()
@@ -267,7 +302,7 @@ def test_weight_decay_spares_norms_biases_and_embeddings():
     for name, decays in names.items():
         if "norm" in name or "bias" in name:
             assert decays is False, name
-    assert sum(names.values()) >= 4   # attention and MLP matrices decay
+    assert sum(names.values()) >= 4  # attention and MLP matrices decay
 
 
 def test_learning_rate_schedules():
@@ -288,13 +323,16 @@ def test_ema_decay_warms_up():
     assert float(train.ema_decay_at(0.999, 10**6)) == pytest.approx(0.999)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("objective.schedule", "cosin", "objective.schedule"),
-    ("objective.kind", "diffusion", "objective.kind"),
-    ("train.lr_schedule", "linear", "train.lr_schedule"),
-    ("train.grad_accum_steps", 0, "train.grad_accum_steps"),
-    ("data.seq_len", 32, "model.max_len"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("objective.schedule", "cosin", "objective.schedule"),
+        ("objective.kind", "diffusion", "objective.kind"),
+        ("train.lr_schedule", "linear", "train.lr_schedule"),
+        ("train.grad_accum_steps", 0, "train.grad_accum_steps"),
+        ("data.seq_len", 32, "model.max_len"),
+    ],
+)
 def test_bad_config_is_rejected_before_compiling(field, value, match):
     c = tiny_config()
     section, name = field.split(".")
@@ -306,9 +344,10 @@ def test_bad_config_is_rejected_before_compiling(field, value, match):
 def test_resume_under_another_seed_is_refused():
     c = tiny_config()
     # Only the key matters here; create_train_state stores jax.random.key_data(rng.root_key(seed)).
-    state = train.TrainState(step=0, params={}, opt_state=(), ema_params={},
-                             key=jax.random.key_data(rng.root_key(c.seed)))
-    train.check_root_key(state, c, "w")   # the seed it was created with
+    state = train.TrainState(
+        step=0, params={}, opt_state=(), ema_params={}, key=jax.random.key_data(rng.root_key(c.seed))
+    )
+    train.check_root_key(state, c, "w")  # the seed it was created with
     c.seed = 1
     with pytest.raises(ValueError, match="another config.seed"):
         train.check_root_key(state, c, "w")

@@ -36,8 +36,9 @@ _BASES = {"quickstart": "../quickstart.py", "owt": "../owt_mdm_small.py"}
 
 
 def get_config(variant="quickstart"):
-    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
-                                   "mdm_vs_arm")
+    c = config_lib.with_experiment(
+        config_lib.load_variant(variant, _BASES, relative_to=__file__), "mdm_vs_arm"
+    )
     c.eval.mc_draws = 4
     if variant == "quickstart":
         # Quickstart model, smaller budget (x3 models): 300 steps x 16 x 128 tokens each (the

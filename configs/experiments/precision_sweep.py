@@ -26,17 +26,23 @@ collapses in entropy and gen PPL as N grows; float64, factorized and first-hitti
 
 from mdm_jax import config as config_lib
 
-_BASES = {"quickstart": "../quickstart.py", "reference": "../quickstart.py",
-          "reference_gpt2": "../quickstart.py", "tiny": "../quickstart.py", "owt": "../owt_mdm_small.py"}
+_BASES = {
+    "quickstart": "../quickstart.py",
+    "reference": "../quickstart.py",
+    "reference_gpt2": "../quickstart.py",
+    "tiny": "../quickstart.py",
+    "owt": "../owt_mdm_small.py",
+}
 
 
 def get_config(variant="quickstart"):
-    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
-                                   "precision_sweep")
+    c = config_lib.with_experiment(
+        config_lib.load_variant(variant, _BASES, relative_to=__file__), "precision_sweep"
+    )
     e = c.experiment
-    c.sampling.num_samples = 8         # per (sampler, precision, N) cell
+    c.sampling.num_samples = 8  # per (sampler, precision, N) cell
     c.sampling.batch_size = 8
-    c.sampling.tokens_per_step = 4     # the parallel first-hitting sampler
+    c.sampling.tokens_per_step = 4  # the parallel first-hitting sampler
     if variant in ("reference", "reference_gpt2", "tiny"):
         e.model = "reference"
         c.sampling.num_samples = 16

@@ -30,13 +30,14 @@ _BASES = {"cpu": "../owt_mdm_small.py", "tiny": "../owt_mdm_small.py", "owt": ".
 
 
 def get_config(variant="cpu"):
-    c = config_lib.with_experiment(config_lib.load_variant(variant, _BASES, relative_to=__file__),
-                                   "sampler_speed")
+    c = config_lib.with_experiment(
+        config_lib.load_variant(variant, _BASES, relative_to=__file__), "sampler_speed"
+    )
     e = c.experiment
     c.sampling.precision = "float32"
     if variant == "owt":
         c.sampling.batch_size = 8
-        e.steps = (1024, 2048, 4096, 10000)     # for every vocabulary
+        e.steps = (1024, 2048, 4096, 10000)  # for every vocabulary
         e.arm_lengths = (128, 256, 512, 1024)
         return c
     # cpu and tiny (the experiment fields' defaults are cpu's).

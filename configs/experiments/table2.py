@@ -32,11 +32,11 @@ def get_config(variant="paper"):
         raise ValueError(f"unknown variant {variant!r} after ':' in --config: use {' or '.join(VARIANTS)}")
     c = config_lib.with_experiment(config_lib.base(), "table2")
     s = c.sampling
-    s.num_steps = 2048                 # the paper's Table 2
+    s.num_steps = 2048  # the paper's Table 2
     s.tokens_per_step = 4
-    s.num_samples = 8                  # the paper's Table 2
+    s.num_samples = 8  # the paper's Table 2
     s.batch_size = 8
-    s.seq_len = 0                      # 0 -> the MDLM model's length (1024 for mdlm-owt)
+    s.seq_len = 0  # 0 -> the MDLM model's length (1024 for mdlm-owt)
     if variant == "tiny":
         c.experiment.mdlm_dir = "tests/fixtures/mdlm-tiny"
         c.experiment.evaluator_dir = ""  # the test writes a random-weight GPT-2 of the real vocabulary

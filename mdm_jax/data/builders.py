@@ -56,10 +56,18 @@ def check_downloads_reachable(builder_cls, data_dir: str, *, dataset: str, timeo
     trace; this connects once to each host (seconds) and otherwise stops with the manual step.
     """
     manual = manual_dir(data_dir)
-    missing = {f: u for f, u in builder_cls.remote_files().items()
-               if not os.path.exists(os.path.join(manual, f))}
-    hosts = sorted({(urllib.parse.urlsplit(u).hostname, urllib.parse.urlsplit(u).port
-                     or (443 if u.startswith("https") else 80)) for u in missing.values()})
+    missing = {
+        f: u for f, u in builder_cls.remote_files().items() if not os.path.exists(os.path.join(manual, f))
+    }
+    hosts = sorted(
+        {
+            (
+                urllib.parse.urlsplit(u).hostname,
+                urllib.parse.urlsplit(u).port or (443 if u.startswith("https") else 80),
+            )
+            for u in missing.values()
+        }
+    )
     for host, port in hosts:
         try:
             socket.create_connection((host, port), timeout=timeout_s).close()
@@ -71,7 +79,8 @@ def check_downloads_reachable(builder_cls, data_dir: str, *, dataset: str, timeo
                 f"config.data.dataset={dataset!r} is not prepared in {data_dir} and needs {names}, but "
                 f"{host}:{port} cannot be reached from this machine ({type(e).__name__}: {e}). Download "
                 f"them on a machine with network access (e.g. {first}) and put them in {manual}/ "
-                "(under config.data.data_dir), then rerun: nothing will be downloaded.") from None
+                "(under config.data.data_dir), then rerun: nothing will be downloaded."
+            ) from None
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder):
@@ -128,13 +137,18 @@ class Text8(_Builder):
 
     VERSION = tfds.core.Version("1.0.0")
     URL = "http://mattmahoney.net/dc/text8.zip"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Optionally place text8.zip (from http://mattmahoney.net/dc/text8.zip) here."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Optionally place text8.zip (from http://mattmahoney.net/dc/text8.zip) here."
+    )
     CHUNK = 1 << 20
     SPLIT_FRACTIONS = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1.0)}
 
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            builder=self,
+            description=__doc__,
+            features=_FEATURES(),
+            disable_shuffling=True,
             homepage="http://mattmahoney.net/dc/textdata.html",
         )
 
@@ -148,13 +162,13 @@ class Text8(_Builder):
             text = zf.read("text8").decode("ascii")
         n = len(text)
         return {
-            split: self._generate_examples(text[int(a * n): int(b * n)])
+            split: self._generate_examples(text[int(a * n) : int(b * n)])
             for split, (a, b) in self.SPLIT_FRACTIONS.items()
         }
 
     def _generate_examples(self, text):
         for i in range(0, len(text), self.CHUNK):
-            yield i, {"text": text[i: i + self.CHUNK]}
+            yield i, {"text": text[i : i + self.CHUNK]}
 
 
 class Lm1bText(_Builder):
@@ -173,7 +187,10 @@ class Lm1bText(_Builder):
 
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            builder=self,
+            description=__doc__,
+            features=_FEATURES(),
+            disable_shuffling=True,
             homepage="http://www.statmt.org/lm-benchmark/",
         )
 
@@ -186,7 +203,9 @@ class Lm1bText(_Builder):
         archive = _local_or_download(dl_manager, self.remote_files())[self.ARCHIVE]
         return {
             "train": self._generate_examples(archive, "training-monolingual.tokenized.shuffled/news.en-"),
-            "validation": self._generate_examples(archive, "heldout-monolingual.tokenized.shuffled/news.en.heldout-"),
+            "validation": self._generate_examples(
+                archive, "heldout-monolingual.tokenized.shuffled/news.en.heldout-"
+            ),
         }
 
     def _generate_examples(self, archive, prefix):
@@ -223,7 +242,10 @@ class Openwebtext(_Builder):
 
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self, description=__doc__, features=_FEATURES(), disable_shuffling=True,
+            builder=self,
+            description=__doc__,
+            features=_FEATURES(),
+            disable_shuffling=True,
             homepage="https://skylion007.github.io/OpenWebTextCorpus/",
         )
 

@@ -30,35 +30,40 @@ log = logging.getLogger(__name__)
 
 # OpenWebText has no official validation split; like MDLM we hold out its last 100k documents.
 OWT_VALIDATION_DOCS = 100_000
-_PACK_FORMAT = 1          # bump to invalidate packed files when the packing rules change
-_READ_BATCH = 1024        # records tokenized at once while packing
+_PACK_FORMAT = 1  # bump to invalidate packed files when the packing rules change
+_READ_BATCH = 1024  # records tokenized at once while packing
 
 
 @dataclasses.dataclass(frozen=True)
 class _Split:
     tfds_split: str
-    start: int | None = None   # record range [start, stop) within the TFDS split (Python slice
-    stop: int | None = None    # semantics, negative = from the end)
+    start: int | None = None  # record range [start, stop) within the TFDS split (Python slice
+    stop: int | None = None  # semantics, negative = from the end)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    builder: str               # class name in mdm_jax.data.builders
+    builder: str  # class name in mdm_jax.data.builders
     splits: dict
-    separate_documents: bool = True   # False: one continuous stream (text8), no separators
+    separate_documents: bool = True  # False: one continuous stream (text8), no separators
 
 
 def _specs() -> dict[str, DatasetSpec]:
     return {
-        "embedded": DatasetSpec("EmbeddedCorpus", {"train": _Split("train"),
-                                                   "validation": _Split("validation")}),
-        "text8": DatasetSpec("Text8", {s: _Split(s) for s in ("train", "validation", "test")},
-                             separate_documents=False),
-        "lm1b": DatasetSpec("Lm1bText", {"train": _Split("train"),
-                                         "validation": _Split("validation")}),
-        "openwebtext": DatasetSpec("Openwebtext", {
-            "train": _Split("train", None, -OWT_VALIDATION_DOCS),
-            "validation": _Split("train", -OWT_VALIDATION_DOCS, None)}),
+        "embedded": DatasetSpec(
+            "EmbeddedCorpus", {"train": _Split("train"), "validation": _Split("validation")}
+        ),
+        "text8": DatasetSpec(
+            "Text8", {s: _Split(s) for s in ("train", "validation", "test")}, separate_documents=False
+        ),
+        "lm1b": DatasetSpec("Lm1bText", {"train": _Split("train"), "validation": _Split("validation")}),
+        "openwebtext": DatasetSpec(
+            "Openwebtext",
+            {
+                "train": _Split("train", None, -OWT_VALIDATION_DOCS),
+                "validation": _Split("train", -OWT_VALIDATION_DOCS, None),
+            },
+        ),
     }
 
 
@@ -66,6 +71,7 @@ DATASETS = ("embedded", "text8", "lm1b", "openwebtext")
 
 
 # ----------------------------------------------------------------------------- data directories
+
 
 def dataset_spec(config) -> DatasetSpec:
     """The DatasetSpec of config.data.dataset (ValueError naming the field if unknown)."""
@@ -107,6 +113,7 @@ def _check_writable(path: str, field: str) -> None:
 
 # ----------------------------------------------------------------------------- packing
 
+
 def _builder(config):
     cls = getattr(builders, dataset_spec(config).builder)
     return cls(data_dir=data_dir(config), file_format="array_record")
@@ -116,8 +123,11 @@ def _packed_dir(config, builder) -> tuple[str, str]:
     """Local directory of the packed files (memory-mapped, so never remote) and its config field."""
     if config.data.packed_dir:
         root = os.path.abspath(os.path.expanduser(config.data.packed_dir))
-        parts = [builder.name, builder.builder_config.name if builder.builder_config else "",
-                 str(builder.version)]
+        parts = [
+            builder.name,
+            builder.builder_config.name if builder.builder_config else "",
+            str(builder.version),
+        ]
         return os.path.join(root, *filter(None, parts)), "config.data.packed_dir"
     return os.path.join(os.fspath(builder.data_dir), "packed"), "config.data.data_dir"
 
@@ -164,8 +174,10 @@ def _pack(builder, split: _Split, tok, separate: bool, out_bin: str, out_meta: s
         with os.fdopen(fd, "wb") as f:
             for lo in range(start, stop, _READ_BATCH):
                 idx = list(range(lo, min(lo + _READ_BATCH, stop)))
-                texts = [r["text"] if isinstance(r["text"], bytes) else r["text"].encode("utf-8")
-                         for r in source.__getitems__(idx)]
+                texts = [
+                    r["text"] if isinstance(r["text"], bytes) else r["text"].encode("utf-8")
+                    for r in source.__getitems__(idx)
+                ]
                 chunks = []
                 for ids in _encode_records(tok, texts):
                     chunks.append(ids.astype(dtype, copy=False))
@@ -179,9 +191,16 @@ def _pack(builder, split: _Split, tok, separate: bool, out_bin: str, out_meta: s
                     n_tokens += arr.size
                 n_docs += len(texts)
                 n_bytes += sum(len(t) for t in texts)
-        meta = {"documents": n_docs, "bytes": n_bytes, "tokens": n_tokens, "max_id": max_id,
-                "dtype": np.dtype(dtype).name, "tokenizer": tok.name,
-                "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
+        meta = {
+            "documents": n_docs,
+            "bytes": n_bytes,
+            "tokens": n_tokens,
+            "max_id": max_id,
+            "dtype": np.dtype(dtype).name,
+            "tokenizer": tok.name,
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+        }
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the store may be shared
         os.replace(tmp, out_bin)
     except BaseException:
@@ -223,19 +242,28 @@ def packed_tokens(config, split: str, tok=None) -> tuple[np.ndarray, dict]:
         if not (builder.data_path / "dataset_info.json").exists():
             _check_writable(data_dir(config), "config.data.data_dir")
             if not _is_remote(data_dir(config)):
-                builders.check_downloads_reachable(type(builder), data_dir(config),
-                                                   dataset=config.data.dataset)
+                builders.check_downloads_reachable(
+                    type(builder), data_dir(config), dataset=config.data.dataset
+                )
             log.info("Preparing TFDS dataset %s in %s", builder.name, data_dir(config))
             builder.download_and_prepare()
             builder = _builder(config)  # re-read the finished dataset_info
         meta = _pack(builder, spec.splits[split], tok, spec.separate_documents, out_bin, out_meta)
-        log.info("Packed %s/%s with %s: %d documents, %.2f MB of text, %d tokens -> %s",
-                 config.data.dataset, split, tok.name, meta["documents"], meta["bytes"] / 1e6,
-                 meta["tokens"], out_bin)
+        log.info(
+            "Packed %s/%s with %s: %d documents, %.2f MB of text, %d tokens -> %s",
+            config.data.dataset,
+            split,
+            tok.name,
+            meta["documents"],
+            meta["bytes"] / 1e6,
+            meta["tokens"],
+            out_bin,
+        )
     with open(out_meta) as f:
         meta = json.load(f)
-    tokens = (np.memmap(out_bin, dtype=meta["dtype"], mode="r") if meta["tokens"]
-              else np.zeros((0,), meta["dtype"]))
+    tokens = (
+        np.memmap(out_bin, dtype=meta["dtype"], mode="r") if meta["tokens"] else np.zeros((0,), meta["dtype"])
+    )
     _STORE_CACHE[out_meta] = (tokens, meta)
     return tokens, meta
 

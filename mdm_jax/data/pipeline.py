@@ -23,6 +23,7 @@ from mdm_jax.data import packing, tokenizers
 
 # ----------------------------------------------------------------------------- validation
 
+
 def _process(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
         process_index = jax.process_index() if process_index is None else process_index
@@ -65,6 +66,7 @@ def validate(config, process_count: int | None = None) -> tokenizers.Tokenizer:
 
 # ----------------------------------------------------------------------------- batching
 
+
 def _open(config, split, process_index, process_count):
     tok = validate(config, process_count)
     tokens, meta = packing.packed_tokens(config, split, tok)
@@ -90,15 +92,14 @@ def _open(config, split, process_index, process_count):
 def _gather(tokens: np.ndarray, rows: np.ndarray, seq_len: int) -> np.ndarray:
     out = np.empty((len(rows), seq_len), dtype=np.int32)
     for j, r in enumerate(rows.tolist()):
-        out[j] = tokens[r * seq_len:(r + 1) * seq_len]
+        out[j] = tokens[r * seq_len : (r + 1) * seq_len]
     return out
 
 
 class TrainIterator(Iterator[np.ndarray]):
     """Infinite iterator over this process's rows of the global training batches."""
 
-    def __init__(self, tokens, num_seqs, seq_len, global_batch, process_index, process_count,
-                 seed, shuffle):
+    def __init__(self, tokens, num_seqs, seq_len, global_batch, process_index, process_count, seed, shuffle):
         self._tokens, self._seq_len = tokens, seq_len
         self._num_seqs, self._global_batch = num_seqs, global_batch
         self._local = global_batch // process_count
@@ -125,18 +126,26 @@ class TrainIterator(Iterator[np.ndarray]):
         if self.index >= self.steps_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
         start = self.index * self._global_batch + self._offset
-        rows = self._permutation(self.epoch)[start:start + self._local]
+        rows = self._permutation(self.epoch)[start : start + self._local]
         self.index += 1
         return _gather(self._tokens, rows, self._seq_len)
 
     def get_state(self) -> dict:
         """JSON-serialisable position; the shape fields guard against restoring into another setup."""
-        return {"epoch": self.epoch, "index": self.index, "num_sequences": self._num_seqs,
-                "global_batch": self._global_batch, "seq_len": self._seq_len}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "num_sequences": self._num_seqs,
+            "global_batch": self._global_batch,
+            "seq_len": self._seq_len,
+        }
 
     def set_state(self, state: dict) -> None:
-        for key, mine in (("num_sequences", self._num_seqs), ("global_batch", self._global_batch),
-                          ("seq_len", self._seq_len)):
+        for key, mine in (
+            ("num_sequences", self._num_seqs),
+            ("global_batch", self._global_batch),
+            ("seq_len", self._seq_len),
+        ):
             if key in state and int(state[key]) != mine:
                 raise ValueError(
                     f"data iterator state was saved with {key}={state[key]} but the current "
@@ -146,18 +155,31 @@ class TrainIterator(Iterator[np.ndarray]):
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def make_iterator(config, split: str = "train", process_index: int | None = None,
-                  process_count: int | None = None) -> TrainIterator:
+def make_iterator(
+    config, split: str = "train", process_index: int | None = None, process_count: int | None = None
+) -> TrainIterator:
     """This process's infinite stream of np.int32[batch_size // process_count, seq_len] batches."""
     process_index, process_count = _process(process_index, process_count)
     tokens, num_seqs = _open(config, split, process_index, process_count)
-    return TrainIterator(tokens, num_seqs, config.data.seq_len, config.train.batch_size,
-                         process_index, process_count, config.seed, config.data.shuffle)
+    return TrainIterator(
+        tokens,
+        num_seqs,
+        config.data.seq_len,
+        config.train.batch_size,
+        process_index,
+        process_count,
+        config.seed,
+        config.data.shuffle,
+    )
 
 
-def eval_batches(config, num_batches: int | None, split: str = "validation",
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> list[np.ndarray]:
+def eval_batches(
+    config,
+    num_batches: int | None,
+    split: str = "validation",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> list[np.ndarray]:
     """The first `num_batches` global batches of `split` in order (no shuffle), this process's rows.
 
     `num_batches=None` takes every complete global batch of the split.
@@ -178,7 +200,10 @@ def eval_batches(config, num_batches: int | None, split: str = "validation",
         )
     local = batch // process_count
     return [
-        _gather(tokens, np.arange(b * batch + process_index * local, b * batch + (process_index + 1) * local),
-                config.data.seq_len)
+        _gather(
+            tokens,
+            np.arange(b * batch + process_index * local, b * batch + (process_index + 1) * local),
+            config.data.seq_len,
+        )
         for b in range(num_batches)
     ]

@@ -132,8 +132,9 @@ class GPT2Tokenizer:
 
     def __init__(self, vocab_dir: str):
         vocab_dir = os.path.expanduser(vocab_dir or "")
-        vocab, merges, ranks = (os.path.join(vocab_dir, f)
-                                for f in ("vocab.json", "merges.txt", TIKTOKEN_FILE))
+        vocab, merges, ranks = (
+            os.path.join(vocab_dir, f) for f in ("vocab.json", "merges.txt", TIKTOKEN_FILE)
+        )
         if vocab_dir and os.path.isfile(vocab) and os.path.isfile(merges):
             self.files = (vocab, merges)  # what the vocabulary depends on (packed-data fingerprints)
             self._init_hf(vocab_dir, vocab, merges)
@@ -168,18 +169,28 @@ class GPT2Tokenizer:
         # file into a cache directory under the system temp dir.
         try:
             with open(path, "rb") as f:
-                ranks = {base64.b64decode(tok): int(rank)
-                         for tok, rank in (line.split() for line in f if line.strip())}
+                ranks = {
+                    base64.b64decode(tok): int(rank)
+                    for tok, rank in (line.split() for line in f if line.strip())
+                }
         except ValueError as e:
-            raise ValueError(f"config.data.gpt2_vocab_dir={vocab_dir!r}: {path} is not a tiktoken rank file "
-                             f"(lines of base64 bytes and a rank): {e}") from e
+            raise ValueError(
+                f"config.data.gpt2_vocab_dir={vocab_dir!r}: {path} is not a tiktoken rank file "
+                f"(lines of base64 bytes and a rank): {e}"
+            ) from e
         if sorted(ranks.values()) != list(range(len(ranks))):
-            raise ValueError(f"config.data.gpt2_vocab_dir={vocab_dir!r}: the ranks in {path} are not "
-                             f"0..{len(ranks) - 1} without gaps")
+            raise ValueError(
+                f"config.data.gpt2_vocab_dir={vocab_dir!r}: the ranks in {path} are not "
+                f"0..{len(ranks) - 1} without gaps"
+            )
         self.eot_id = len(ranks)
         self._hf = None
-        self._tt = tiktoken.Encoding(name="gpt2", pat_str=openai_public.r50k_pat_str, mergeable_ranks=ranks,
-                                     special_tokens={GPT2_EOT: self.eot_id})
+        self._tt = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=openai_public.r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens={GPT2_EOT: self.eot_id},
+        )
         self.vocab_size = self._tt.n_vocab
 
     def encode(self, text: str) -> np.ndarray:
@@ -218,6 +229,4 @@ def get(data_config) -> Tokenizer:
         return CharTokenizer()
     if name == "gpt2":
         return GPT2Tokenizer(data_config.gpt2_vocab_dir)
-    raise ValueError(
-        f"config.data.tokenizer={name!r} is not a known tokenizer; set it to one of {NAMES}."
-    )
+    raise ValueError(f"config.data.tokenizer={name!r} is not a known tokenizer; set it to one of {NAMES}.")

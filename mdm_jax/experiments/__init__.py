@@ -24,8 +24,7 @@ import time
 
 import numpy as np
 
-from mdm_jax import checkpoint, loop, metrics, runs
-from mdm_jax import config as config_lib
+from mdm_jax import checkpoint, config as config_lib, loop, metrics, runs
 
 # Each module is imported when its experiment runs: the others' imports are not paid for.
 EXPERIMENTS = tuple(config_lib.EXPERIMENT_FIELDS)
@@ -36,7 +35,8 @@ def _module(name: str):
         raise ValueError(
             f"unknown experiment.name={name!r}: choose one of {', '.join(EXPERIMENTS)} "
             "(use one of the configs in configs/experiments/, e.g. "
-            "--config=configs/experiments/time_agnostic.py)")
+            "--config=configs/experiments/time_agnostic.py)"
+        )
     return importlib.import_module(f"mdm_jax.experiments.{name}")
 
 
@@ -48,19 +48,25 @@ def report(workdir: str, name: str | None = None) -> dict:
     """Redraws the plots and summary.md of the experiment whose results JSON is in `workdir`
     (`name`, or the one experiment with a `<name>.json` there); nothing is recomputed."""
     if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"--workdir={workdir} is not a directory: give the workdir of an "
-                                "experiment run (--mode=experiment)")
+        raise FileNotFoundError(
+            f"--workdir={workdir} is not a directory: give the workdir of an "
+            "experiment run (--mode=experiment)"
+        )
     if not name:
         found = [n for n in EXPERIMENTS if os.path.isfile(os.path.join(workdir, f"{n}.json"))]
         if len(found) != 1:
             raise FileNotFoundError(
                 f"{workdir} holds the results of {', '.join(found) or 'no experiment'} "
                 f"({' or '.join(f'{n}.json' for n in EXPERIMENTS)} expected): "
-                + ("pass the experiment's --config" if found else "run --mode=experiment there first"))
+                + ("pass the experiment's --config" if found else "run --mode=experiment there first")
+            )
         name = found[0]
     drawn = _module(name).draw(workdir)
-    print(f"{name}: redrew {len(drawn['plots'])} plot(s) and {drawn['summary']} from "
-          f"{os.path.join(workdir, name + '.json')}", flush=True)
+    print(
+        f"{name}: redrew {len(drawn['plots'])} plot(s) and {drawn['summary']} from "
+        f"{os.path.join(workdir, name + '.json')}",
+        flush=True,
+    )
     return drawn
 
 
@@ -72,8 +78,11 @@ def parse_list(value, cast=float, field: str = "experiment", *, allow_empty: boo
     items = value if isinstance(value, (list, tuple)) else [value]
     items = [p for v in items for p in (v.split(",") if isinstance(v, str) else [v])]
     try:
-        out = [cast(v.strip() if isinstance(v, str) else v) for v in items
-               if not (isinstance(v, str) and not v.strip())]
+        out = [
+            cast(v.strip() if isinstance(v, str) else v)
+            for v in items
+            if not (isinstance(v, str) and not v.strip())
+        ]
     except (TypeError, ValueError) as e:
         raise ValueError(f"{field}={value!r}: expected a list of {cast.__name__} ({e})") from e
     if not out and not allow_empty:
@@ -114,12 +123,18 @@ def train_run(config, workdir: str, *, log=print) -> dict:
     if latest is not None and latest >= config.train.num_steps:
         log(f"reusing {workdir} (trained to step {latest})")
         return {"workdir": workdir, "step": int(latest), "trained": False, "train_seconds": None}
-    log(f"training {config.objective.kind} (time_conditioning={config.model.time_conditioning}) "
-        f"for {config.train.num_steps} steps in {workdir}")
+    log(
+        f"training {config.objective.kind} (time_conditioning={config.model.time_conditioning}) "
+        f"for {config.train.num_steps} steps in {workdir}"
+    )
     t0 = time.perf_counter()
     final = loop.train_and_evaluate(config, workdir)
-    return {"workdir": workdir, "step": int(final["step"]), "trained": True,
-            "train_seconds": time.perf_counter() - t0}
+    return {
+        "workdir": workdir,
+        "step": int(final["step"]),
+        "trained": True,
+        "train_seconds": time.perf_counter() - t0,
+    }
 
 
 def train_throughput(workdir: str) -> float | None:
@@ -138,7 +153,10 @@ def _check_same_model(old, new, workdir: str) -> None:
         if old[section].to_dict() != new[section].to_dict():
             raise ValueError(
                 f"{workdir} was trained with another config.{section} ({old[section].to_dict()} vs "
-                f"{new[section].to_dict()}): use a new --workdir for the experiment")
+                f"{new[section].to_dict()}): use a new --workdir for the experiment"
+            )
     if old.train.batch_size != new.train.batch_size:
-        raise ValueError(f"{workdir} was trained with train.batch_size={old.train.batch_size}, "
-                         f"not {new.train.batch_size}: use a new --workdir for the experiment")
+        raise ValueError(
+            f"{workdir} was trained with train.batch_size={old.train.batch_size}, "
+            f"not {new.train.batch_size}: use a new --workdir for the experiment"
+        )

@@ -49,16 +49,25 @@ def _pair_configs(config):
     steps = int(config.experiment.num_steps) or int(config.train.num_steps)
     mdm = derive(config, **{"train.num_steps": steps})
     if objectives.of(mdm).causal:
-        raise ValueError("mdm_vs_arm: the experiment config must describe the MDM (objective.kind "
-                         "continuous or discrete); its ARM twin is derived from it")
+        raise ValueError(
+            "mdm_vs_arm: the experiment config must describe the MDM (objective.kind "
+            "continuous or discrete); its ARM twin is derived from it"
+        )
     arm = derive(mdm, **{"objective.kind": "arm", "sampling.method": "autoregressive"})
     return mdm, arm
 
 
 def _model(cfg, workdir):
     params, step, mesh, pshard = runs.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
-    return {"cfg": cfg, "workdir": workdir, "params": params, "step": step, "mesh": mesh,
-            "pshard": pshard, "model": models.build(cfg)}
+    return {
+        "cfg": cfg,
+        "workdir": workdir,
+        "params": params,
+        "step": step,
+        "mesh": mesh,
+        "pshard": pshard,
+        "model": models.build(cfg),
+    }
 
 
 def _evaluator(kind: str, arm, config, workdir):
@@ -71,15 +80,25 @@ def _evaluator(kind: str, arm, config, workdir):
         wd = os.path.join(workdir, "runs", "evaluator")
         train_run(cfg, wd)
         m = _model(cfg, wd)
-        why = ("a second ARM, same size and budget, another seed (init and data order): neither "
-               "model under test scores itself")
+        why = (
+            "a second ARM, same size and budget, another seed (init and data order): neither "
+            "model under test scores itself"
+        )
     else:
         fn, bos, info = evaluators.load_evaluator(config, kind)
-        return fn, bos, {**info, "evaluator": kind, "evaluator_why": "a separate ARM workdir given in the config"}
+        return (
+            fn,
+            bos,
+            {**info, "evaluator": kind, "evaluator_why": "a separate ARM workdir given in the config"},
+        )
     jitted = jax.jit(lambda p, x: adapters.ar_logits_fn(m["model"], p)(x))
     fn = lambda x: jitted(m["params"], x)  # noqa: E731
-    info = {"evaluator": kind, "evaluator_workdir": os.path.abspath(m["workdir"]),
-            "evaluator_step": m["step"], "evaluator_why": why}
+    info = {
+        "evaluator": kind,
+        "evaluator_workdir": os.path.abspath(m["workdir"]),
+        "evaluator_step": m["step"],
+        "evaluator_why": why,
+    }
     return fn, m["cfg"].model.vocab_size, info
 
 
@@ -95,8 +114,16 @@ class _Samplers:
 
     def mdm_sample(self, key, batch, seq_len, temperature, precision):
         toks, stats = sampling.first_hitting(
-            self.denoise, key, batch_size=batch, seq_len=seq_len, mask_id=self.mdm["cfg"].model.vocab_size,
-            schedule=self.sched, precision=precision, tokens_per_step=1, temperature=temperature)
+            self.denoise,
+            key,
+            batch_size=batch,
+            seq_len=seq_len,
+            mask_id=self.mdm["cfg"].model.vocab_size,
+            schedule=self.sched,
+            precision=precision,
+            tokens_per_step=1,
+            temperature=temperature,
+        )
         return jax.block_until_ready(toks), stats
 
     def arm_sample(self, key, batch, seq_len, temperature, precision):
@@ -104,8 +131,15 @@ class _Samplers:
             self._ar[batch] = adapters.ar_step_fn(self.arm["model"], self.arm["params"], batch)
         step_fn, state = self._ar[batch]
         toks, stats = sampling.autoregressive(
-            step_fn, state, key, batch_size=batch, seq_len=seq_len, precision=precision,
-            temperature=temperature, bos_id=self.arm["cfg"].model.vocab_size)
+            step_fn,
+            state,
+            key,
+            batch_size=batch,
+            seq_len=seq_len,
+            precision=precision,
+            temperature=temperature,
+            bos_id=self.arm["cfg"].model.vocab_size,
+        )
         return jax.block_until_ready(toks), stats
 
 
@@ -124,6 +158,7 @@ def _generate(samplers, which, root, ti, n, batch, seq_len, temperature, precisi
 def matched(points_a, points_b, target):
     """Gen PPL of two (entropy, gen_ppl) curves at one entropy: `target` if both curves span it,
     else the middle of their overlap, else (no overlap) None. Returns (entropy, ppl_a, ppl_b, how)."""
+
     def interp(pts, e):
         pts = sorted(pts)
         xs, ys = [p[0] for p in pts], [math.log(p[1]) for p in pts]
@@ -147,68 +182,103 @@ def verdict(s: dict) -> dict[str, str]:
     mdm_p, arm_p = s["mdm_val_ppl_bound"], s["arm_val_ppl"]
     gap = 100 * (mdm_p - arm_p) / mdm_p
     if arm_p < mdm_p:
-        out["likelihood"] = (f"Likelihood: the ARM wins validation perplexity by {gap:.1f}% ({arm_p:.3f} vs the "
-                             f"MDM's bound {mdm_p:.3f}; the bound overstates the MDM's true perplexity by an "
-                             "unknown margin).")
+        out["likelihood"] = (
+            f"Likelihood: the ARM wins validation perplexity by {gap:.1f}% ({arm_p:.3f} vs the "
+            f"MDM's bound {mdm_p:.3f}; the bound overstates the MDM's true perplexity by an "
+            "unknown margin)."
+        )
     else:
-        out["likelihood"] = (f"Likelihood: the MDM's bound is already {-gap:.1f}% below the ARM's perplexity "
-                             f"({mdm_p:.3f} vs {arm_p:.3f}).")
+        out["likelihood"] = (
+            f"Likelihood: the MDM's bound is already {-gap:.1f}% below the ARM's perplexity "
+            f"({mdm_p:.3f} vs {arm_p:.3f})."
+        )
     if s.get("matched_entropy") is not None:
         gm, ga = s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]
         better, worse = ("ARM", "MDM") if ga < gm else ("MDM", "ARM")
         ratio = max(gm, ga) / min(gm, ga)
-        out["samples"] = (f"Samples: at matched entropy {s['matched_entropy']:.3f} nats ({s['matched_how']}) the "
-                          f"{better}'s samples have {ratio:.2f}x lower gen PPL than the {worse}'s ({min(gm, ga):.2f} "
-                          f"vs {max(gm, ga):.2f}, evaluator: {s['evaluator']}).")
+        out["samples"] = (
+            f"Samples: at matched entropy {s['matched_entropy']:.3f} nats ({s['matched_how']}) the "
+            f"{better}'s samples have {ratio:.2f}x lower gen PPL than the {worse}'s ({min(gm, ga):.2f} "
+            f"vs {max(gm, ga):.2f}, evaluator: {s['evaluator']})."
+        )
     else:
-        out["samples"] = ("Samples: the temperature sweeps of the two models reach no common entropy; widen "
-                          "experiment.temperatures to compare gen PPL at matched entropy.")
+        out["samples"] = (
+            "Samples: the temperature sweeps of the two models reach no common entropy; widen "
+            "experiment.temperatures to compare gen PPL at matched entropy."
+        )
     L, fm, fa = s["speed_max_len"], s["fhs_s_per_seq_at_max_len"], s["arm_s_per_seq_at_max_len"]
     faster, slower = ("ARM (KV cache)", "FHS") if fa < fm else ("FHS", "ARM (KV cache)")
-    out["speed"] = (f"Sampling speed: at L={L} the {faster} takes {min(fa, fm) * 1e3:.1f} ms per sequence, "
-                    f"{max(fa, fm) / min(fa, fm):.1f}x less than {slower} ({max(fa, fm) * 1e3:.1f} ms); "
-                    f"the FHS/ARM time ratio goes from {s['speed_ratio_min_len']:.1f}x at L={s['speed_min_len']} "
-                    f"to {fm / fa:.1f}x at L={L}.")
+    out["speed"] = (
+        f"Sampling speed: at L={L} the {faster} takes {min(fa, fm) * 1e3:.1f} ms per sequence, "
+        f"{max(fa, fm) / min(fa, fm):.1f}x less than {slower} ({max(fa, fm) * 1e3:.1f} ms); "
+        f"the FHS/ARM time ratio goes from {s['speed_ratio_min_len']:.1f}x at L={s['speed_min_len']} "
+        f"to {fm / fa:.1f}x at L={L}."
+    )
     tm, ta = s.get("mdm_train_tokens_per_s"), s.get("arm_train_tokens_per_s")
     if tm and ta:
         rel = 100 * (tm - ta) / ta
-        why = ("the objective barely changes the cost of a step" if abs(rel) < 15 else
-               "a gap this large is not the objective (same backbone, same tokens per step): the runs saw "
-               "different machine load, so compare throughput only from runs on the same idle machine")
+        why = (
+            "the objective barely changes the cost of a step"
+            if abs(rel) < 15
+            else "a gap this large is not the objective (same backbone, same tokens per step): the runs saw "
+            "different machine load, so compare throughput only from runs on the same idle machine"
+        )
         out["training"] = f"Training: {tm:.0f} vs {ta:.0f} tokens/s (MDM vs ARM, {rel:+.0f}%): {why}."
-    arm_wins = (arm_p < mdm_p) + (s.get("matched_entropy") is not None and
-                                  s["arm_gen_ppl_matched"] < s["mdm_gen_ppl_matched"]) + (fa < fm)
+    arm_wins = (
+        (arm_p < mdm_p)
+        + (s.get("matched_entropy") is not None and s["arm_gen_ppl_matched"] < s["mdm_gen_ppl_matched"])
+        + (fa < fm)
+    )
     if arm_wins == 3:
-        out["verdict"] = ("Verdict: at this budget the ARM is better on likelihood, sample quality and sampling "
-                          "speed; pick the MDM only for what an ARM cannot do (infilling, any-order or parallel "
-                          "decoding).")
+        out["verdict"] = (
+            "Verdict: at this budget the ARM is better on likelihood, sample quality and sampling "
+            "speed; pick the MDM only for what an ARM cannot do (infilling, any-order or parallel "
+            "decoding)."
+        )
     elif arm_wins == 0:
-        out["verdict"] = "Verdict: the MDM wins on likelihood, sample quality and sampling speed at this budget."
+        out["verdict"] = (
+            "Verdict: the MDM wins on likelihood, sample quality and sampling speed at this budget."
+        )
     else:
-        out["verdict"] = (f"Verdict: mixed, the ARM wins {arm_wins} of 3 criteria (likelihood, matched-entropy "
-                          "gen PPL, sampling speed); weigh them by what the application needs.")
+        out["verdict"] = (
+            f"Verdict: mixed, the ARM wins {arm_wins} of 3 criteria (likelihood, matched-entropy "
+            "gen PPL, sampling speed); weigh them by what the application needs."
+        )
     return out
 
 
 def _plots(workdir, s, quality, speed):
     files = {}
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(["MDM (NELBO bound)", "ARM (exact)"], [s["mdm_val_ppl_bound"], s["arm_val_ppl"]],
-           color=["tab:blue", "tab:gray"])
+    ax.bar(
+        ["MDM (NELBO bound)", "ARM (exact)"],
+        [s["mdm_val_ppl_bound"], s["arm_val_ppl"]],
+        color=["tab:blue", "tab:gray"],
+    )
     ax.set_ylabel("validation perplexity")
     files["ppl"] = report.save_figure(fig, workdir, "perplexity.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for which, c in (("mdm", "tab:blue"), ("arm", "tab:gray")):
         rows = sorted((r for r in quality if r["model"] == which), key=lambda r: r["entropy"])
-        ax.plot([r["entropy"] for r in rows], [r["gen_ppl"] for r in rows], "o-", color=c,
-                label="MDM (FHS)" if which == "mdm" else "ARM (cached)")
+        ax.plot(
+            [r["entropy"] for r in rows],
+            [r["gen_ppl"] for r in rows],
+            "o-",
+            color=c,
+            label="MDM (FHS)" if which == "mdm" else "ARM (cached)",
+        )
         for r in rows:
             ax.annotate(f"T={r['temperature']:g}", (r["entropy"], r["gen_ppl"]), fontsize=7)
     ax.axvline(s["reference_entropy"], color="k", ls=":", lw=1, label="real text entropy")
     if s.get("matched_entropy") is not None:
-        ax.plot([s["matched_entropy"]] * 2, [s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]], "r*", ms=10,
-                label="matched entropy")
+        ax.plot(
+            [s["matched_entropy"]] * 2,
+            [s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]],
+            "r*",
+            ms=10,
+            label="matched entropy",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("sample entropy (nats, mean unigram entropy per sequence)")
     ax.set_ylabel("gen PPL under the evaluator ARM")
@@ -216,8 +286,10 @@ def _plots(workdir, s, quality, speed):
     files["quality"] = report.save_figure(fig, workdir, "genppl_vs_entropy.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for which, c, lab in (("fhs", "tab:blue", "MDM, first-hitting (L calls)"),
-                          ("arm", "tab:gray", "ARM, KV cache")):
+    for which, c, lab in (
+        ("fhs", "tab:blue", "MDM, first-hitting (L calls)"),
+        ("arm", "tab:gray", "ARM, KV cache"),
+    ):
         rows = [r for r in speed if r["sampler"] == which]
         ax.plot([r["seq_len"] for r in rows], [r["s_per_seq"] * 1e3 for r in rows], "o-", color=c, label=lab)
     report.log_x(ax, base=2)
@@ -229,8 +301,11 @@ def _plots(workdir, s, quality, speed):
 
     if s.get("mdm_train_tokens_per_s") and s.get("arm_train_tokens_per_s"):
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar(["MDM", "ARM"], [s["mdm_train_tokens_per_s"], s["arm_train_tokens_per_s"]],
-               color=["tab:blue", "tab:gray"])
+        ax.bar(
+            ["MDM", "ARM"],
+            [s["mdm_train_tokens_per_s"], s["arm_train_tokens_per_s"]],
+            color=["tab:blue", "tab:gray"],
+        )
         ax.set_ylabel("training tokens/s")
         files["throughput"] = report.save_figure(fig, workdir, "throughput.png")
     return files
@@ -241,11 +316,17 @@ def findings(s: dict, quality, files) -> tuple[list[tuple[str | None, str]], dic
     sentences = verdict(s)
     temps = list(dict.fromkeys(r["temperature"] for r in quality))
     pts = {w: [r["entropy"] for r in quality if r["model"] == w] for w in ("mdm", "arm")}
-    span = (f" Over T in {temps} the samples' entropy spans {min(pts['mdm']):.3f}-{max(pts['mdm']):.3f} "
-            f"(MDM) and {min(pts['arm']):.3f}-{max(pts['arm']):.3f} (ARM) nats; real text: "
-            f"{s['reference_entropy']:.3f}.")
-    out = [(None, sentences["verdict"]), (files["ppl"], sentences["likelihood"]),
-           (files["quality"], sentences["samples"] + span), (files["speed"], sentences["speed"])]
+    span = (
+        f" Over T in {temps} the samples' entropy spans {min(pts['mdm']):.3f}-{max(pts['mdm']):.3f} "
+        f"(MDM) and {min(pts['arm']):.3f}-{max(pts['arm']):.3f} (ARM) nats; real text: "
+        f"{s['reference_entropy']:.3f}."
+    )
+    out = [
+        (None, sentences["verdict"]),
+        (files["ppl"], sentences["likelihood"]),
+        (files["quality"], sentences["samples"] + span),
+        (files["speed"], sentences["speed"]),
+    ]
     if "training" in sentences and "throughput" in files:
         out.append((files["throughput"], sentences["training"]))
     return out, sentences
@@ -264,11 +345,13 @@ def draw(workdir: str) -> dict:
 def _speed_lengths(exp, max_len: int, field_max_len: int) -> list[int]:
     if not exp.speed_lengths:  # powers of two from 16 up to the models' max_len
         top = max(1, int(math.log2(max(max_len, 16) / 16)) + 1)
-        return sorted({min(16 * 2 ** i, max_len) for i in range(top)})
+        return sorted({min(16 * 2**i, max_len) for i in range(top)})
     lengths = sorted(parse_list(exp.speed_lengths, int, "experiment.speed_lengths"))
     if max(lengths) > max_len:
-        raise ValueError(f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
-                         f"({field_max_len}); use lengths up to it")
+        raise ValueError(
+            f"experiment.speed_lengths={exp.speed_lengths!r} exceeds the models' model.max_len "
+            f"({field_max_len}); use lengths up to it"
+        )
     return lengths
 
 
@@ -281,8 +364,10 @@ def run(config, workdir: str) -> dict:
     for which, cfg, given in (("mdm", mdm_cfg, exp.mdm_workdir), ("arm", arm_cfg, exp.arm_workdir)):
         if given:
             # The workdir's own model; the experiment's validation settings, so both see the same data.
-            cfg = derive(runs.workdir_config(given, cfg), **{
-                "eval.num_batches": config.eval.num_batches, "eval.mc_draws": config.eval.mc_draws})
+            cfg = derive(
+                runs.workdir_config(given, cfg),
+                **{"eval.num_batches": config.eval.num_batches, "eval.mc_draws": config.eval.mc_draws},
+            )
             wd = given
         else:
             wd = os.path.join(workdir, "runs", which)
@@ -295,9 +380,14 @@ def run(config, workdir: str) -> dict:
     # 1. validation perplexity on the same batches.
     val = {}
     for which, m in pair.items():
-        val[which] = likelihood.validation_metrics(m["cfg"], m["params"], m["mesh"], m["pshard"],
-                                                 num_batches=int(m["cfg"].eval.num_batches),
-                                                 mc_draws=int(m["cfg"].eval.mc_draws))
+        val[which] = likelihood.validation_metrics(
+            m["cfg"],
+            m["params"],
+            m["mesh"],
+            m["pshard"],
+            num_batches=int(m["cfg"].eval.num_batches),
+            mc_draws=int(m["cfg"].eval.mc_draws),
+        )
 
     # 2. sample quality vs temperature.
     eval_fn, bos, einfo = _evaluator(str(exp.evaluator), arm, config, workdir)
@@ -313,13 +403,27 @@ def run(config, workdir: str) -> dict:
         for which in ("mdm", "arm"):
             toks, nfe, wall = _generate(samplers, which, root, ti, n, batch, L, temp, prec)
             ent = sample_metrics.sequence_entropy(toks)
-            gppl = sample_metrics.generative_perplexity(eval_fn, toks, bos, vocab_size=config.model.vocab_size,
-                                                  batch_size=batch)
-            quality.append({"model": which, "sampler": "first_hitting" if which == "mdm" else "autoregressive",
-                            "temperature": temp, "entropy": ent, "gen_ppl": gppl, "num_samples": n, "seq_len": L,
-                            "precision": prec, "tokens_per_step": 1, "steps": L, "nfe_total": nfe,
-                            "wall_time_s_incl_compile": wall, "checkpoint_step": pair[which]["step"],
-                            "seed": int(config.seed)})
+            gppl = sample_metrics.generative_perplexity(
+                eval_fn, toks, bos, vocab_size=config.model.vocab_size, batch_size=batch
+            )
+            quality.append(
+                {
+                    "model": which,
+                    "sampler": "first_hitting" if which == "mdm" else "autoregressive",
+                    "temperature": temp,
+                    "entropy": ent,
+                    "gen_ppl": gppl,
+                    "num_samples": n,
+                    "seq_len": L,
+                    "precision": prec,
+                    "tokens_per_step": 1,
+                    "steps": L,
+                    "nfe_total": nfe,
+                    "wall_time_s_incl_compile": wall,
+                    "checkpoint_step": pair[which]["step"],
+                    "seed": int(config.seed),
+                }
+            )
 
     # 3. sampling time per sequence vs L (compile excluded: one warm-up call per shape).
     speed = []
@@ -332,28 +436,52 @@ def run(config, workdir: str) -> dict:
                 t0 = time.perf_counter()
                 _, stats = fn(rng.fold(root, "mdm_vs_arm_speed", seq_len, r + 1), sb, seq_len, 1.0, prec)
                 times.append(time.perf_counter() - t0)
-            speed.append({"sampler": which, "seq_len": seq_len, "batch": sb, "nfe": int(stats["nfe"]),
-                          "s_per_batch": min(times), "s_per_seq": min(times) / sb, "precision": prec,
-                          "repeats": reps})
+            speed.append(
+                {
+                    "sampler": which,
+                    "seq_len": seq_len,
+                    "batch": sb,
+                    "nfe": int(stats["nfe"]),
+                    "s_per_batch": min(times),
+                    "s_per_seq": min(times) / sb,
+                    "precision": prec,
+                    "repeats": reps,
+                }
+            )
 
     by = {(r["sampler"], r["seq_len"]): r["s_per_seq"] for r in speed}
     pts = {w: [(r["entropy"], r["gen_ppl"]) for r in quality if r["model"] == w] for w in ("mdm", "arm")}
     me, pm, pa, how = matched(pts["mdm"], pts["arm"], ref_ent)
     s = {
-        "mdm_workdir": os.path.abspath(mdm["workdir"]), "arm_workdir": os.path.abspath(arm["workdir"]),
-        "mdm_step": mdm["step"], "arm_step": arm["step"], "mdm_objective": mdm["cfg"].objective.kind,
+        "mdm_workdir": os.path.abspath(mdm["workdir"]),
+        "arm_workdir": os.path.abspath(arm["workdir"]),
+        "mdm_step": mdm["step"],
+        "arm_step": arm["step"],
+        "mdm_objective": mdm["cfg"].objective.kind,
         "mdm_time_conditioning": bool(mdm["cfg"].model.time_conditioning),
-        "mdm_val_bits_per_token": val["mdm"]["bits_per_token"], "arm_val_bits_per_token": val["arm"]["bits_per_token"],
-        "mdm_val_ppl_bound": val["mdm"]["perplexity"], "arm_val_ppl": val["arm"]["perplexity"],
-        "val_tokens": val["mdm"]["num_tokens"], "mdm_mc_draws": val["mdm"]["mc_draws"],
-        "reference_entropy": ref_ent, "matched_entropy": me, "mdm_gen_ppl_matched": pm,
-        "arm_gen_ppl_matched": pa, "matched_how": how, **einfo,
-        "speed_min_len": lengths[0], "speed_max_len": lengths[-1],
-        "fhs_s_per_seq_at_max_len": by[("fhs", lengths[-1])], "arm_s_per_seq_at_max_len": by[("arm", lengths[-1])],
+        "mdm_val_bits_per_token": val["mdm"]["bits_per_token"],
+        "arm_val_bits_per_token": val["arm"]["bits_per_token"],
+        "mdm_val_ppl_bound": val["mdm"]["perplexity"],
+        "arm_val_ppl": val["arm"]["perplexity"],
+        "val_tokens": val["mdm"]["num_tokens"],
+        "mdm_mc_draws": val["mdm"]["mc_draws"],
+        "reference_entropy": ref_ent,
+        "matched_entropy": me,
+        "mdm_gen_ppl_matched": pm,
+        "arm_gen_ppl_matched": pa,
+        "matched_how": how,
+        **einfo,
+        "speed_min_len": lengths[0],
+        "speed_max_len": lengths[-1],
+        "fhs_s_per_seq_at_max_len": by[("fhs", lengths[-1])],
+        "arm_s_per_seq_at_max_len": by[("arm", lengths[-1])],
         "speed_ratio_min_len": by[("fhs", lengths[0])] / by[("arm", lengths[0])],
         "mdm_train_tokens_per_s": train_throughput(mdm["workdir"]),
         "arm_train_tokens_per_s": train_throughput(arm["workdir"]),
-        "sampling_precision": prec, "num_samples": n, "seq_len": L, "seed": int(config.seed),
+        "sampling_precision": prec,
+        "num_samples": n,
+        "seq_len": L,
+        "seed": int(config.seed),
     }
     notes = [
         f"Evaluator of gen PPL: {einfo['evaluator_workdir']} ({einfo['evaluator_why']}).",
@@ -367,10 +495,17 @@ def run(config, workdir: str) -> dict:
         "trained on the same machine (true for pairs this experiment trains).",
     ]
     results = {"summary": s, "seconds": time.perf_counter() - t_start}
-    tables = {"summary": [{"quantity": k, "value": v} for k, v in s.items()], "quality": quality,
-              "speed": speed}
+    tables = {
+        "summary": [{"quantity": k, "value": v} for k, v in s.items()],
+        "quality": quality,
+        "speed": speed,
+    }
     paths = report.write_results(workdir, NAME, config=config, results=results, tables=tables, notes=notes)
     drawn = draw(workdir)
     print(open(drawn["summary"]).read())
-    return {**results, "verdict": drawn["verdict"], "findings": drawn["findings"],
-            "paths": {**paths, "summary": drawn["summary"]}}
+    return {
+        **results,
+        "verdict": drawn["verdict"],
+        "findings": drawn["findings"],
+        "paths": {**paths, "summary": drawn["summary"]},
+    }

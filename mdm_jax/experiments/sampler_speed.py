@@ -79,7 +79,7 @@ def _fit(rows):
     """Non-negative least squares of time = NFE t_net + draws t_cat, relative errors weighted equally."""
     a = np.array([[r["nfe"], r["draws"]] for r in rows], np.float64)
     y = np.array([r["seconds_per_batch"] for r in rows], np.float64)
-    w = 1.0 / y   # minimise relative error: small (FHS) and large (ancestral) times count alike
+    w = 1.0 / y  # minimise relative error: small (FHS) and large (ancestral) times count alike
     (t_net, t_cat), _ = scipy.optimize.nnls(a * w[:, None], y * w)
     return float(t_net), float(t_cat)
 
@@ -101,18 +101,50 @@ def _mdm_timings(config, root, vocab: int, steps, log):
     def keys(tag, n):
         return [rng.fold(root, "sampler_speed", vocab, tag, n, r) for r in range(repeats + 1)]
 
-    sec, (_, st) = timing.best_time(lambda k: sampling.first_hitting(
-        denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, precision=prec), keys(0, 0))
-    rows.append({"vocab": vocab, "sampler": "first_hitting", "num_steps": L, "nfe": st["nfe"],
-                 "draws": b * L * vocab, "seconds_per_batch": sec, "seconds_per_sequence": sec / b})
+    sec, (_, st) = timing.best_time(
+        lambda k: sampling.first_hitting(
+            denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, precision=prec
+        ),
+        keys(0, 0),
+    )
+    rows.append(
+        {
+            "vocab": vocab,
+            "sampler": "first_hitting",
+            "num_steps": L,
+            "nfe": st["nfe"],
+            "draws": b * L * vocab,
+            "seconds_per_batch": sec,
+            "seconds_per_sequence": sec / b,
+        }
+    )
     log(f"sampler_speed: V={vocab} first_hitting NFE={st['nfe']}: {sec / b:.4f} s/sequence")
     for n in steps:
-        sec, (_, st) = timing.best_time(lambda k: sampling.ancestral(
-            denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, num_steps=int(n),
-            precision=prec, cache=True), keys(1, n))
-        rows.append({"vocab": vocab, "sampler": "ancestral", "num_steps": int(n), "nfe": st["nfe"],
-                     "draws": int(n) * b * L * (vocab + 1), "seconds_per_batch": sec,
-                     "seconds_per_sequence": sec / b})
+        sec, (_, st) = timing.best_time(
+            lambda k: sampling.ancestral(
+                denoise,
+                k,
+                batch_size=b,
+                seq_len=L,
+                mask_id=vocab,
+                schedule=sched,
+                num_steps=int(n),
+                precision=prec,
+                cache=True,
+            ),
+            keys(1, n),
+        )
+        rows.append(
+            {
+                "vocab": vocab,
+                "sampler": "ancestral",
+                "num_steps": int(n),
+                "nfe": st["nfe"],
+                "draws": int(n) * b * L * (vocab + 1),
+                "seconds_per_batch": sec,
+                "seconds_per_sequence": sec / b,
+            }
+        )
         log(f"sampler_speed: V={vocab} ancestral N={n} NFE={st['nfe']}: {sec / b:.4f} s/sequence")
     return rows
 
@@ -130,13 +162,29 @@ def _arm_timings(config, lengths, root, log):
         step_fn, state = adapters.ar_step_fn(model, params, b)
         logits_fn = adapters.ar_logits_fn(model, params)
         keys = [rng.fold(root, "sampler_speed_arm", L, r) for r in range(int(exp.repeats) + 1)]
-        cached, _ = timing.best_time(lambda k: sampling.autoregressive(
-            step_fn, state, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
-        uncached, _ = timing.best_time(lambda k: sampling.autoregressive_uncached(
-            logits_fn, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab), keys)
-        rows.append({"seq_len": L, "cached_s_per_sequence": cached / b,
-                     "uncached_s_per_sequence": uncached / b, "uncached_over_cached": uncached / cached})
-        log(f"sampler_speed: ARM L={L}: cached {cached / b:.4f} s, uncached {uncached / b:.4f} s per sequence")
+        cached, _ = timing.best_time(
+            lambda k: sampling.autoregressive(
+                step_fn, state, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab
+            ),
+            keys,
+        )
+        uncached, _ = timing.best_time(
+            lambda k: sampling.autoregressive_uncached(
+                logits_fn, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab
+            ),
+            keys,
+        )
+        rows.append(
+            {
+                "seq_len": L,
+                "cached_s_per_sequence": cached / b,
+                "uncached_s_per_sequence": uncached / b,
+                "uncached_over_cached": uncached / cached,
+            }
+        )
+        log(
+            f"sampler_speed: ARM L={L}: cached {cached / b:.4f} s, uncached {uncached / b:.4f} s per sequence"
+        )
     return rows
 
 
@@ -147,11 +195,22 @@ def _plots(rows, preds, arm_rows, vocabs, workdir) -> dict:
     for v in vocabs:
         anc = _ancestral(rows, v)
         fhs = _first_hitting(rows, v)
-        ax.plot([r["num_steps"] for r in anc], [r["seconds_per_sequence"] for r in anc], "o-",
-                color=colors[v], label=f"ancestral (cached), V={v}")
+        ax.plot(
+            [r["num_steps"] for r in anc],
+            [r["seconds_per_sequence"] for r in anc],
+            "o-",
+            color=colors[v],
+            label=f"ancestral (cached), V={v}",
+        )
         pn = sorted({p["num_steps"] for p in preds if p["vocab"] == v})
-        ax.plot(pn, [p["model_ancestral_s_per_sequence"] for p in preds if p["vocab"] == v], "--",
-                color=colors[v], alpha=0.6, label=f"cost model, V={v}")
+        ax.plot(
+            pn,
+            [p["model_ancestral_s_per_sequence"] for p in preds if p["vocab"] == v],
+            "--",
+            color=colors[v],
+            alpha=0.6,
+            label=f"cost model, V={v}",
+        )
         ax.axhline(fhs["seconds_per_sequence"], color=colors[v], ls=":", label=f"first-hitting, V={v}")
     report.log_x(ax)
     ax.set_yscale("log")
@@ -163,11 +222,21 @@ def _plots(rows, preds, arm_rows, vocabs, workdir) -> dict:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for v in vocabs:
         m = _ancestral(rows, v)
-        ax.plot([r["num_steps"] for r in m], [r["measured_speedup"] for r in m], "o-", color=colors[v],
-                label=f"measured, V={v}")
+        ax.plot(
+            [r["num_steps"] for r in m],
+            [r["measured_speedup"] for r in m],
+            "o-",
+            color=colors[v],
+            label=f"measured, V={v}",
+        )
         p = sorted([p for p in preds if p["vocab"] == v], key=lambda p: p["num_steps"])
-        ax.plot([q["num_steps"] for q in p], [q["model_speedup"] for q in p], "--", color=colors[v],
-                label=f"cost model, V={v}")
+        ax.plot(
+            [q["num_steps"] for q in p],
+            [q["model_speedup"] for q in p],
+            "--",
+            color=colors[v],
+            label=f"cost model, V={v}",
+        )
     report.log_x(ax)
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.6)
@@ -198,8 +267,9 @@ def _slope(xs, ys):
 
 
 def _ancestral(rows, v):
-    return sorted((r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"),
-                  key=lambda r: r["num_steps"])
+    return sorted(
+        (r for r in rows if r["vocab"] == v and r["sampler"] == "ancestral"), key=lambda r: r["num_steps"]
+    )
 
 
 def _first_hitting(rows, v):
@@ -213,30 +283,40 @@ def findings(rows, fits, preds, arm_rows, vocabs, files) -> list[tuple[str | Non
     parts = []
     for v in vocabs:
         fhs, anc = _first_hitting(rows, v), _ancestral(rows, v)
-        parts.append(f"V={v}: first-hitting {f(fhs['seconds_per_sequence'], 3)} s/sequence, cached "
-                     f"ancestral {f(anc[0]['seconds_per_sequence'], 3)} s at N={anc[0]['num_steps']} "
-                     f"and {f(anc[-1]['seconds_per_sequence'], 3)} s at N={anc[-1]['num_steps']}")
+        parts.append(
+            f"V={v}: first-hitting {f(fhs['seconds_per_sequence'], 3)} s/sequence, cached "
+            f"ancestral {f(anc[0]['seconds_per_sequence'], 3)} s at N={anc[0]['num_steps']} "
+            f"and {f(anc[-1]['seconds_per_sequence'], 3)} s at N={anc[-1]['num_steps']}"
+        )
     out.append((files["time"], "; ".join(parts) + "."))
     parts = []
     for v in vocabs:
         top = _ancestral(rows, v)[-1]
         far = max((p for p in preds if p["vocab"] == v), key=lambda p: p["num_steps"])
         fit = fits[str(v)]
-        s = (f"V={v}: measured {f(top['measured_speedup'], 3)}x at N={top['num_steps']} (cost model "
-             f"{f(top['model_speedup'], 3)}x; t_net {f(fit['t_net_s'] * 1e3, 3)} ms per call, t_cat "
-             f"{f(fit['t_cat_s_per_draw'] * 1e9, 3)} ns per category draw)")
+        s = (
+            f"V={v}: measured {f(top['measured_speedup'], 3)}x at N={top['num_steps']} (cost model "
+            f"{f(top['model_speedup'], 3)}x; t_net {f(fit['t_net_s'] * 1e3, 3)} ms per call, t_cat "
+            f"{f(fit['t_cat_s_per_draw'] * 1e9, 3)} ns per category draw)"
+        )
         if not far["measured"]:
             s += f", cost model {f(far['model_speedup'], 3)}x at N={far['num_steps']} (not run here)"
         parts.append(s)
-    out.append((files["speedup"], "First-hitting speed-up over cached ancestral sampling: "
-                + "; ".join(parts) + "."))
+    out.append(
+        (files["speedup"], "First-hitting speed-up over cached ancestral sampling: " + "; ".join(parts) + ".")
+    )
     if arm_rows:
         ls = [r["seq_len"] for r in arm_rows]
-        out.append((files["arm"], f"ARM decoding without a KV cache costs "
-                    f"{f(arm_rows[0]['uncached_over_cached'], 3)}x the cached time at L={ls[0]} and "
-                    f"{f(arm_rows[-1]['uncached_over_cached'], 3)}x at L={ls[-1]}; time grows as "
-                    f"L^{f(_slope(ls, [r['cached_s_per_sequence'] for r in arm_rows]), 2)} cached and "
-                    f"L^{f(_slope(ls, [r['uncached_s_per_sequence'] for r in arm_rows]), 2)} uncached."))
+        out.append(
+            (
+                files["arm"],
+                f"ARM decoding without a KV cache costs "
+                f"{f(arm_rows[0]['uncached_over_cached'], 3)}x the cached time at L={ls[0]} and "
+                f"{f(arm_rows[-1]['uncached_over_cached'], 3)}x at L={ls[-1]}; time grows as "
+                f"L^{f(_slope(ls, [r['cached_s_per_sequence'] for r in arm_rows]), 2)} cached and "
+                f"L^{f(_slope(ls, [r['uncached_s_per_sequence'] for r in arm_rows]), 2)} uncached.",
+            )
+        )
     return out
 
 
@@ -258,9 +338,11 @@ def _steps_by_vocab(exp, vocabs) -> list[list[int]]:
     nested = bool(steps) and all(isinstance(x, (tuple, list)) for x in steps)
     per_vocab = list(steps) if nested else [steps] * len(vocabs)
     if len(per_vocab) != len(vocabs):
-        raise ValueError(f"experiment.steps={exp.steps!r}: give one tuple of steps per vocabulary in "
-                         f"experiment.vocab_sizes ({len(vocabs)}), e.g. ((16, 128), (16, 64)), or one flat "
-                         "tuple for all")
+        raise ValueError(
+            f"experiment.steps={exp.steps!r}: give one tuple of steps per vocabulary in "
+            f"experiment.vocab_sizes ({len(vocabs)}), e.g. ((16, 128), (16, 64)), or one flat "
+            "tuple for all"
+        )
     out = [sorted(set(parse_list(st, int, "experiment.steps"))) for st in per_vocab]
     if min(min(st) for st in out) < 1:
         raise ValueError(f"experiment.steps={exp.steps!r}: steps must be positive")
@@ -291,25 +373,41 @@ def run(config, workdir: str) -> dict:
         for n in sorted(set(steps) | set(extra)):
             nfe = _expected_nfe(n, b * L)
             t = nfe * t_net + n * b * L * (v + 1) * t_cat
-            preds.append({"vocab": v, "num_steps": n, "measured": n in steps, "expected_nfe": nfe,
-                          "model_ancestral_s_per_sequence": t / b, "model_speedup": t / model_fhs})
+            preds.append(
+                {
+                    "vocab": v,
+                    "num_steps": n,
+                    "measured": n in steps,
+                    "expected_nfe": nfe,
+                    "model_ancestral_s_per_sequence": t / b,
+                    "model_speedup": t / model_fhs,
+                }
+            )
         rows += vr
     arm_rows = _arm_timings(config, arm_lengths, root, print) if arm_lengths else []
 
     m = config.model
-    notes = [f"Backbone (untrained): {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
-             f"{m.mlp_type} MLP {m.mlp_dim}, time conditioning {bool(m.time_conditioning)}, compute "
-             f"{config.dtype.compute}; MDM L={L}, batch {b}; precision {config.sampling.precision}; schedule "
-             f"{config.objective.schedule}; best of {exp.repeats} timed runs after one warm-up run.",
-             "draws = categories drawn by the sampler: N B L (V+1) for ancestral (every position, every "
-             "step), B L V for first-hitting; NFE = network calls (ancestral: cached, measured).",
-             f"ARM: vocabulary {exp.arm_vocab}, same backbone with a causal mask; the KV cache is sized "
-             "to L for each L."]
+    notes = [
+        f"Backbone (untrained): {m.num_layers} layers, width {m.emb_dim}, {m.num_heads} heads, "
+        f"{m.mlp_type} MLP {m.mlp_dim}, time conditioning {bool(m.time_conditioning)}, compute "
+        f"{config.dtype.compute}; MDM L={L}, batch {b}; precision {config.sampling.precision}; schedule "
+        f"{config.objective.schedule}; best of {exp.repeats} timed runs after one warm-up run.",
+        "draws = categories drawn by the sampler: N B L (V+1) for ancestral (every position, every "
+        "step), B L V for first-hitting; NFE = network calls (ancestral: cached, measured).",
+        f"ARM: vocabulary {exp.arm_vocab}, same backbone with a causal mask; the KV cache is sized "
+        "to L for each L.",
+    ]
     results = {"fits": fits, "device_note": "CPU timings; see metadata"}
     tables = {"mdm": rows, "cost_model": preds}
     if arm_rows:
         tables["arm"] = arm_rows
     paths = report.write_results(workdir, NAME, config=config, results=results, tables=tables, notes=notes)
     drawn = draw(workdir)
-    return {"rows": rows, "fits": fits, "predictions": preds, "arm": arm_rows, "findings": drawn["findings"],
-            "paths": {**paths, "summary": drawn["summary"]}}
+    return {
+        "rows": rows,
+        "fits": fits,
+        "predictions": preds,
+        "arm": arm_rows,
+        "findings": drawn["findings"],
+        "paths": {**paths, "summary": drawn["summary"]},
+    }

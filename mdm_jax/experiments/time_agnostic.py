@@ -56,8 +56,7 @@ def variant_config(config, name: str):
         raise ValueError(f"experiment.variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     kind, tc, _ = VARIANTS[name]
     steps = int(config.experiment.num_steps) or int(config.train.num_steps)
-    return derive(config, **{"objective.kind": kind, "model.time_conditioning": tc,
-                             "train.num_steps": steps})
+    return derive(config, **{"objective.kind": kind, "model.time_conditioning": tc, "train.num_steps": steps})
 
 
 def _num_params(params) -> int:
@@ -96,7 +95,7 @@ def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequ
         return jnp.sum(kl * w) / jnp.sum(w), jnp.sum(ce * w) / jnp.sum(w)
 
     batch = pipeline.eval_batches(vcfg, 1, split="validation", process_index=0, process_count=1)[0]
-    x0 = batch[:max(1, min(num_sequences, batch.shape[0]))]
+    x0 = batch[: max(1, min(num_sequences, batch.shape[0]))]
     s = x0.shape[0]
     root = rng.root_key(vcfg.seed)
     grid = (np.arange(num_times) + 0.5) / num_times
@@ -113,21 +112,43 @@ def time_dependence(vcfg, params, step: int, *, ratios, num_times: int, num_sequ
         t_post = [t_of(post.ppf((j + 0.5) / POSTERIOR_QUANTILES)) for j in range(POSTERIOR_QUANTILES)]
         at = {}  # t -> (mean KL, mean CE at t*) for every time evaluated
         for t in sorted(set(grid.tolist()) | {t_star} | set(t_post)):
-            kl, ce = kl_and_ce(lp_ref, log_probs(params, x, jnp.full((s,), t, jnp.float32)), masked,
-                               jnp.asarray(x0))
+            kl, ce = kl_and_ce(
+                lp_ref, log_probs(params, x, jnp.full((s,), t, jnp.float32)), masked, jnp.asarray(x0)
+            )
             at[t] = (float(kl), float(ce))
-            rows.append({"ratio": r, "n": n, "t": t, "t_star": t_star, "kl": at[t][0],
-                         "in_band": band[0] <= t <= band[1], "posterior_quantile": t in t_post})
+            rows.append(
+                {
+                    "ratio": r,
+                    "n": n,
+                    "t": t,
+                    "t_star": t_star,
+                    "kl": at[t][0],
+                    "in_band": band[0] <= t <= band[1],
+                    "posterior_quantile": t in t_post,
+                }
+            )
         kls = [at[t][0] for t in at]
         post_kls = [at[t][0] for t in t_post]
         # Both maxima range over the same evaluated times, so the band's cannot exceed the whole range's.
         band_kls = [at[t][0] for t in at if band[0] <= t <= band[1]]
-        summary.append({
-            "ratio": r, "n": n, "L": L, "t_star": t_star, "band_lo": band[0], "band_hi": band[1],
-            "mask_level_std": float(post.std()), "kl_posterior_mean": float(np.mean(post_kls)),
-            "kl_band_max": float(np.max(band_kls)), "kl_max": float(np.max(kls)),
-            "num_times": len(at), "ce_at_t_star": at[t_star][1], "num_sequences": s,
-            "checkpoint_step": step})
+        summary.append(
+            {
+                "ratio": r,
+                "n": n,
+                "L": L,
+                "t_star": t_star,
+                "band_lo": band[0],
+                "band_hi": band[1],
+                "mask_level_std": float(post.std()),
+                "kl_posterior_mean": float(np.mean(post_kls)),
+                "kl_band_max": float(np.max(band_kls)),
+                "kl_max": float(np.max(kls)),
+                "num_times": len(at),
+                "ce_at_t_star": at[t_star][1],
+                "num_sequences": s,
+                "checkpoint_step": step,
+            }
+        )
     return rows, summary
 
 
@@ -158,19 +179,30 @@ def _plots(workdir, nelbo_rows, kl_rows, kl_summary, curves) -> dict:
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, srow in enumerate(kl_summary):
             c = f"C{i}"
-            pts = sorted((r["t"], r["kl"]) for r in kl_rows
-                         if r["ratio"] == srow["ratio"] and r["variant"] == srow["variant"])
+            pts = sorted(
+                (r["t"], r["kl"])
+                for r in kl_rows
+                if r["ratio"] == srow["ratio"] and r["variant"] == srow["variant"]
+            )
             ts, kls = zip(*pts)
             # Log scale with a floor: KL is exactly 0 at t = t* (the reference itself).
-            ax.plot(ts, np.maximum(kls, KL_FLOOR), "o-", ms=3, color=c,
-                    label=f"{srow['variant']}: n/L={srow['ratio']:.2g} (t*={srow['t_star']:.2f})")
+            ax.plot(
+                ts,
+                np.maximum(kls, KL_FLOOR),
+                "o-",
+                ms=3,
+                color=c,
+                label=f"{srow['variant']}: n/L={srow['ratio']:.2g} (t*={srow['t_star']:.2f})",
+            )
             ax.axvspan(srow["band_lo"], srow["band_hi"], color=c, alpha=0.12)
             ax.axvline(srow["t_star"], color=c, ls="--", lw=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("t given to the network")
         ax.set_ylabel(f"mean KL(mu(x,t*) || mu(x,t)) [nats], floor {KL_FLOOR:g}")
-        ax.set_title("Output change vs t at a fixed input\n(dashed: t*; shaded: central 95% of t given n masks)",
-                     fontsize=10)
+        ax.set_title(
+            "Output change vs t at a fixed input\n(dashed: t*; shaded: central 95% of t given n masks)",
+            fontsize=10,
+        )
         ax.legend(fontsize=7)
         files["kl"] = report.save_figure(fig, workdir, "kl_vs_t.png")
 
@@ -195,32 +227,51 @@ def findings(nelbo_rows, kl_summary, curves, files) -> list[tuple[str | None, st
         spread = max(r["val_bits_per_token"] for r in mdm) - best["val_bits_per_token"]
         se = max(r["val_stderr_bits"] for r in mdm)
         close = "within" if spread <= 2 * se else "beyond"
-        s = (f"At the same budget the MDM variants' validation bounds span {spread:.3f} bits/token "
-             f"({close} twice the largest standard error, {se:.3f}), the lowest being "
-             f"{best['label']} at {best['val_bits_per_token']:.3f}")
+        s = (
+            f"At the same budget the MDM variants' validation bounds span {spread:.3f} bits/token "
+            f"({close} twice the largest standard error, {se:.3f}), the lowest being "
+            f"{best['label']} at {best['val_bits_per_token']:.3f}"
+        )
         if arm:
             a = arm[0]["val_bits_per_token"]
             rel = 100 * (best["val_bits_per_token"] - a) / best["val_bits_per_token"]
-            s += (f"; the ARM's exact NLL is {a:.3f} bits/token, "
-                  f"{abs(rel):.1f}% {'below' if rel > 0 else 'above'} the best MDM bound")
+            s += (
+                f"; the ARM's exact NLL is {a:.3f} bits/token, "
+                f"{abs(rel):.1f}% {'below' if rel > 0 else 'above'} the best MDM bound"
+            )
         out.append((files["nelbo"], s + "."))
     for srow in kl_summary:
         frac = srow["kl_band_max"] / max(srow["ce_at_t_star"], 1e-12)
-        verdict = ("t carries little information beyond the mask ratio" if frac < 0.05
-                   else "the output depends noticeably on t even where the data put it")
-        out.append((files.get("kl"), (
-            f"{srow['variant']} at n/L={srow['ratio']:.2g}: within the central 95% of the Beta posterior "
-            f"of t ({srow['band_lo']:.3f}-{srow['band_hi']:.3f}) the output moves by at most "
-            f"{srow['kl_band_max']:.2g} nats mean KL ({100 * frac:.2g}% of its {srow['ce_at_t_star']:.3g}-nat "
-            f"loss per masked token; posterior-expected KL {srow['kl_posterior_mean']:.2g}), and by at most "
-            f"{srow['kl_max']:.2g} nats over all {srow['num_times']} times evaluated in (0, 1): {verdict}.")))
+        verdict = (
+            "t carries little information beyond the mask ratio"
+            if frac < 0.05
+            else "the output depends noticeably on t even where the data put it"
+        )
+        out.append(
+            (
+                files.get("kl"),
+                (
+                    f"{srow['variant']} at n/L={srow['ratio']:.2g}: within the central 95% of the Beta posterior "
+                    f"of t ({srow['band_lo']:.3f}-{srow['band_hi']:.3f}) the output moves by at most "
+                    f"{srow['kl_band_max']:.2g} nats mean KL ({100 * frac:.2g}% of its {srow['ce_at_t_star']:.3g}-nat "
+                    f"loss per masked token; posterior-expected KL {srow['kl_posterior_mean']:.2g}), and by at most "
+                    f"{srow['kl_max']:.2g} nats over all {srow['num_times']} times evaluated in (0, 1): {verdict}."
+                ),
+            )
+        )
     finals = {k: v["bits_per_token"][-1] for k, v in curves.items() if v["bits_per_token"]}
     if finals:
         firsts = {k: v["bits_per_token"][0] for k, v in curves.items() if v["bits_per_token"]}
         order = " < ".join(f"{k} ({v:.3f})" for k, v in sorted(finals.items(), key=lambda kv: kv[1]))
-        out.append((files["curves"], (
-            f"Validation bits/token go from {min(firsts.values()):.3f}-{max(firsts.values()):.3f} at the "
-            f"first eval to the final order {order} (each run's own estimator, train.eval_batches batches).")))
+        out.append(
+            (
+                files["curves"],
+                (
+                    f"Validation bits/token go from {min(firsts.values()):.3f}-{max(firsts.values()):.3f} at the "
+                    f"first eval to the final order {order} (each run's own estimator, train.eval_batches batches)."
+                ),
+            )
+        )
     return out
 
 
@@ -231,8 +282,9 @@ def draw(workdir: str) -> dict:
     nelbo_rows, kl_summary = tables["nelbo"], tables.get("kl_summary", [])
     files = _plots(workdir, nelbo_rows, tables.get("kl", []), kl_summary, res["curves"])
     found = findings(nelbo_rows, kl_summary, res["curves"], files)
-    summary = report.write_summary(workdir, data, findings=found, title=TITLE,
-                                   markdown_tables=("nelbo", "kl_summary"))
+    summary = report.write_summary(
+        workdir, data, findings=found, title=TITLE, markdown_tables=("nelbo", "kl_summary")
+    )
     return {"summary": summary, "plots": files, "findings": found}
 
 
@@ -246,12 +298,20 @@ def _validation_row(name, vcfg, params, step, mesh, pshard) -> dict:
     ecfg = vcfg if obj.causal else derive(vcfg, **{"objective.kind": "continuous"})
     kw = dict(num_batches=int(vcfg.eval.num_batches), mc_draws=int(vcfg.eval.mc_draws))
     m = likelihood.validation_metrics(ecfg, params, mesh, pshard, **kw)
-    row = {"variant": name, "label": VARIANTS[name][2], "objective": obj.name,
-           "time_conditioning": objectives.uses_time(vcfg), "num_params": _num_params(params),
-           "checkpoint_step": step, "val_bits_per_token": m["bits_per_token"],
-           "val_stderr_bits": m["nats_per_token_stderr"] / objectives.LN2,
-           "val_perplexity": m["perplexity"], "estimator": f"{ecfg.objective.kind} {obj.likelihood}",
-           "num_tokens": m["num_tokens"], "mc_draws": m["mc_draws"]}
+    row = {
+        "variant": name,
+        "label": VARIANTS[name][2],
+        "objective": obj.name,
+        "time_conditioning": objectives.uses_time(vcfg),
+        "num_params": _num_params(params),
+        "checkpoint_step": step,
+        "val_bits_per_token": m["bits_per_token"],
+        "val_stderr_bits": m["nats_per_token_stderr"] / objectives.LN2,
+        "val_perplexity": m["perplexity"],
+        "estimator": f"{ecfg.objective.kind} {obj.likelihood}",
+        "num_tokens": m["num_tokens"],
+        "mc_draws": m["mc_draws"],
+    }
     if ecfg.objective.kind != obj.name:
         own = likelihood.validation_metrics(vcfg, params, mesh, pshard, **kw)
         row["own_estimator_bits_per_token"] = own["bits_per_token"]
@@ -263,7 +323,9 @@ def run(config, workdir: str) -> dict:
     names = parse_list(exp.variants, str, "experiment.variants")
     for name in names:
         if name not in VARIANTS:
-            raise ValueError(f"experiment.variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"experiment.variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}"
+            )
     ratios = parse_list(exp.kl_ratios, float, "experiment.kl_ratios")
     if not all(0.0 < r <= 1.0 for r in ratios):
         raise ValueError(f"experiment.kl_ratios={exp.kl_ratios!r}: mask ratios must be in (0, 1]")
@@ -280,14 +342,28 @@ def run(config, workdir: str) -> dict:
         nelbo_rows.append(row)
         curves[name] = _learning_curve(wd)
         if row["time_conditioning"]:
-            rows, summary = time_dependence(vcfg, params, step, ratios=ratios, num_times=int(exp.kl_num_times),
-                                            num_sequences=int(exp.kl_num_sequences))
+            rows, summary = time_dependence(
+                vcfg,
+                params,
+                step,
+                ratios=ratios,
+                num_times=int(exp.kl_num_times),
+                num_sequences=int(exp.kl_num_sequences),
+            )
             kl_rows += [{"variant": name, **r} for r in rows]
             kl_summary += [{"variant": name, **r} for r in summary]
-    budget = {"num_steps": variant_config(config, names[0]).train.num_steps,
-              "batch_size": config.train.batch_size, "seq_len": config.data.seq_len}
-    results = {"budget": budget, "variants": {r["variant"]: r for r in nelbo_rows},
-               "kl_summary": kl_summary, "curves": curves, "seconds": time.perf_counter() - t0}
+    budget = {
+        "num_steps": variant_config(config, names[0]).train.num_steps,
+        "batch_size": config.train.batch_size,
+        "seq_len": config.data.seq_len,
+    }
+    results = {
+        "budget": budget,
+        "variants": {r["variant"]: r for r in nelbo_rows},
+        "kl_summary": kl_summary,
+        "curves": curves,
+        "seconds": time.perf_counter() - t0,
+    }
     tables = {"nelbo": nelbo_rows}
     if kl_rows:
         tables["kl_summary"] = kl_summary

@@ -20,5 +20,14 @@ from mdm_jax.interop.mdlm import MDLMInfo, load_mdlm, load_mdlm_model
 from mdm_jax.interop.vocab import check_tokenizer
 from mdm_jax.models.dit import log_probs_subs, sigma_of_t
 
-__all__ = ["load_gpt2", "load_mdlm", "load_mdlm_model", "GPT2Info", "MDLMInfo", "sequence_nll",
-           "log_probs_subs", "sigma_of_t", "check_tokenizer"]
+__all__ = [
+    "load_gpt2",
+    "load_mdlm",
+    "load_mdlm_model",
+    "GPT2Info",
+    "MDLMInfo",
+    "sequence_nll",
+    "log_probs_subs",
+    "sigma_of_t",
+    "check_tokenizer",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from safetensors import safe_open
@@ -53,7 +53,8 @@ class Checkpoint:
             except (TypeError, AttributeError, ValueError) as e:
                 raise ValueError(
                     f"{self._files[name]}: tensor {name!r} is stored as {self.dtypes[name]}, which the "
-                    f"safetensors NumPy reader cannot return ({e}); save the checkpoint in float32") from e
+                    f"safetensors NumPy reader cannot return ({e}); save the checkpoint in float32"
+                ) from e
 
 
 def _need(path: str, what: str, directory: str, hint: str) -> str:
@@ -61,7 +62,8 @@ def _need(path: str, what: str, directory: str, hint: str) -> str:
         present = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
         raise FileNotFoundError(
             f"{directory!r} is not a complete checkpoint directory: {what} {os.path.basename(path)!r} is "
-            f"missing (the directory holds: {present or 'nothing'}). {hint}")
+            f"missing (the directory holds: {present or 'nothing'}). {hint}"
+        )
     return path
 
 
@@ -83,7 +85,8 @@ def open_dir(path: str, *, model_type: str, hint: str) -> Checkpoint:
     if found != model_type:
         raise ValueError(
             f"{config_path} describes a model of type {found!r} (architectures "
-            f"{config.get('architectures')}), but a {model_type!r} checkpoint is needed here. {hint}")
+            f"{config.get('architectures')}), but a {model_type!r} checkpoint is needed here. {hint}"
+        )
 
     single, index = os.path.join(directory, WEIGHTS), os.path.join(directory, INDEX)
     if os.path.isfile(index) and not os.path.isfile(single):
@@ -105,8 +108,9 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def check_tensors(ckpt: Checkpoint, expected: Mapping[str, tuple], *, stored_names: Mapping[str, str],
-                  what: str) -> None:
+def check_tensors(
+    ckpt: Checkpoint, expected: Mapping[str, tuple], *, stored_names: Mapping[str, str], what: str
+) -> None:
     """Raises unless the checkpoint holds exactly the `expected` tensors with their shapes.
 
     `expected` maps canonical names to the shapes the config implies; `stored_names` maps each
@@ -123,11 +127,14 @@ def check_tensors(ckpt: Checkpoint, expected: Mapping[str, tuple], *, stored_nam
             parts.append(f"unexpected {len(extra)} tensor(s): {_listing(extra)}")
         raise ValueError(
             f"{ckpt.directory}: the weights do not match a {what} with this config.json ("
-            + "; ".join(parts) + f"). Expected tensors: {_listing(expected)}. Is config.json the one "
-            "saved with these weights?")
+            + "; ".join(parts)
+            + f"). Expected tensors: {_listing(expected)}. Is config.json the one "
+            "saved with these weights?"
+        )
     for name, shape in expected.items():
         stored = ckpt.shapes[stored_names[name]]
         if tuple(stored) != tuple(shape):
             raise ValueError(
                 f"{ckpt.directory}: tensor {stored_names[name]!r} has shape {tuple(stored)}, but config.json "
-                f"implies {tuple(shape)} for a {what}; the weights and config.json disagree")
+                f"implies {tuple(shape)} for a {what}; the weights and config.json disagree"
+            )

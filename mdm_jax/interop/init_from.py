@@ -33,8 +33,10 @@ def source(config) -> tuple[str, str] | None:
         return None
     fmt, sep, path = spec.partition(":")
     if not sep or fmt not in FORMATS or not path:
-        raise ValueError(f"init_from={spec!r}: expected FORMAT:DIRECTORY with FORMAT one of "
-                         f"{', '.join(FORMATS)}, e.g. --config.init_from=mdlm:/data/mdlm-owt")
+        raise ValueError(
+            f"init_from={spec!r}: expected FORMAT:DIRECTORY with FORMAT one of "
+            f"{', '.join(FORMATS)}, e.g. --config.init_from=mdlm:/data/mdlm-owt"
+        )
     return fmt, path
 
 
@@ -63,11 +65,16 @@ def check(config) -> None:
     if problems:
         raise ValueError(
             f"init_from={config.init_from!r}: the config describes another network than the checkpoint; "
-            "set these fields (or use the checkpoint that matches the config):\n  " + "\n  ".join(problems))
+            "set these fields (or use the checkpoint that matches the config):\n  " + "\n  ".join(problems)
+        )
     ckpt, model, _, _ = module.open_checked(path, models.build(config))
-    vocab.check_tokenizer(tokenizers.get(config.data), vocab_size=model.vocab_size,
-                          eot_id=module.eot_id(ckpt.config), model=f"the {fmt} checkpoint {ckpt.directory}",
-                          field="config.data.tokenizer")
+    vocab.check_tokenizer(
+        tokenizers.get(config.data),
+        vocab_size=model.vocab_size,
+        eot_id=module.eot_id(ckpt.config),
+        model=f"the {fmt} checkpoint {ckpt.directory}",
+        field="config.data.tokenizer",
+    )
 
 
 def load_params(config, mesh, abstract_params, param_shardings):

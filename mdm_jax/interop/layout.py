@@ -10,7 +10,7 @@ checkpoint larger than one device's memory loads straight into an FSDP / tensor-
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mdm_jax import config as config_lib
-from mdm_jax import sharding
+from mdm_jax import config as config_lib, sharding
 
 __all__ = ["DTYPES", "dtypes_of", "default_mesh", "param_layout", "place"]
 
@@ -39,8 +38,10 @@ def dtypes_of(dtype: str, param_dtype: str | None):
     if param_dtype is None:
         param_dtype = "float64" if dtype == "float64" else "float32"
     if "float64" in (dtype, param_dtype) and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
-        raise ValueError("dtype='float64' needs 64-bit JAX arrays: load and run the model inside "
-                         "`with jax.enable_x64(True):`")
+        raise ValueError(
+            "dtype='float64' needs 64-bit JAX arrays: load and run the model inside "
+            "`with jax.enable_x64(True):`"
+        )
     return jnp.dtype(dtype), jnp.dtype(param_dtype)
 
 
@@ -74,7 +75,8 @@ def param_layout(init: Callable, mesh) -> tuple[dict, dict]:
                 raise ValueError(
                     f"parameter {'/'.join(path)} of shape {tuple(leaf.shape)} cannot be laid out on the "
                     f"mesh {dict(mesh.shape)}: its dimension {dim} is split over mesh axes {axes} of "
-                    f"total size {size}; choose --config.mesh.* sizes that divide it")
+                    f"total size {size}; choose --config.mesh.* sizes that divide it"
+                )
     return abstract, shardings
 
 

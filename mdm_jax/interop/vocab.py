@@ -16,7 +16,9 @@ def check_tokenizer(tok, *, vocab_size: int, eot_id: int | None = None, model: s
         problems.append(f"its end-of-text id is {tok.eot_id}, the model's {eot_id}")
     if problems:
         raise ValueError(
-            f"{field}: the {tok.name!r} tokenizer does not match {model}: " + "; ".join(problems)
+            f"{field}: the {tok.name!r} tokenizer does not match {model}: "
+            + "; ".join(problems)
             + ". Token ids would mean different words; use the tokenizer the model was trained with "
             "(for GPT-2 and MDLM OpenWebText: data.tokenizer='gpt2' with the GPT-2 vocabulary, "
-            "50,257 ids, end-of-text 50256; see mdm_jax/data/tokenizers.py).")
+            "50,257 ids, end-of-text 50256; see mdm_jax/data/tokenizers.py)."
+        )

@@ -33,9 +33,9 @@ def dtype_of(name: str, field: str):
 class Family:
     """A model architecture: how a config builds it and what it can do."""
 
-    name: str                   # the value of config.model.family
-    build: Callable             # (config, objective: objectives.Objective) -> flax module
-    causal: tuple               # attention modes it supports: (False,), (True,) or (False, True)
+    name: str  # the value of config.model.family
+    build: Callable  # (config, objective: objectives.Objective) -> flax module
+    causal: tuple  # attention modes it supports: (False,), (True,) or (False, True)
     time_conditioned: Callable  # config -> whether the built network takes t
 
 
@@ -43,14 +43,24 @@ def _build_transformer(config, objective) -> Transformer:
     m = config.model
     check_remat(m.remat)
     return Transformer(
-        vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
-        emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, mlp_type=m.mlp_type, dropout=m.dropout,
-        causal=objective.causal, time_conditioning=objectives.uses_time(config),
-        time_emb_dim=m.time_emb_dim, rope_base=m.rope_base,
+        vocab_size=m.vocab_size,
+        max_len=m.max_len,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        emb_dim=m.emb_dim,
+        mlp_dim=m.mlp_dim,
+        mlp_type=m.mlp_type,
+        dropout=m.dropout,
+        causal=objective.causal,
+        time_conditioning=objectives.uses_time(config),
+        time_emb_dim=m.time_emb_dim,
+        rope_base=m.rope_base,
         dtype=dtype_of(config.dtype.compute, "dtype.compute"),
         param_dtype=dtype_of(config.dtype.param, "dtype.param"),
-        scan_layers=bool(m.scan_layers), remat=m.remat,
-        attention=attention_choice(config).implementation)
+        scan_layers=bool(m.scan_layers),
+        remat=m.remat,
+        attention=attention_choice(config).implementation,
+    )
 
 
 def attention_choice(config) -> attention.Choice:
@@ -58,44 +68,75 @@ def attention_choice(config) -> attention.Choice:
     shapes (data.seq_len); recorded in run metadata. Raises for a kernel that cannot run here."""
     m = config.model
     return attention.select(
-        m.attention, backend=jax.default_backend(),
-        dtype=dtype_of(config.dtype.compute, "dtype.compute"), seq_len=int(config.data.seq_len),
-        num_heads=int(m.num_heads), head_dim=int(m.emb_dim) // int(m.num_heads),
-        causal=objectives.of(config).causal)
+        m.attention,
+        backend=jax.default_backend(),
+        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+        seq_len=int(config.data.seq_len),
+        num_heads=int(m.num_heads),
+        head_dim=int(m.emb_dim) // int(m.num_heads),
+        causal=objectives.of(config).causal,
+    )
 
 
 def _build_dit(config, objective) -> DiT:
     m = config.model
     if m.mlp_type != "gelu":
-        raise errors.ConfigError(f"model.family='mdlm' has MDLM's GELU MLP, not model.mlp_type="
-                                 f"{m.mlp_type!r}: set --config.model.mlp_type=gelu")
-    return DiT(vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
-               emb_dim=m.emb_dim, cond_dim=m.time_emb_dim, mlp_dim=m.mlp_dim, dropout=m.dropout,
-               time_conditioning=objectives.uses_time(config), rope_base=m.rope_base,
-               dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-               param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+        raise errors.ConfigError(
+            f"model.family='mdlm' has MDLM's GELU MLP, not model.mlp_type="
+            f"{m.mlp_type!r}: set --config.model.mlp_type=gelu"
+        )
+    return DiT(
+        vocab_size=m.vocab_size,
+        max_len=m.max_len,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        emb_dim=m.emb_dim,
+        cond_dim=m.time_emb_dim,
+        mlp_dim=m.mlp_dim,
+        dropout=m.dropout,
+        time_conditioning=objectives.uses_time(config),
+        rope_base=m.rope_base,
+        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
+    )
 
 
 def _build_gpt2(config, objective) -> GPT2:
     del objective  # causal only: family_of has checked the objective
     m = config.model
     if m.mlp_type != "gelu":
-        raise errors.ConfigError(f"model.family='gpt2' has GPT-2's GELU MLP, not model.mlp_type="
-                                 f"{m.mlp_type!r}: set --config.model.mlp_type=gelu")
-    return GPT2(vocab_size=m.vocab_size, max_len=m.max_len, num_layers=m.num_layers, num_heads=m.num_heads,
-                emb_dim=m.emb_dim, mlp_dim=m.mlp_dim, dropout=m.dropout,
-                dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-                param_dtype=dtype_of(config.dtype.param, "dtype.param"))
+        raise errors.ConfigError(
+            f"model.family='gpt2' has GPT-2's GELU MLP, not model.mlp_type="
+            f"{m.mlp_type!r}: set --config.model.mlp_type=gelu"
+        )
+    return GPT2(
+        vocab_size=m.vocab_size,
+        max_len=m.max_len,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        emb_dim=m.emb_dim,
+        mlp_dim=m.mlp_dim,
+        dropout=m.dropout,
+        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
+    )
 
 
-FAMILIES = {f.name: f for f in (
-    Family(name="transformer", build=_build_transformer, causal=(False, True),
-           time_conditioned=objectives.uses_time),
-    # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its cond_dim.
-    Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
-    # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init_from); no time input.
-    Family(name="gpt2", build=_build_gpt2, causal=(True,), time_conditioned=lambda config: False),
-)}
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family(
+            name="transformer",
+            build=_build_transformer,
+            causal=(False, True),
+            time_conditioned=objectives.uses_time,
+        ),
+        # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its cond_dim.
+        Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
+        # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init_from); no time input.
+        Family(name="gpt2", build=_build_gpt2, causal=(True,), time_conditioned=lambda config: False),
+    )
+}
 
 
 def family_of(config) -> Family:
@@ -107,8 +148,10 @@ def family_of(config) -> Family:
     objective = objectives.of(config)
     if objective.causal not in family.causal:
         mode = "causal" if objective.causal else "bidirectional"
-        raise errors.ConfigError(f"model.family={name!r} has no {mode} form, which objective.kind="
-                                 f"{objective.name!r} needs; choose another --config.model.family or objective")
+        raise errors.ConfigError(
+            f"model.family={name!r} has no {mode} form, which objective.kind="
+            f"{objective.name!r} needs; choose another --config.model.family or objective"
+        )
     return family
 
 

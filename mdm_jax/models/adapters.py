@@ -101,8 +101,10 @@ def ar_step_fn(model: Transformer, params, batch_size: int):
     dummy = jnp.zeros((batch_size, 1), jnp.int32)
     # The first decode=True call creates the cache: all zeros (keys, values, index 0), so only its
     # shapes are needed; eval_shape gets them without running (or compiling) the network.
-    shapes = jax.eval_shape(lambda v: model.apply(v, dummy, None, deterministic=True, decode=True,
-                                                  mutable=["cache"])[1]["cache"], variables)
+    shapes = jax.eval_shape(
+        lambda v: model.apply(v, dummy, None, deterministic=True, decode=True, mutable=["cache"])[1]["cache"],
+        variables,
+    )
     init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     return jax.tree_util.Partial(_ArStep(model, int(batch_size)), variables), init_state
@@ -117,19 +119,27 @@ class _ArStep:
         pos = jnp.asarray(pos, jnp.int32)
         state = _with_index(state, pos)
         tokens = jnp.asarray(tokens, jnp.int32).reshape(self.batch_size, 1)
-        logits, mutated = self.model.apply({**variables, "cache": state}, tokens, None,
-                                           deterministic=True, decode=True, mutable=["cache"])
+        logits, mutated = self.model.apply(
+            {**variables, "cache": state}, tokens, None, deterministic=True, decode=True, mutable=["cache"]
+        )
         return logits[:, 0], mutated["cache"]
 
 
 def _with_index(cache, pos):
     """The cache with every layer's write index set to pos."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.broadcast_to(pos, leaf.shape).astype(leaf.dtype)
-        if getattr(path[-1], "key", None) == "index" else leaf, cache)
+        lambda path, leaf: (
+            jnp.broadcast_to(pos, leaf.shape).astype(leaf.dtype)
+            if getattr(path[-1], "key", None) == "index"
+            else leaf
+        ),
+        cache,
+    )
 
 
 def _require_causal(model: Transformer):
     if not model.causal:
-        raise ValueError("autoregressive decoding needs a causal model: build it from a config with "
-                         "objective.kind='arm' (this one is bidirectional, an MDM)")
+        raise ValueError(
+            "autoregressive decoding needs a causal model: build it from a config with "
+            "objective.kind='arm' (this one is bidirectional, an MDM)"
+        )

@@ -29,16 +29,18 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as splash,
+    splash_attention_mask as splash_mask,
+)
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["IMPLEMENTATIONS", "KERNELS", "Choice", "select", "attend"]
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
-KERNELS = ("xla", "cudnn", "splash", "splash_interpret")   # what a Choice resolves to
-_SPLASH_BLOCK = 512          # Splash query/key block (MaxText's default); smaller when L is
-_SPLASH_MIN_BLOCK = 128      # TPU lane width: the smallest block, so L % 128 == 0 is required
+KERNELS = ("xla", "cudnn", "splash", "splash_interpret")  # what a Choice resolves to
+_SPLASH_BLOCK = 512  # Splash query/key block (MaxText's default); smaller when L is
+_SPLASH_MIN_BLOCK = 128  # TPU lane width: the smallest block, so L % 128 == 0 is required
 _HALF = (jnp.bfloat16, jnp.float16)
 
 
@@ -47,9 +49,9 @@ class Choice:
     """A resolved `model.attention`: the kernel the network runs and why."""
 
     requested: str
-    implementation: str   # one of KERNELS
+    implementation: str  # one of KERNELS
     reason: str
-    fallback: bool        # "auto" could not use this device's preferred kernel for these shapes
+    fallback: bool  # "auto" could not use this device's preferred kernel for these shapes
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,14 +66,16 @@ def preferred(backend: str, dtype) -> str:
     return "xla"
 
 
-def select(requested: str, *, backend: str, dtype, seq_len: int, num_heads: int, head_dim: int,
-           causal: bool) -> Choice:
+def select(
+    requested: str, *, backend: str, dtype, seq_len: int, num_heads: int, head_dim: int, causal: bool
+) -> Choice:
     """Resolves `requested` (one of IMPLEMENTATIONS) for these shapes on `backend`; see the module doc."""
-    return _select(requested, backend, jnp.dtype(dtype), int(seq_len), int(num_heads), int(head_dim),
-                   bool(causal))
+    return _select(
+        requested, backend, jnp.dtype(dtype), int(seq_len), int(num_heads), int(head_dim), bool(causal)
+    )
 
 
-@functools.lru_cache(maxsize=None)  # one probe (and one fallback warning) per run shape, not per build
+@functools.cache  # one probe (and one fallback warning) per run shape, not per build
 def _select(requested, backend, dtype, seq_len, num_heads, head_dim, causal) -> Choice:
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"unknown model.attention={requested!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
@@ -79,20 +83,33 @@ def _select(requested, backend, dtype, seq_len, num_heads, head_dim, causal) -> 
         return Choice(requested, "xla", "requested", False)
     kernel = preferred(backend, dtype) if requested == "auto" else requested
     if kernel == "xla":
-        why = (f"no fused kernel for {backend} with {jnp.dtype(dtype).name} compute "
-               "(cuDNN needs a GPU and bf16/fp16, Splash a TPU)")
+        why = (
+            f"no fused kernel for {backend} with {jnp.dtype(dtype).name} compute "
+            "(cuDNN needs a GPU and bf16/fp16, Splash a TPU)"
+        )
         return Choice(requested, "xla", why, False)
-    problem = _unsupported(kernel, backend=backend, dtype=dtype, seq_len=seq_len, num_heads=num_heads,
-                           head_dim=head_dim, causal=causal)
+    problem = _unsupported(
+        kernel,
+        backend=backend,
+        dtype=dtype,
+        seq_len=seq_len,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        causal=causal,
+    )
     if problem is None:
-        return Choice(requested, kernel, "requested" if requested == kernel else f"preferred on {backend}",
-                      False)
+        return Choice(
+            requested, kernel, "requested" if requested == kernel else f"preferred on {backend}", False
+        )
     if requested == "auto":
-        logging.warning("model.attention=auto: %s cannot run here (%s); using XLA's attention",
-                        kernel, problem)
+        logging.warning(
+            "model.attention=auto: %s cannot run here (%s); using XLA's attention", kernel, problem
+        )
         return Choice(requested, "xla", f"{kernel} unavailable: {problem}", True)
-    raise ValueError(f"model.attention={requested!r} cannot run this model: {problem}; use "
-                     "--config.model.attention=auto (picks what runs) or xla")
+    raise ValueError(
+        f"model.attention={requested!r} cannot run this model: {problem}; use "
+        "--config.model.attention=auto (picks what runs) or xla"
+    )
 
 
 def _unsupported(kernel, *, backend, dtype, seq_len, num_heads, head_dim, causal) -> str | None:
@@ -130,17 +147,24 @@ def attend(q, k, v, *, implementation: str, is_causal: bool = False, mask=None, 
         except (NotImplementedError, ValueError, RuntimeError) as e:
             if strict:
                 raise
-            logging.warning("cuDNN attention unavailable for q%s %s (%s); using XLA's attention",
-                            tuple(q.shape), q.dtype, e)
+            logging.warning(
+                "cuDNN attention unavailable for q%s %s (%s); using XLA's attention",
+                tuple(q.shape),
+                q.dtype,
+                e,
+            )
             return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
     if implementation in ("splash", "splash_interpret"):
         if q.shape[1] % _SPLASH_MIN_BLOCK and not strict:
-            logging.warning("Splash attention needs a length that is a multiple of 128, got q%s; "
-                            "using XLA's attention", tuple(q.shape))
+            logging.warning(
+                "Splash attention needs a length that is a multiple of 128, got q%s; using XLA's attention",
+                tuple(q.shape),
+            )
             return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
         return _splash(q, k, v, is_causal=is_causal, interpret=implementation == "splash_interpret")
-    raise ValueError(f"unknown attention implementation {implementation!r}: "
-                     f"choose one of {', '.join(KERNELS)}")
+    raise ValueError(
+        f"unknown attention implementation {implementation!r}: choose one of {', '.join(KERNELS)}"
+    )
 
 
 def _splash_block(seq_len: int) -> int:
@@ -151,11 +175,23 @@ def _splash_kernel(num_heads: int, seq_len: int, causal: bool, head_shards: int,
     """The Splash kernel for `num_heads` heads (the whole model's), its heads split `head_shards` ways."""
     block = _splash_block(seq_len)
     one = splash_mask.CausalMask((seq_len, seq_len)) if causal else splash_mask.FullMask((seq_len, seq_len))
-    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
-                              block_kv_dq=block)
-    return splash.make_splash_mha(splash_mask.MultiHeadMask([one] * num_heads), block_sizes=sizes,
-                                  head_shards=head_shards, q_seq_shards=1, interpret=interpret)
+    sizes = splash.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    return splash.make_splash_mha(
+        splash_mask.MultiHeadMask([one] * num_heads),
+        block_sizes=sizes,
+        head_shards=head_shards,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
 
 
 def _splash(q, k, v, *, is_causal: bool, interpret: bool):
@@ -179,5 +215,10 @@ def _splash(q, k, v, *, is_causal: bool, interpret: bool):
     kernel = _splash_kernel(heads, length, is_causal, head_shards, interpret)
     kernel_spec = kernel.manual_sharding_spec(jax.sharding.NamedSharding(mesh, P(head_axis, None)))
     qkv_spec = P(batch_axes, None, head_axis, None)
-    return jax.shard_map(local, mesh=mesh, in_specs=(kernel_spec, qkv_spec, qkv_spec, qkv_spec),
-                         out_specs=qkv_spec, check_vma=False)(kernel, q, k, v)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(kernel_spec, qkv_spec, qkv_spec, qkv_spec),
+        out_specs=qkv_spec,
+        check_vma=False,
+    )(kernel, q, k, v)

@@ -33,13 +33,27 @@ import jax.numpy as jnp
 
 from mdm_jax.models.layers import Affine, Embedding, constrain, layer_norm, stats_dtype
 from mdm_jax.models.transformer import (
-    A_BATCH, A_EMBED, A_HEADS, A_LEN, A_MLP, A_VOCAB, EMBED, HEADS, KV, MLP, TIME, VOCAB, padded_vocab, rope)
+    A_BATCH,
+    A_EMBED,
+    A_HEADS,
+    A_LEN,
+    A_MLP,
+    A_VOCAB,
+    EMBED,
+    HEADS,
+    KV,
+    MLP,
+    TIME,
+    VOCAB,
+    padded_vocab,
+    rope,
+)
 
 Dtype = Any
 
-SIGMA_EPS = 1e-3        # MDLM's log-linear schedule: alpha(1) = 1e-3
-FREQ_DIM = 256          # width of the sinusoidal embedding of sigma (fixed upstream, independent of cond_dim)
-NEG_INFINITY = -1e6     # MDLM's finite "minus infinity" of SUBS (not -inf: its values are reproduced)
+SIGMA_EPS = 1e-3  # MDLM's log-linear schedule: alpha(1) = 1e-3
+FREQ_DIM = 256  # width of the sinusoidal embedding of sigma (fixed upstream, independent of cond_dim)
+NEG_INFINITY = -1e6  # MDLM's finite "minus infinity" of SUBS (not -inf: its values are reproduced)
 LN_EPS = 1e-5
 
 
@@ -105,35 +119,71 @@ class DiTBlock(nn.Module):
         p = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(eps=LN_EPS, use_bias=False, **p)
         # adaLN-Zero, as upstream: modulation starts at zero, so every block starts as the identity.
-        mod = Affine("bc,cd->bd", (self.cond_dim, 6 * d), (TIME, EMBED), (EMBED,), name="adaLN_modulation",
-                     kernel_init=nn.initializers.zeros, **p)(c)
+        mod = Affine(
+            "bc,cd->bd",
+            (self.cond_dim, 6 * d),
+            (TIME, EMBED),
+            (EMBED,),
+            name="adaLN_modulation",
+            kernel_init=nn.initializers.zeros,
+            **p,
+        )(c)
         sh1, sc1, g1, sh2, sc2, g2 = jnp.split(mod[:, None, :], 6, axis=-1)
         drop = nn.Dropout(self.dropout)
 
         h = _modulate(layer_norm("norm1", EMBED, **norm)(x), sh1, sc1)
-        qkv = Affine("btd,dcnh->cbtnh", (d, 3, n, hd), (EMBED, None, HEADS, KV), None, name="attn_qkv",
-                     kernel_init=_torch_linear_init(d), **p)(h)
+        qkv = Affine(
+            "btd,dcnh->cbtnh",
+            (d, 3, n, hd),
+            (EMBED, None, HEADS, KV),
+            None,
+            name="attn_qkv",
+            kernel_init=_torch_linear_init(d),
+            **p,
+        )(h)
         q, k, v = (constrain(a, A_BATCH, A_LEN, A_HEADS, None) for a in (qkv[0], qkv[1], qkv[2]))
         q, k = rope(q, sin, cos), rope(k, sin, cos)
         a = constrain(jax.nn.dot_product_attention(q, k, v), A_BATCH, A_LEN, A_HEADS, None)
-        a = Affine("btnh,nhd->btd", (n, hd, d), (HEADS, KV, EMBED), None, name="attn_out",
-                   kernel_init=_torch_linear_init(d), **p)(a)
+        a = Affine(
+            "btnh,nhd->btd",
+            (n, hd, d),
+            (HEADS, KV, EMBED),
+            None,
+            name="attn_out",
+            kernel_init=_torch_linear_init(d),
+            **p,
+        )(a)
         x = constrain(x + g1 * drop(a, deterministic=deterministic), A_BATCH, A_LEN, A_EMBED)
 
         h = _modulate(layer_norm("norm2", EMBED, **norm)(x), sh2, sc2)
-        h = Affine("btd,dm->btm", (d, self.mlp_dim), (EMBED, MLP), (MLP,), name="mlp_in",
-                   kernel_init=_torch_linear_init(d), bias_init=_torch_linear_init(d), **p)(h)
+        h = Affine(
+            "btd,dm->btm",
+            (d, self.mlp_dim),
+            (EMBED, MLP),
+            (MLP,),
+            name="mlp_in",
+            kernel_init=_torch_linear_init(d),
+            bias_init=_torch_linear_init(d),
+            **p,
+        )(h)
         h = constrain(nn.gelu(h, approximate=True), A_BATCH, A_LEN, A_MLP)
-        h = Affine("btm,md->btd", (self.mlp_dim, d), (MLP, EMBED), (EMBED,), name="mlp_out",
-                   kernel_init=_torch_linear_init(self.mlp_dim),
-                   bias_init=_torch_linear_init(self.mlp_dim), **p)(h)
+        h = Affine(
+            "btm,md->btd",
+            (self.mlp_dim, d),
+            (MLP, EMBED),
+            (EMBED,),
+            name="mlp_out",
+            kernel_init=_torch_linear_init(self.mlp_dim),
+            bias_init=_torch_linear_init(self.mlp_dim),
+            **p,
+        )(h)
         return constrain(x + g2 * drop(h, deterministic=deterministic), A_BATCH, A_LEN, A_EMBED)
 
 
 class DiT(nn.Module):
     """MDLM's DiT; see the module docstring for the two entry points."""
 
-    vocab_size: int          # V real tokens; MDLM's config.json counts V + 1 (the mask, id V)
+    vocab_size: int  # V real tokens; MDLM's config.json counts V + 1 (the mask, id V)
     max_len: int
     num_layers: int
     num_heads: int
@@ -145,7 +195,7 @@ class DiT(nn.Module):
     rope_base: float = 10000.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    causal = False           # bidirectional only (read by the adapters)
+    causal = False  # bidirectional only (read by the adapters)
 
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
         """tokens int32[B, L] (mask id V), t [B] or None -> SUBS log-probabilities [B, L, V]."""
@@ -158,7 +208,7 @@ class DiT(nn.Module):
         else:
             sigma = sigma_of_t(jnp.broadcast_to(jnp.asarray(t, ref), (tokens.shape[0],)))
         raw = self.backbone(tokens, sigma, deterministic=deterministic)
-        return constrain(log_probs_subs(raw, tokens)[..., :self.vocab_size], A_BATCH, A_LEN, A_VOCAB)
+        return constrain(log_probs_subs(raw, tokens)[..., : self.vocab_size], A_BATCH, A_LEN, A_VOCAB)
 
     @nn.compact
     def backbone(self, tokens, sigma, *, deterministic: bool = True):
@@ -177,27 +227,66 @@ class DiT(nn.Module):
         # The sinusoids in float32 as upstream; the MLP in the compute dtype like every other layer
         # (the adapters cast weight matrices to it once, which must not change results).
         emb = timestep_embedding(sigma, ref)
-        c = nn.silu(Affine("bf,fc->bc", (FREQ_DIM, self.cond_dim), (None, TIME), (TIME,), name="sigma_map_in",
-                           kernel_init=_torch_linear_init(FREQ_DIM), bias_init=_torch_linear_init(FREQ_DIM),
-                           **p)(emb))
-        c = nn.silu(Affine("bc,cd->bd", (self.cond_dim, self.cond_dim), (None, TIME), (TIME,),
-                           name="sigma_map_out", kernel_init=_torch_linear_init(self.cond_dim),
-                           bias_init=_torch_linear_init(self.cond_dim), **p)(c))
+        c = nn.silu(
+            Affine(
+                "bf,fc->bc",
+                (FREQ_DIM, self.cond_dim),
+                (None, TIME),
+                (TIME,),
+                name="sigma_map_in",
+                kernel_init=_torch_linear_init(FREQ_DIM),
+                bias_init=_torch_linear_init(FREQ_DIM),
+                **p,
+            )(emb)
+        )
+        c = nn.silu(
+            Affine(
+                "bc,cd->bd",
+                (self.cond_dim, self.cond_dim),
+                (None, TIME),
+                (TIME,),
+                name="sigma_map_out",
+                kernel_init=_torch_linear_init(self.cond_dim),
+                bias_init=_torch_linear_init(self.cond_dim),
+                **p,
+            )(c)
+        )
 
         # Upstream's EmbeddingLayer: kaiming_uniform(a = sqrt 5) of a [V + 1, D] table, U(+-1/sqrt D).
-        x = Embedding(padded_vocab(classes), d, self.dtype, self.param_dtype, name="vocab_embed",
-                      embedding_init=_torch_linear_init(d))(tokens)
+        x = Embedding(
+            padded_vocab(classes),
+            d,
+            self.dtype,
+            self.param_dtype,
+            name="vocab_embed",
+            embedding_init=_torch_linear_init(d),
+        )(tokens)
         x = constrain(x, A_BATCH, A_LEN, A_EMBED)
 
         sin, cos = rotary_tables(length, d // self.num_heads, self.rope_base, ref)
         for i in range(self.num_layers):
-            x = DiTBlock(self.num_heads, self.mlp_dim, self.cond_dim, self.dropout, name=f"blocks_{i}",
-                         **p)(x, c, sin, cos, deterministic=deterministic)
+            x = DiTBlock(self.num_heads, self.mlp_dim, self.cond_dim, self.dropout, name=f"blocks_{i}", **p)(
+                x, c, sin, cos, deterministic=deterministic
+            )
 
-        mod = Affine("bc,cd->bd", (self.cond_dim, 2 * d), (TIME, EMBED), (EMBED,),
-                     name="output_adaLN_modulation", kernel_init=nn.initializers.zeros, **p)(c)
+        mod = Affine(
+            "bc,cd->bd",
+            (self.cond_dim, 2 * d),
+            (TIME, EMBED),
+            (EMBED,),
+            name="output_adaLN_modulation",
+            kernel_init=nn.initializers.zeros,
+            **p,
+        )(c)
         shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
         x = _modulate(layer_norm("norm_final", EMBED, eps=LN_EPS, use_bias=False, **p)(x), shift, scale)
-        logits = Affine("btd,dv->btv", (d, padded_vocab(classes)), (EMBED, VOCAB), (VOCAB,),
-                        name="output_linear", kernel_init=nn.initializers.zeros, **p)(x)
+        logits = Affine(
+            "btd,dv->btv",
+            (d, padded_vocab(classes)),
+            (EMBED, VOCAB),
+            (VOCAB,),
+            name="output_linear",
+            kernel_init=nn.initializers.zeros,
+            **p,
+        )(x)
         return constrain(logits[..., :classes].astype(ref), A_BATCH, A_LEN, A_VOCAB)

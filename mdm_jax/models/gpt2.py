@@ -13,7 +13,7 @@ carries logical axis names, so they load straight into a sharded mesh.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,18 @@ import jax.numpy as jnp
 
 from mdm_jax.models.layers import Affine, Embedding, constrain, layer_norm, partitioned, stats_dtype
 from mdm_jax.models.transformer import (
-    A_BATCH, A_EMBED, A_HEADS, A_LEN, A_MLP, A_VOCAB, EMBED, HEADS, KV, MLP, padded_vocab)
+    A_BATCH,
+    A_EMBED,
+    A_HEADS,
+    A_LEN,
+    A_MLP,
+    A_VOCAB,
+    EMBED,
+    HEADS,
+    KV,
+    MLP,
+    padded_vocab,
+)
 
 Dtype = Any
 
@@ -45,8 +56,14 @@ class GPT2Block(nn.Module):
 
         h = layer_norm("ln_1", EMBED, **norm)(x)
         # [B, T, 3, N, H]: the bias [3, N, H] broadcasts over the trailing axes.
-        qkv = Affine("btd,dcnh->btcnh", (d, 3, n, hd), (EMBED, None, HEADS, KV), (None, HEADS, KV),
-                     name="c_attn", **dense)(h)
+        qkv = Affine(
+            "btd,dcnh->btcnh",
+            (d, 3, n, hd),
+            (EMBED, None, HEADS, KV),
+            (None, HEADS, KV),
+            name="c_attn",
+            **dense,
+        )(h)
         q, k, v = (constrain(qkv[:, :, i], A_BATCH, A_LEN, A_HEADS, None) for i in range(3))
         if decode:
             # KV cache: x is one position [B, 1, D]; the cache holds max_len keys and values.
@@ -91,10 +108,10 @@ class GPT2(nn.Module):
     mlp_dim: int
     eps: float = 1e-5
     dropout: float = 0.0
-    bos_id: Optional[int] = None   # what id vocab_size is read as (None: vocab_size - 1)
+    bos_id: int | None = None  # what id vocab_size is read as (None: vocab_size - 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    causal = True                  # read by the adapters
+    causal = True  # read by the adapters
     time_conditioning = False
 
     @nn.compact
@@ -107,8 +124,12 @@ class GPT2(nn.Module):
         bos = self.vocab_size - 1 if self.bos_id is None else self.bos_id
         tokens = constrain(jnp.where(tokens == self.vocab_size, bos, tokens), A_BATCH, A_LEN)
         wte = Embedding(padded_vocab(self.vocab_size), self.emb_dim, self.dtype, self.param_dtype, name="wte")
-        wpe = self.param("wpe", partitioned(nn.initializers.normal(0.02), None, EMBED),
-                         (self.max_len, self.emb_dim), self.param_dtype)
+        wpe = self.param(
+            "wpe",
+            partitioned(nn.initializers.normal(0.02), None, EMBED),
+            (self.max_len, self.emb_dim),
+            self.param_dtype,
+        )
         if decode:
             # The position of the one decoded token; the adapters set every cache "index" to it.
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
@@ -120,9 +141,18 @@ class GPT2(nn.Module):
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = constrain(x, A_BATCH, A_LEN, A_EMBED)
         for i in range(self.num_layers):
-            x = GPT2Block(self.num_heads, self.mlp_dim, self.eps, self.dropout, self.max_len, self.dtype,
-                          self.param_dtype, name=f"h_{i}")(x, deterministic=deterministic, decode=decode)
-        x = layer_norm("ln_f", EMBED, eps=self.eps, use_bias=True, dtype=self.dtype,
-                       param_dtype=self.param_dtype)(x)
-        logits = wte.attend(x)[..., :self.vocab_size].astype(stats_dtype(self.dtype))
+            x = GPT2Block(
+                self.num_heads,
+                self.mlp_dim,
+                self.eps,
+                self.dropout,
+                self.max_len,
+                self.dtype,
+                self.param_dtype,
+                name=f"h_{i}",
+            )(x, deterministic=deterministic, decode=decode)
+        x = layer_norm(
+            "ln_f", EMBED, eps=self.eps, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype
+        )(x)
+        logits = wte.attend(x)[..., : self.vocab_size].astype(stats_dtype(self.dtype))
         return constrain(logits, A_BATCH, A_LEN, A_VOCAB)

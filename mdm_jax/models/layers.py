@@ -8,7 +8,8 @@ project's own `Transformer`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ class Affine(nn.Module):
     eqn: str
     kernel_shape: tuple
     kernel_axes: tuple
-    bias_axes: Optional[tuple]
+    bias_axes: tuple | None
     dtype: Dtype
     param_dtype: Dtype
     kernel_init: Callable = nn.initializers.normal(0.02)
@@ -47,14 +48,14 @@ class Affine(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", partitioned(self.kernel_init, *self.kernel_axes),
-                            self.kernel_shape, self.param_dtype)
+        kernel = self.param(
+            "kernel", partitioned(self.kernel_init, *self.kernel_axes), self.kernel_shape, self.param_dtype
+        )
         y = jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.bias_axes is None:
             return y
-        bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
-        bias = self.param("bias", partitioned(self.bias_init, *self.bias_axes), bias_shape,
-                          self.param_dtype)
+        bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes) :]
+        bias = self.param("bias", partitioned(self.bias_init, *self.bias_axes), bias_shape, self.param_dtype)
         return y + bias.astype(self.dtype)
 
 
@@ -73,8 +74,12 @@ class Embedding(nn.Module):
     embedding_init: Callable = nn.initializers.normal(0.02)
 
     def setup(self):
-        self.embedding = self.param("embedding", partitioned(self.embedding_init, VOCAB, EMBED),
-                                    (self.num_rows, self.dim), self.param_dtype)
+        self.embedding = self.param(
+            "embedding",
+            partitioned(self.embedding_init, VOCAB, EMBED),
+            (self.num_rows, self.dim),
+            self.param_dtype,
+        )
 
     def __call__(self, tokens):
         table = constrain(self.embedding.astype(self.dtype), None, None)
@@ -88,7 +93,13 @@ class Embedding(nn.Module):
 def layer_norm(name: str, axis_name: str, *, eps: float, use_bias: bool, dtype, param_dtype) -> nn.LayerNorm:
     """torch.nn.LayerNorm's arithmetic: biased variance of x - mean (not E[x^2] - E[x]^2, which
     loses digits), eps inside the square root, weight (and bias) applied after; in float32."""
-    return nn.LayerNorm(epsilon=eps, use_bias=use_bias, use_fast_variance=False,
-                        dtype=stats_dtype(dtype), param_dtype=param_dtype, name=name,
-                        scale_init=partitioned(nn.initializers.ones, axis_name),
-                        bias_init=partitioned(nn.initializers.zeros, axis_name))
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_bias=use_bias,
+        use_fast_variance=False,
+        dtype=stats_dtype(dtype),
+        param_dtype=param_dtype,
+        name=name,
+        scale_init=partitioned(nn.initializers.ones, axis_name),
+        bias_init=partitioned(nn.initializers.zeros, axis_name),
+    )

@@ -15,7 +15,8 @@ resuming, sampling or evaluating.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdm_jax.models.transformer import SCANNED_BLOCKS, block_name
 
-__all__ = ["SCANNED", "UNSCANNED", "layout_of", "convert", "to_scanned", "to_unscanned", "restore_plan",
-           "per_layer_ndim"]
+__all__ = [
+    "SCANNED",
+    "UNSCANNED",
+    "layout_of",
+    "convert",
+    "to_scanned",
+    "to_unscanned",
+    "restore_plan",
+    "per_layer_ndim",
+]
 
 SCANNED, UNSCANNED = "scanned", "unscanned"
 _BLOCK = re.compile(r"block_(\d+)$")
@@ -88,8 +97,11 @@ def convert(tree, layout: str):
 
 def _convert_mapping(node: Mapping, layout: str) -> dict:
     blocks = {int(m.group(1)): v for k, v in node.items() if isinstance(k, str) and (m := _BLOCK.match(k))}
-    rest = {k: convert(v, layout) for k, v in node.items()
-            if not (isinstance(k, str) and _BLOCK.match(k)) and k != SCANNED_BLOCKS}
+    rest = {
+        k: convert(v, layout)
+        for k, v in node.items()
+        if not (isinstance(k, str) and _BLOCK.match(k)) and k != SCANNED_BLOCKS
+    }
     if layout == SCANNED and blocks:
         if sorted(blocks) != list(range(len(blocks))):
             raise ValueError(f"blocks {sorted(blocks)} are not block_0 .. block_{len(blocks) - 1}")
@@ -102,16 +114,20 @@ def _convert_mapping(node: Mapping, layout: str) -> dict:
         for i in range(n.pop()):
             rest[block_name(i)] = jax.tree.map(lambda x, i=i: _index(x, i), stacked)
     else:  # already in `layout` (or no blocks): keep them as they are
-        rest.update({k: v for k, v in node.items()
-                     if k == SCANNED_BLOCKS or (isinstance(k, str) and _BLOCK.match(k))})
+        rest.update(
+            {k: v for k, v in node.items() if k == SCANNED_BLOCKS or (isinstance(k, str) and _BLOCK.match(k))}
+        )
     return rest
 
 
 def _stack(*xs):
     first = xs[0]
     if isinstance(first, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct((len(xs), *first.shape), first.dtype,
-                                    sharding=_sharding_with_layers(first.sharding, len(first.shape)))
+        return jax.ShapeDtypeStruct(
+            (len(xs), *first.shape),
+            first.dtype,
+            sharding=_sharding_with_layers(first.sharding, len(first.shape)),
+        )
     return jnp.stack(xs)
 
 
@@ -143,7 +159,7 @@ def _is_leaf(node) -> bool:
 
 def _children(node) -> tuple[list, Callable]:
     """A pytree node's immediate children and a function rebuilding it from new children."""
-    if isinstance(node, tuple) and hasattr(node, "_fields"):   # NamedTuple (optax states)
+    if isinstance(node, tuple) and hasattr(node, "_fields"):  # NamedTuple (optax states)
         return list(node), lambda cs: type(node)(*cs)
     if isinstance(node, (list, tuple)):
         return list(node), lambda cs: type(node)(cs)

@@ -41,7 +41,13 @@ Dtype = Any
 VOCAB, EMBED, MLP, HEADS, KV, TIME, LAYERS = "vocab", "embed", "mlp", "heads", "kv", "time", "layers"
 # Logical axis names of activations.
 A_BATCH, A_LEN, A_EMBED, A_HEADS, A_MLP, A_VOCAB = (
-    "act_batch", "act_length", "act_embed", "act_heads", "act_mlp", "act_vocab")
+    "act_batch",
+    "act_length",
+    "act_embed",
+    "act_heads",
+    "act_mlp",
+    "act_vocab",
+)
 
 
 VOCAB_MULTIPLE = 128
@@ -134,8 +140,8 @@ class Einsum(nn.Module):
 # keeps from its forward pass for the backward pass; everything else is recomputed. Effective under
 # scan_layers: unscanned, XLA's CPU scheduler runs the recomputation early (benchmarks/RESULTS.md).
 REMAT_POLICIES = {
-    "none": None,   # no rematerialisation: every intermediate is kept (fastest, most memory)
-    "full": jax.checkpoint_policies.nothing_saveable,   # keep only the block's input
+    "none": None,  # no rematerialisation: every intermediate is kept (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
     # keep the outputs of the weight matmuls (qkv, attention out, MLP in/out), which are what costs
     # FLOPs to recompute; recompute norms, RoPE, attention scores/softmax and activations.
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -155,15 +161,23 @@ class Attention(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     max_len_for_cache: int = 0
-    implementation: str = "xla"   # a kernel of mdm_jax.models.attention.KERNELS
+    implementation: str = "xla"  # a kernel of mdm_jax.models.attention.KERNELS
 
     @nn.compact
     def __call__(self, x, rope_sc, *, decode: bool = False):
         b, t, d = x.shape
         n, head_dim = self.num_heads, d // self.num_heads
         # One fused projection; [3, B, T, N, H] output so q, k, v are contiguous leading slices.
-        qkv = Einsum("btd,dcnh->cbtnh", (d, 3, n, head_dim), (EMBED, None, HEADS, KV), 0, (1, 2, 3),
-                     self.dtype, self.param_dtype, name="qkv")(x)
+        qkv = Einsum(
+            "btd,dcnh->cbtnh",
+            (d, 3, n, head_dim),
+            (EMBED, None, HEADS, KV),
+            0,
+            (1, 2, 3),
+            self.dtype,
+            self.param_dtype,
+            name="qkv",
+        )(x)
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = _constrain(q, A_BATCH, A_LEN, A_HEADS, None)
 
@@ -194,8 +208,16 @@ class Attention(nn.Module):
 
     def _out(self, out, d):
         out = _constrain(out, A_BATCH, A_LEN, A_HEADS, None)
-        return Einsum("btnh,nhd->btd", (self.num_heads, d // self.num_heads, d), (HEADS, KV, EMBED),
-                      (0, 1), 2, self.dtype, self.param_dtype, name="out")(out)
+        return Einsum(
+            "btnh,nhd->btd",
+            (self.num_heads, d // self.num_heads, d),
+            (HEADS, KV, EMBED),
+            (0, 1),
+            2,
+            self.dtype,
+            self.param_dtype,
+            name="out",
+        )(out)
 
 
 class Mlp(nn.Module):
@@ -209,17 +231,36 @@ class Mlp(nn.Module):
         d = x.shape[-1]
         if self.kind == "glu":
             # Gate and up projections fused in one matmul; SwiGLU reads both halves in one fusion.
-            gate_up = Einsum("btd,dch->btch", (d, 2, self.hidden), (EMBED, None, MLP), 0, (1, 2),
-                             self.dtype, self.param_dtype, name="wi")(x)
+            gate_up = Einsum(
+                "btd,dch->btch",
+                (d, 2, self.hidden),
+                (EMBED, None, MLP),
+                0,
+                (1, 2),
+                self.dtype,
+                self.param_dtype,
+                name="wi",
+            )(x)
             h = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
         elif self.kind == "gelu":
-            h = nn.gelu(Einsum("btd,dh->bth", (d, self.hidden), (EMBED, MLP), 0, 1,
-                               self.dtype, self.param_dtype, name="wi")(x))
+            h = nn.gelu(
+                Einsum(
+                    "btd,dh->bth",
+                    (d, self.hidden),
+                    (EMBED, MLP),
+                    0,
+                    1,
+                    self.dtype,
+                    self.param_dtype,
+                    name="wi",
+                )(x)
+            )
         else:
             raise ValueError(f"unknown model.mlp_type {self.kind!r}: use 'glu' or 'gelu'")
         h = _constrain(h, A_BATCH, A_LEN, A_MLP)
-        return Einsum("bth,hd->btd", (self.hidden, d), (MLP, EMBED), 0, 1,
-                      self.dtype, self.param_dtype, name="wo")(h)
+        return Einsum(
+            "bth,hd->btd", (self.hidden, d), (MLP, EMBED), 0, 1, self.dtype, self.param_dtype, name="wo"
+        )(h)
 
 
 class Block(nn.Module):
@@ -234,7 +275,7 @@ class Block(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attention: str = "xla"
-    scanned: bool = False   # under nn.scan: return (x, None), the (carry, output) scan expects
+    scanned: bool = False  # under nn.scan: return (x, None), the (carry, output) scan expects
 
     @nn.compact
     def __call__(self, x, cond, rope_sc, deterministic: bool, decode: bool = False):
@@ -242,14 +283,22 @@ class Block(nn.Module):
         # nn.scan passes only positional arguments.
         d = x.shape[-1]
         norm = lambda name: nn.RMSNorm(  # noqa: E731
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
             use_scale=not self.time_conditioning,
-            scale_init=_init(nn.initializers.ones, EMBED))
+            scale_init=_init(nn.initializers.ones, EMBED),
+        )
         if self.time_conditioning:
             # adaLN-Zero: shift/scale/gate per sub-layer from the time embedding, gates start at 0.
-            mod = nn.Dense(6 * d, dtype=self.dtype, param_dtype=self.param_dtype, name="adaln",
-                           kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
-                           bias_init=_init(nn.initializers.zeros, EMBED))(cond)
+            mod = nn.Dense(
+                6 * d,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="adaln",
+                kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
+                bias_init=_init(nn.initializers.zeros, EMBED),
+            )(cond)
             sh1, sc1, g1, sh2, sc2, g2 = jnp.split(mod[:, None, :], 6, axis=-1)
             modulate = lambda h, sh, sc: h * (1 + sc) + sh  # noqa: E731
         else:
@@ -258,9 +307,16 @@ class Block(nn.Module):
             modulate = lambda h, sh, sc: h  # noqa: E731
 
         h = modulate(norm("attn_norm")(x), sh1, sc1)
-        h = Attention(self.num_heads, self.causal, self.rope_base, self.dtype, self.param_dtype,
-                      max_len_for_cache=self.max_len, implementation=self.attention,
-                      name="attn")(h, rope_sc, decode=decode)
+        h = Attention(
+            self.num_heads,
+            self.causal,
+            self.rope_base,
+            self.dtype,
+            self.param_dtype,
+            max_len_for_cache=self.max_len,
+            implementation=self.attention,
+            name="attn",
+        )(h, rope_sc, decode=decode)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         x = _constrain(x + g1 * h, A_BATCH, A_LEN, A_EMBED)
 
@@ -289,16 +345,21 @@ class Transformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     scan_layers: bool = False
-    remat: str = "none"             # a key of REMAT_POLICIES
-    attention: str = "xla"          # a kernel of mdm_jax.models.attention.KERNELS (already resolved)
+    remat: str = "none"  # a key of REMAT_POLICIES
+    attention: str = "xla"  # a kernel of mdm_jax.models.attention.KERNELS (already resolved)
 
     @nn.compact
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
         b, length = tokens.shape
         tokens = _constrain(tokens, A_BATCH, A_LEN)
-        x = _GatheredEmbed(padded_vocab(self.vocab_size + 1), self.emb_dim, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="embed",
-                           embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED))(tokens)
+        x = _GatheredEmbed(
+            padded_vocab(self.vocab_size + 1),
+            self.emb_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embed",
+            embedding_init=_init(nn.initializers.normal(1.0), VOCAB, EMBED),
+        )(tokens)
         x = _constrain(x, A_BATCH, A_LEN, A_EMBED)
 
         cond = None
@@ -306,28 +367,48 @@ class Transformer(nn.Module):
             if t is None:
                 raise ValueError("a time-conditioned model (model.time_conditioning=True) needs t")
             dense = lambda n, name, ax: nn.Dense(  # noqa: E731
-                n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                kernel_init=_init(nn.initializers.normal(0.02), *ax), bias_init=_init(nn.initializers.zeros, ax[-1]))
+                n,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+                kernel_init=_init(nn.initializers.normal(0.02), *ax),
+                bias_init=_init(nn.initializers.zeros, ax[-1]),
+            )
             cond = timestep_embedding(jnp.broadcast_to(t, (b,)), self.time_emb_dim).astype(self.dtype)
             cond = nn.silu(dense(self.time_emb_dim, "time_mlp_in", (None, TIME))(cond))
             cond = nn.silu(dense(self.time_emb_dim, "time_mlp_out", (None, TIME))(cond))
 
-        rope_sc = rope_tables(jnp.arange(length, dtype=jnp.int32), self.emb_dim // self.num_heads,
-                              self.rope_base)
+        rope_sc = rope_tables(
+            jnp.arange(length, dtype=jnp.int32), self.emb_dim // self.num_heads, self.rope_base
+        )
         x = self._blocks(x, cond, rope_sc, deterministic, decode)
 
-        x = nn.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm",
-                       use_scale=not self.time_conditioning,
-                       scale_init=_init(nn.initializers.ones, EMBED))(x)
+        x = nn.RMSNorm(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="final_norm",
+            use_scale=not self.time_conditioning,
+            scale_init=_init(nn.initializers.ones, EMBED),
+        )(x)
         if self.time_conditioning:
-            mod = nn.Dense(2 * self.emb_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="final_adaln",
-                           kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
-                           bias_init=_init(nn.initializers.zeros, EMBED))(cond)
+            mod = nn.Dense(
+                2 * self.emb_dim,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="final_adaln",
+                kernel_init=_init(nn.initializers.zeros, TIME, EMBED),
+                bias_init=_init(nn.initializers.zeros, EMBED),
+            )(cond)
             shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
             x = x * (1 + scale) + shift
-        logits = nn.Dense(padded_vocab(self.vocab_size), use_bias=False, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="head",
-                          kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB))(x)[..., :self.vocab_size]
+        logits = nn.Dense(
+            padded_vocab(self.vocab_size),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+            kernel_init=_init(nn.initializers.zeros, EMBED, VOCAB),
+        )(x)[..., : self.vocab_size]
         # Logits leave the network in float32: the loss and the sampling policy cast from there.
         return _constrain(logits.astype(jnp.float32), A_BATCH, A_LEN, A_VOCAB)
 
@@ -336,17 +417,36 @@ class Transformer(nn.Module):
         if check_remat(self.remat) != "none":
             # prevent_cse only matters outside scan (XLA could otherwise merge the recomputation
             # with the forward); under scan it would just block optimisations (the Flax/MaxText advice).
-            block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers,
-                             static_argnums=(4, 5))  # deterministic, decode (self is argument 0)
-        args = (self.num_heads, self.mlp_dim, self.mlp_type, self.dropout, self.causal, self.rope_base,
-                self.time_conditioning, self.max_len, self.dtype, self.param_dtype, self.attention)
+            block = nn.remat(
+                Block,
+                policy=REMAT_POLICIES[self.remat],
+                prevent_cse=not self.scan_layers,
+                static_argnums=(4, 5),
+            )  # deterministic, decode (self is argument 0)
+        args = (
+            self.num_heads,
+            self.mlp_dim,
+            self.mlp_type,
+            self.dropout,
+            self.causal,
+            self.rope_base,
+            self.time_conditioning,
+            self.max_len,
+            self.dtype,
+            self.param_dtype,
+            self.attention,
+        )
         if not self.scan_layers:
             for i in range(self.num_layers):
                 x = block(*args, name=block_name(i))(x, cond, rope_sc, deterministic, decode)
             return x
-        scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                          split_rngs={"params": True, "dropout": True},
-                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                          length=self.num_layers, metadata_params={nn.PARTITION_NAME: LAYERS})
+        scanned = nn.scan(
+            block,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.num_layers,
+            metadata_params={nn.PARTITION_NAME: LAYERS},
+        )
         x, _ = scanned(*args, scanned=True, name=SCANNED_BLOCKS)(x, cond, rope_sc, deterministic, decode)
         return x

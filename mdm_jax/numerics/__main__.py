@@ -6,9 +6,7 @@ import argparse
 import os
 import sys
 
-from mdm_jax.numerics import compare as compare_lib
-from mdm_jax.numerics import convert, report
-from mdm_jax.numerics import rows as R
+from mdm_jax.numerics import compare as compare_lib, convert, report, rows as R
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,13 +14,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="measure this backend and write a report (JSON)")
     r.add_argument("--out", required=True, help="where to write the report")
-    r.add_argument("--size", choices=sorted(report.SIZES), default="full",
-                   help="full (committed reports; minutes on a CPU) or quick (tests; every row, small)")
-    r.add_argument("--scale", type=int, default=0,
-                   help="2^scale times the noise draws and tail rows (accelerators: 6)")
-    r.add_argument("--fixtures", default=None,
-                   help="directory holding gpt2-tiny/, mdlm-tiny/, mdlm-tiny-tc/ (default: this "
-                        "checkout's tests/fixtures; '' leaves them out)")
+    r.add_argument(
+        "--size",
+        choices=sorted(report.SIZES),
+        default="full",
+        help="full (committed reports; minutes on a CPU) or quick (tests; every row, small)",
+    )
+    r.add_argument(
+        "--scale", type=int, default=0, help="2^scale times the noise draws and tail rows (accelerators: 6)"
+    )
+    r.add_argument(
+        "--fixtures",
+        default=None,
+        help="directory holding gpt2-tiny/, mdlm-tiny/, mdlm-tiny-tc/ (default: this "
+        "checkout's tests/fixtures; '' leaves them out)",
+    )
     c = sub.add_parser("compare", help="one table of several reports, differences marked")
     c.add_argument("reports", nargs="+", help="report files; the first is the baseline")
     c.add_argument("--out", default="", help="also write the table here (Markdown)")
@@ -44,8 +50,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "report":
             if os.path.isdir(args.out):
-                raise R.ReportError(f"--out={args.out} is a directory; give a file name, e.g. "
-                                    f"{os.path.join(args.out, 'report.json')}")
+                raise R.ReportError(
+                    f"--out={args.out} is a directory; give a file name, e.g. "
+                    f"{os.path.join(args.out, 'report.json')}"
+                )
             made = report.make_report(args.size, args.scale, args.fixtures)
             report.save(made, args.out)
             print(f"wrote {args.out} ({len(made['rows'])} rows, {made['seconds']['total']:.0f} s)")

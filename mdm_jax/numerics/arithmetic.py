@@ -29,9 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax import evaluate, rng, sampling, schedules
-from mdm_jax.numerics import emulate as emulate_lib
-from mdm_jax.numerics import environment
-from mdm_jax.numerics import rows as R
+from mdm_jax.numerics import emulate as emulate_lib, environment, rows as R
 
 __all__ = ["VARIANTS", "SAMPLING_PRECISION", "measure"]
 
@@ -57,13 +55,24 @@ def _build(net, compute):
 def _sample(fn, net, key):
     s = net.sample
     if net.kind == "mdm":
-        tokens, _ = sampling.first_hitting(fn, key, batch_size=s["batch_size"], seq_len=s["seq_len"],
-                                           mask_id=s["mask_id"], schedule=schedules.get(s["schedule"]),
-                                           precision=SAMPLING_PRECISION)
+        tokens, _ = sampling.first_hitting(
+            fn,
+            key,
+            batch_size=s["batch_size"],
+            seq_len=s["seq_len"],
+            mask_id=s["mask_id"],
+            schedule=schedules.get(s["schedule"]),
+            precision=SAMPLING_PRECISION,
+        )
     else:
-        tokens, _ = sampling.autoregressive_uncached(fn, key, batch_size=s["batch_size"],
-                                                     seq_len=s["seq_len"], precision=SAMPLING_PRECISION,
-                                                     bos_id=s["bos_id"])
+        tokens, _ = sampling.autoregressive_uncached(
+            fn,
+            key,
+            batch_size=s["batch_size"],
+            seq_len=s["seq_len"],
+            precision=SAMPLING_PRECISION,
+            bos_id=s["bos_id"],
+        )
     return tokens
 
 
@@ -119,39 +128,45 @@ def measure(net, log=print) -> dict:
     key = rng.fold(rng.root_key(0), f"numerics-sample/{net.name}")
     ref_logits, ref_tokens, ref_dtype = _reference(net, key)
     scored = np.asarray(net.scored, bool)
-    ref = ref_logits[scored]                                         # [N, V]
+    ref = ref_logits[scored]  # [N, V]
     scale = float(np.max(np.abs(ref)))
     logp = ref - np.logaddexp.reduce(ref, axis=1, keepdims=True)
     p = f"model/{net.name}"
-    out = {f"{p}/describe/{k}": R.exact(v) for k, v in net.describe.items()
-           if k != "fixture" and isinstance(v, (str, bool, int))}
+    out = {
+        f"{p}/describe/{k}": R.exact(v)
+        for k, v in net.describe.items()
+        if k != "fixture" and isinstance(v, (str, bool, int))
+    }
     ent, ent_se = _mean_se(evaluate.sequence_entropies(ref_tokens))
-    out.update({
-        f"{p}/reference/logits_dtype": R.exact(ref_dtype),
-        f"{p}/reference/max_abs_logit": R.number(scale, rel=1e-6),
-        f"{p}/reference/predictive_entropy": R.number(-np.mean(np.sum(np.exp(logp) * logp, 1)), rel=1e-6),
-        f"{p}/reference/sample_entropy": R.number(ent, se=ent_se),
-        f"{p}/reference/sample_ids": R.ids(ref_tokens.ravel()),
-    })
-    log(f"model  {net.name}: float64 reference on the CPU, max |logit| {scale:.2f}, "
-        f"sample entropy {ent:.3f}")
+    out.update(
+        {
+            f"{p}/reference/logits_dtype": R.exact(ref_dtype),
+            f"{p}/reference/max_abs_logit": R.number(scale, rel=1e-6),
+            f"{p}/reference/predictive_entropy": R.number(-np.mean(np.sum(np.exp(logp) * logp, 1)), rel=1e-6),
+            f"{p}/reference/sample_entropy": R.number(ent, se=ent_se),
+            f"{p}/reference/sample_ids": R.ids(ref_tokens.ravel()),
+        }
+    )
+    log(f"model  {net.name}: float64 reference on the CPU, max |logit| {scale:.2f}, sample entropy {ent:.3f}")
     for name, (logits, tokens) in _variants(net, key).items():
         err = np.max(np.abs(logits[scored] - ref))
         top1 = float(np.mean(np.argmax(logits[scored], 1) == np.argmax(ref, 1)))
         same, same_se = _mean_se(np.mean(tokens == ref_tokens, axis=1))
         ent, ent_se = _mean_se(evaluate.sequence_entropies(tokens))
         q = f"{p}/{name}"
-        out.update({
-            f"{q}/max_abs_err": R.number(err, abs=_REL_FLOOR * scale, **_ERR),
-            f"{q}/rel_err": R.number(err / scale, abs=_REL_FLOOR, **_ERR),
-            f"{q}/top1": R.number(top1, se=math.sqrt(max(top1 * (1 - top1), 1e-12) / len(ref))),
-            f"{q}/sample_identical": R.number(same, se=same_se),
-            f"{q}/sample_entropy": R.number(ent, se=ent_se),
-        })
+        out.update(
+            {
+                f"{q}/max_abs_err": R.number(err, abs=_REL_FLOOR * scale, **_ERR),
+                f"{q}/rel_err": R.number(err / scale, abs=_REL_FLOOR, **_ERR),
+                f"{q}/top1": R.number(top1, se=math.sqrt(max(top1 * (1 - top1), 1e-12) / len(ref))),
+                f"{q}/sample_identical": R.number(same, se=same_se),
+                f"{q}/sample_entropy": R.number(ent, se=ent_se),
+            }
+        )
         if name == "matmul=default":
             out[f"{q}/sample_ids"] = R.ids(tokens.ravel())
-        log(f"model  {net.name} {name:22s} max abs err {err:9.3g} (rel {err / scale:8.2g}), top-1 "
-            f"{top1:.4f}, samples identical {same:.3f}, entropy {ent:.3f}")
+        log(
+            f"model  {net.name} {name:22s} max abs err {err:9.3g} (rel {err / scale:8.2g}), top-1 "
+            f"{top1:.4f}, samples identical {same:.3f}, entropy {ent:.3f}"
+        )
     return out
-
-

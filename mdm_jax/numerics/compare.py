@@ -21,8 +21,8 @@ __all__ = ["Line", "compare_reports", "format_table"]
 class Line:
     name: str
     tolerance: str
-    cells: list          # one display string per report
-    marks: list          # per report: "" (same as the baseline), "*" (differs) or "?" (absent)
+    cells: list  # one display string per report
+    marks: list  # per report: "" (same as the baseline), "*" (differs) or "?" (absent)
 
     @property
     def differs(self) -> bool:
@@ -52,7 +52,7 @@ def compare_reports(reports: list[dict]) -> list[Line]:
         marks = []
         for i, row in enumerate(rows):
             if row is None or (base is None and i > 0):
-                marks.append("?")      # absent, or nothing to compare it with
+                marks.append("?")  # absent, or nothing to compare it with
             else:
                 marks.append("*" if i > 0 and R.differs(base, row) else "")
         tol = R.tolerance_text(R.merged([r for r in rows if r is not None]))
@@ -63,8 +63,7 @@ def compare_reports(reports: list[dict]) -> list[Line]:
 def format_table(reports: list[dict], labels: list[str], lines: list[Line], only_differences=False) -> str:
     """A Markdown table; `labels` name the columns (e.g. the files)."""
     head = [f"{lab}: {r.get('title', '')} ({r.get('size', '')})" for lab, r in zip(labels, reports)]
-    out = ["| row | tolerance | " + " | ".join(head) + " |",
-           "|---|---|" + "---|" * len(reports)]
+    out = ["| row | tolerance | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(reports)]
     shown = [ln for ln in lines if ln.differs or not only_differences]
     for ln in shown:
         cells = [f"{c} {m}".strip() for c, m in zip(ln.cells, ln.marks)]
@@ -72,6 +71,8 @@ def format_table(reports: list[dict], labels: list[str], lines: list[Line], only
     beyond = sum("*" in ln.marks for ln in lines)
     partial = sum("?" in ln.marks and "*" not in ln.marks for ln in lines)
     out.append("")
-    out.append(f"{len(lines)} rows; {beyond} differ from {labels[0]} beyond their tolerance (*); "
-               f"{partial} more are missing from some report (?).")
+    out.append(
+        f"{len(lines)} rows; {beyond} differ from {labels[0]} beyond their tolerance (*); "
+        f"{partial} more are missing from some report (?)."
+    )
     return "\n".join(out)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 
-from mdm_jax.numerics import draws
-from mdm_jax.numerics import report as report_lib
-from mdm_jax.numerics import rows as R
+from mdm_jax.numerics import draws, report as report_lib, rows as R
 
 __all__ = ["from_benchmark"]
 
@@ -26,16 +24,29 @@ def from_benchmark(path: str) -> dict:
     if missing:
         raise R.ReportError(f"{path}: not a benchmarks/numerics.py result (no {', '.join(missing)})")
     if old["eps"] != draws.EPS or set(old["cap"]) != set(draws.POLICIES):
-        raise R.ReportError(f"{path}: made with eps={old['eps']} or other policies; it does not map "
-                            "onto this report's rows")
-    rows = {"env/backend": R.exact(old["platform"]), "env/device_kind": R.exact(old["device_kind"]),
-            "env/jax": R.exact(old["jax"]), "env/python": R.exact(old["python"])}
+        raise R.ReportError(
+            f"{path}: made with eps={old['eps']} or other policies; it does not map onto this report's rows"
+        )
+    rows = {
+        "env/backend": R.exact(old["platform"]),
+        "env/device_kind": R.exact(old["device_kind"]),
+        "env/jax": R.exact(old["jax"]),
+        "env/python": R.exact(old["python"]),
+    }
     rows.update({f"draws/size/{k}": R.exact(v) for k, v in draws.scaled(draws.FULL, old["scale"]).items()})
     measured = {"caps": old["cap"], "tail": old["tail"], "tokens": old["same"]}
     rows.update(report_lib.draw_rows(measured))
-    report = {"format": R.FORMAT, "version": R.VERSION, "size": "full",
-              "title": f"{old['platform']} ({old['device_kind']})", "rows": rows,
-              "notes": {"converted_from": path, "not_recorded": "jaxlib, device count, x64, matmul "
-                        "precision, the model section"}, "seconds": {}}
+    report = {
+        "format": R.FORMAT,
+        "version": R.VERSION,
+        "size": "full",
+        "title": f"{old['platform']} ({old['device_kind']})",
+        "rows": rows,
+        "notes": {
+            "converted_from": path,
+            "not_recorded": "jaxlib, device count, x64, matmul precision, the model section",
+        },
+        "seconds": {},
+    }
     R.validate(report, path)
     return report

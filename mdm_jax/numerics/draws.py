@@ -32,15 +32,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import precision as precision_lib
-from mdm_jax import rng, sampling, schedules
+from mdm_jax import precision as precision_lib, rng, sampling, schedules
 from mdm_jax.reference import head_tail as refm
 
 # The module, not the function `sampling.categorical` that shadows its name in the package.
 cat = importlib.import_module("mdm_jax.sampling.categorical")
 
-__all__ = ["POLICIES", "VOCAB", "FULL", "QUICK", "scaled", "policy_eps", "noise_cap", "tail_rate",
-           "predicted_tail", "same_tokens", "measure"]
+__all__ = [
+    "POLICIES",
+    "VOCAB",
+    "FULL",
+    "QUICK",
+    "scaled",
+    "policy_eps",
+    "noise_cap",
+    "tail_rate",
+    "predicted_tail",
+    "same_tokens",
+    "measure",
+]
 
 # Display order (widest first); the fixed keys fold in the index, so the order is part of every
 # committed report. Every sampling policy must be audited:
@@ -90,8 +100,8 @@ def noise_cap(key, precision, log2_draws, chunk=CHUNK):
             tol = jnp.asarray(2.0 * float(jnp.finfo(g.dtype).eps) * cap, g.dtype)
             hits = hits + jnp.sum(g >= jnp.asarray(cap, g.dtype) - tol).astype(jnp.int32)
             return jnp.maximum(mx, top.astype(mx.dtype)), hits
-        init = (jnp.asarray(-jnp.inf, jnp.float64 if precision == "float64" else jnp.float32),
-                jnp.int32(0))
+
+        init = (jnp.asarray(-jnp.inf, jnp.float64 if precision == "float64" else jnp.float32), jnp.int32(0))
         return jax.lax.fori_loop(0, chunks, body, init)
 
     with cat.x64_scope(precision):
@@ -110,6 +120,7 @@ def tail_rate(key, precision, eps, log2_rows, rows_per_chunk=64):
             x = jnp.broadcast_to(lg, (rows_per_chunk, VOCAB + 1))
             idx = cat.categorical(jax.random.fold_in(key, i), x, precision)
             return n + jnp.sum(idx < VOCAB).astype(jnp.int32)
+
         return jax.lax.fori_loop(0, chunks, body, jnp.int32(0))
 
     with cat.x64_scope(precision):
@@ -135,9 +146,15 @@ def same_tokens(key, precision, zipf_rows=1024, fhs_batch=8, fhs_len=64):
     if not fhs_batch:
         return {"categorical_zipf": draws.tolist()}
     ref = refm.HeadTailReference(1000, head=4, tail_mass=0.5, seed=0)
-    fhs, _ = sampling.first_hitting(ref.denoise_fn, rng.fold(key, "fhs"), batch_size=fhs_batch,
-                                    seq_len=fhs_len, mask_id=ref.V, schedule=schedules.get("linear"),
-                                    precision=precision)
+    fhs, _ = sampling.first_hitting(
+        ref.denoise_fn,
+        rng.fold(key, "fhs"),
+        batch_size=fhs_batch,
+        seq_len=fhs_len,
+        mask_id=ref.V,
+        schedule=schedules.get("linear"),
+        precision=precision,
+    )
     return {"categorical_zipf": draws.tolist(), "fhs_reference": np.asarray(fhs).ravel().tolist()}
 
 
@@ -154,20 +171,23 @@ def measure(size: dict, log=print) -> dict:
         mx, hits, n = noise_cap(rng.fold(root, "cap", i), p, size["cap_log2"], 2 ** size["chunk_log2"])
         grid = precision_lib.policy_grid(p)
         expected = n * grid.d if grid.d > 2.0**-40 else 0.0
-        out["caps"][p] = {"max": mx, "cap": grid.cap, "hits": hits, "expected_hits": expected,
-                          "draws": n}
-        log(f"cap    {p:16s} max {mx:8.4f} (cap {grid.cap:7.4f}), {hits} of 2^{int(math.log2(n))} "
-            f"draws at the cap (expected {expected:.1f})")
+        out["caps"][p] = {"max": mx, "cap": grid.cap, "hits": hits, "expected_hits": expected, "draws": n}
+        log(
+            f"cap    {p:16s} max {mx:8.4f} (cap {grid.cap:7.4f}), {hits} of 2^{int(math.log2(n))} "
+            f"draws at the cap (expected {expected:.1f})"
+        )
     for i, p in enumerate(POLICIES):
         ratio, rows, n = tail_rate(rng.fold(root, "tail", i), p, EPS, size["tail_log2"])
         g, q = predicted_tail(p, EPS)
         se = math.sqrt(max(n, 1)) / rows / EPS
-        out["tail"][p] = {"measured": ratio, "se": se, "unmasked": n, "rows": rows, "grid": g,
-                          "prop52": q}
-        log(f"tail   {p:16s} unmask rate / eps {ratio:7.4f} +- {se:.3f} over {rows} rows; grid law "
-            f"{g:.4f}, Prop. 5.2 {q:.4f}")
+        out["tail"][p] = {"measured": ratio, "se": se, "unmasked": n, "rows": rows, "grid": g, "prop52": q}
+        log(
+            f"tail   {p:16s} unmask rate / eps {ratio:7.4f} +- {se:.3f} over {rows} rows; grid law "
+            f"{g:.4f}, Prop. 5.2 {q:.4f}"
+        )
     for i, p in enumerate(POLICIES):
-        out["tokens"][p] = same_tokens(rng.fold(root, "same", i), p, size["zipf_rows"], size["fhs_batch"],
-                                       size["fhs_len"])
+        out["tokens"][p] = same_tokens(
+            rng.fold(root, "same", i), p, size["zipf_rows"], size["fhs_batch"], size["fhs_len"]
+        )
     log(f"tokens fixed-key ids of {len(POLICIES)} policies recorded")
     return out

@@ -27,14 +27,23 @@ __all__ = ["FORMATS", "round_mantissa", "emulated_dot", "emulate"]
 
 # name -> (passes, explicit mantissa bits of each operand piece)
 FORMATS = {
-    "bfloat16": (1, 7),         # TPU DEFAULT / "bfloat16": one bf16 pass
-    "bfloat16_3x": (3, 7),      # TPU HIGH / "tensorfloat32": hi*hi + hi*lo + lo*hi in bf16
-    "tensorfloat32": (1, 10),   # NVIDIA TF32 (Ampere and later, the GPU DEFAULT for float32)
+    "bfloat16": (1, 7),  # TPU DEFAULT / "bfloat16": one bf16 pass
+    "bfloat16_3x": (3, 7),  # TPU HIGH / "tensorfloat32": hi*hi + hi*lo + lo*hi in bf16
+    "tensorfloat32": (1, 10),  # NVIDIA TF32 (Ampere and later, the GPU DEFAULT for float32)
 }
 
 # Primitives evaluated by running their body in place (the rewrite only needs the forward value).
-_INLINE = ("jit", "pjit", "closed_call", "core_call", "checkpoint", "remat", "custom_jvp_call",
-           "custom_vjp_call", "custom_vjp_call_jaxpr")
+_INLINE = (
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "checkpoint",
+    "remat",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+)
 
 
 def round_mantissa(x: jax.Array, bits: int) -> jax.Array:
@@ -65,8 +74,9 @@ def emulated_dot(lhs, rhs, fmt: str, **params):
 
 
 def _is_f32_dot(eqn) -> bool:
-    return (eqn.primitive.name == "dot_general"
-            and all(getattr(v.aval, "dtype", None) == jnp.float32 for v in eqn.invars))
+    return eqn.primitive.name == "dot_general" and all(
+        getattr(v.aval, "dtype", None) == jnp.float32 for v in eqn.invars
+    )
 
 
 def _eval(jaxpr, consts, args, fmt):
@@ -98,11 +108,13 @@ def _eval(jaxpr, consts, args, fmt):
 
 def _rewrite_param(value, fmt, primitive):
     """Bodies of loops and branches (scan, while, cond) rewritten in place; other params as given."""
-    if type(value) is tuple:   # cond's branches; not NamedTuples such as gather's dimension numbers
+    if type(value) is tuple:  # cond's branches; not NamedTuples such as gather's dimension numbers
         return tuple(_rewrite_param(v, fmt, primitive) for v in value)
     if isinstance(value, jcore.Jaxpr):
-        raise NotImplementedError(f"numerics.emulate: cannot rewrite the body of {primitive!r} "
-                                  "(an open jaxpr); emulate the function inside it instead")
+        raise NotImplementedError(
+            f"numerics.emulate: cannot rewrite the body of {primitive!r} "
+            "(an open jaxpr); emulate the function inside it instead"
+        )
     if not isinstance(value, jcore.ClosedJaxpr):
         return value
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in value.jaxpr.invars]

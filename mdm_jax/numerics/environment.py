@@ -31,8 +31,12 @@ __all__ = ["SETTINGS", "matmul_context", "environment", "matmul_probe", "classif
 SETTINGS = ("default", "bfloat16", "tensorfloat32", "float32")
 
 _PROBE = 1.0 + 2.0**-9 + 2.0**-16 + 2.0**-20
-_CLASSES = {2.0**-9 + 2.0**-16 + 2.0**-20: "float32", 2.0**-9 + 2.0**-16: "bfloat16_3x",
-            2.0**-9: "tensorfloat32", 0.0: "bfloat16"}
+_CLASSES = {
+    2.0**-9 + 2.0**-16 + 2.0**-20: "float32",
+    2.0**-9 + 2.0**-16: "bfloat16_3x",
+    2.0**-9: "tensorfloat32",
+    0.0: "bfloat16",
+}
 
 
 def matmul_context(setting: str):

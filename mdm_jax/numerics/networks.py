@@ -29,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import config as config_lib
-from mdm_jax import models, rng
+from mdm_jax import config as config_lib, models, rng
 from mdm_jax.models import adapters
 
 __all__ = ["Network", "SIZES", "owt_mdm_small_config", "owt_mdm_small", "fixture_networks"]
@@ -52,11 +51,11 @@ class Network:
     "arm" fn is logits_fn(inputs int32[B, L]); both return logits [B, L, V]."""
 
     name: str
-    kind: str                 # "mdm" | "arm"
+    kind: str  # "mdm" | "arm"
     build: Callable[[str], Callable]
-    inputs: tuple             # numpy arrays the logits are compared on: (tokens, t) or (inputs,)
-    scored: np.ndarray        # bool [B, L]: positions whose logits are used (an MDM's masked ones)
-    sample: dict              # mdm: mask_id, schedule, batch_size, seq_len; arm: bos_id, batch_size, seq_len
+    inputs: tuple  # numpy arrays the logits are compared on: (tokens, t) or (inputs,)
+    scored: np.ndarray  # bool [B, L]: positions whose logits are used (an MDM's masked ones)
+    sample: dict  # mdm: mask_id, schedule, batch_size, seq_len; arm: bos_id, batch_size, seq_len
     describe: dict
 
 
@@ -67,10 +66,20 @@ def owt_mdm_small_config(size: str = "full"):
     c.objective.kind = "continuous"
     c.objective.schedule = "loglinear"
     c.objective.schedule_eps = 1e-3
-    c.model.update(family="transformer", vocab_size=50257, mlp_type="gelu", time_conditioning=True,
-                   time_emb_dim=128, rope_base=10000.0, dropout=0.0, num_layers=s["num_layers"],
-                   emb_dim=s["emb_dim"], num_heads=s["num_heads"], mlp_dim=s["mlp_dim"],
-                   max_len=s["seq_len"])
+    c.model.update(
+        family="transformer",
+        vocab_size=50257,
+        mlp_type="gelu",
+        time_conditioning=True,
+        time_emb_dim=128,
+        rope_base=10000.0,
+        dropout=0.0,
+        num_layers=s["num_layers"],
+        emb_dim=s["emb_dim"],
+        num_heads=s["num_heads"],
+        mlp_dim=s["mlp_dim"],
+        max_len=s["seq_len"],
+    )
     c.data.seq_len = s["seq_len"]
     c.dtype.param = c.dtype.compute = "float32"
     return c
@@ -91,7 +100,7 @@ def _redraw(shapes, seed, width):
             w = z
         elif names[-2:] == ["head", "kernel"]:
             w = z * (LOGIT_STD / np.sqrt(width))
-        elif x.ndim >= 2:   # attention output [heads, head_dim, width] reads heads * head_dim inputs
+        elif x.ndim >= 2:  # attention output [heads, head_dim, width] reads heads * head_dim inputs
             fan_in = x.shape[0] * x.shape[1] if names[-2:] == ["out", "kernel"] else x.shape[0]
             w = z / np.sqrt(fan_in)
         elif names[-1] == "scale":
@@ -108,8 +117,9 @@ def owt_mdm_small(size: str = "full", seed: int = 0) -> Network:
     model = models.build(config)
     b, length, v = s["batch"], s["seq_len"], config.model.vocab_size
     # Only the parameter shapes are needed from init (eval_shape: nothing is compiled or run).
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((b, length), jnp.int32),
-                            jnp.ones((b,), jnp.float32))["params"]
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((b, length), jnp.int32), jnp.ones((b,), jnp.float32)
+    )["params"]
     params = _redraw(nn.unbox(shapes), seed, config.model.emb_dim)
     # Half the positions masked, the rest random tokens; t in [0.1, 0.9] (the fixtures' range).
     gen = np.random.default_rng(rng.numpy_seed(seed, "numerics-inputs"))
@@ -118,7 +128,7 @@ def owt_mdm_small(size: str = "full", seed: int = 0) -> Network:
     inputs = (np.where(masked, v, clean).astype(np.int32), (0.1 + 0.8 * gen.random(b)).astype(np.float32))
 
     def build(compute: str):
-        if compute == "float64":   # the reference: a float64 module and float64 weights (x64 on)
+        if compute == "float64":  # the reference: a float64 module and float64 weights (x64 on)
             m = model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
             return adapters.denoise_fn(m, jax.tree.map(lambda x: np.asarray(x, np.float64), params))
         m = model.clone(dtype=models.dtype_of(compute, "compute"))
@@ -126,10 +136,20 @@ def owt_mdm_small(size: str = "full", seed: int = 0) -> Network:
 
     shape = {k: s[k] for k in ("num_layers", "emb_dim", "num_heads", "mlp_dim", "seq_len")}
     return Network(
-        name="owt_mdm_small", kind="mdm", build=build, inputs=inputs, scored=masked,
+        name="owt_mdm_small",
+        kind="mdm",
+        build=build,
+        inputs=inputs,
+        scored=masked,
         sample=dict(mask_id=v, schedule="loglinear", batch_size=b, seq_len=length),
-        describe=dict(architecture="configs/owt_mdm_small.py at reduced shape", vocab_size=v,
-                      logit_std=LOGIT_STD, seed=seed, **shape))
+        describe=dict(
+            architecture="configs/owt_mdm_small.py at reduced shape",
+            vocab_size=v,
+            logit_std=LOGIT_STD,
+            seed=seed,
+            **shape,
+        ),
+    )
 
 
 def fixture_networks(fixtures_dir: str) -> tuple[list[Network], dict]:
@@ -164,9 +184,14 @@ def _gpt2(interop, path, name) -> Network:
         return jax.tree_util.Partial(apply_fn, params)
 
     return Network(
-        name=name, kind="arm", build=build, inputs=(tokens,), scored=np.ones(tokens.shape, bool),
+        name=name,
+        kind="arm",
+        build=build,
+        inputs=(tokens,),
+        scored=np.ones(tokens.shape, bool),
         sample=dict(bos_id=int(cfg["bos_token_id"]), batch_size=4, seq_len=int(cfg["n_positions"])),
-        describe=dict(fixture=path, vocab_size=int(cfg["vocab_size"])))
+        describe=dict(fixture=path, vocab_size=int(cfg["vocab_size"])),
+    )
 
 
 def _mdlm(interop, path, name) -> Network:
@@ -181,6 +206,11 @@ def _mdlm(interop, path, name) -> Network:
         return interop.load_mdlm(path, dtype=compute)[0]
 
     return Network(
-        name=name, kind="mdm", build=build, inputs=(tokens, t), scored=tokens == mask_id,
+        name=name,
+        kind="mdm",
+        build=build,
+        inputs=(tokens, t),
+        scored=tokens == mask_id,
         sample=dict(mask_id=mask_id, schedule="loglinear", batch_size=4, seq_len=int(cfg["model_length"])),
-        describe=dict(fixture=path, vocab_size=mask_id, time_conditioning=bool(cfg["time_conditioning"])))
+        describe=dict(fixture=path, vocab_size=mask_id, time_conditioning=bool(cfg["time_conditioning"])),
+    )

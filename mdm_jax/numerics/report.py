@@ -10,8 +10,7 @@ import time
 
 import jax
 
-from mdm_jax.numerics import arithmetic, draws, environment, networks
-from mdm_jax.numerics import rows as R
+from mdm_jax.numerics import arithmetic, draws, environment, networks, rows as R
 
 __all__ = ["SIZES", "make_report", "draw_rows", "save", "default_fixtures_dir"]
 
@@ -37,18 +36,22 @@ def draw_rows(measured: dict) -> dict:
         # it is the largest of n Gumbels, a random variable of standard deviation pi / sqrt(6).
         reached = c["expected_hits"] >= 4
         tol = dict(rel=2 * eps) if reached else dict(se=math.pi / math.sqrt(6))
-        out.update({
-            f"cap/{p}/max": R.number(c["max"], **tol),
-            f"cap/{p}/predicted": R.number(c["cap"], rel=1e-12),
-            f"cap/{p}/hit_rate": R.number(rate, se=max(c["hits"], 1) ** 0.5 / c["draws"]),
-            f"cap/{p}/expected_hit_rate": R.number(c["expected_hits"] / c["draws"], rel=1e-12),
-        })
+        out.update(
+            {
+                f"cap/{p}/max": R.number(c["max"], **tol),
+                f"cap/{p}/predicted": R.number(c["cap"], rel=1e-12),
+                f"cap/{p}/hit_rate": R.number(rate, se=max(c["hits"], 1) ** 0.5 / c["draws"]),
+                f"cap/{p}/expected_hit_rate": R.number(c["expected_hits"] / c["draws"], rel=1e-12),
+            }
+        )
     for p, t in measured["tail"].items():
-        out.update({
-            f"tail/{p}/measured": R.number(t["measured"], se=t["se"]),
-            f"tail/{p}/grid_law": R.number(t["grid"], rel=1e-9),
-            f"tail/{p}/prop52": R.number(t["prop52"], rel=1e-9),
-        })
+        out.update(
+            {
+                f"tail/{p}/measured": R.number(t["measured"], se=t["se"]),
+                f"tail/{p}/grid_law": R.number(t["grid"], rel=1e-9),
+                f"tail/{p}/prop52": R.number(t["prop52"], rel=1e-9),
+            }
+        )
     for p, toks in measured["tokens"].items():
         out.update({f"tokens/{p}/{name}": R.ids(v) for name, v in toks.items()})
     return out
@@ -62,10 +65,12 @@ def make_report(size: str = "full", scale: int = 0, fixtures_dir: str | None = N
     fixtures_dir = default_fixtures_dir() if fixtures_dir is None else fixtures_dir
     try:
         jax.devices("cpu")
-    except RuntimeError as e:   # checked first: the float64 reference is the last thing measured
-        raise R.ReportError("the float64 reference runs on the host CPU, which JAX_PLATFORMS="
-                            f"{os.environ.get('JAX_PLATFORMS', '')!r} leaves out; add cpu to it, e.g. "
-                            "JAX_PLATFORMS=tpu,cpu") from e
+    except RuntimeError as e:  # checked first: the float64 reference is the last thing measured
+        raise R.ReportError(
+            "the float64 reference runs on the host CPU, which JAX_PLATFORMS="
+            f"{os.environ.get('JAX_PLATFORMS', '')!r} leaves out; add cpu to it, e.g. "
+            "JAX_PLATFORMS=tpu,cpu"
+        ) from e
     seconds, rows = {}, {}
     start = time.perf_counter()
     env = environment.environment()
@@ -84,8 +89,11 @@ def make_report(size: str = "full", scale: int = 0, fixtures_dir: str | None = N
     seconds["draws"] = time.perf_counter() - t0
 
     nets = [networks.owt_mdm_small(size)]
-    extra, absent = networks.fixture_networks(fixtures_dir) if fixtures_dir else ([], {
-        name: "no fixtures directory (pass --fixtures)" for name in networks.FIXTURES})
+    extra, absent = (
+        networks.fixture_networks(fixtures_dir)
+        if fixtures_dir
+        else ([], {name: "no fixtures directory (pass --fixtures)" for name in networks.FIXTURES})
+    )
     nets += extra
     rows["model/present"] = R.exact(", ".join(n.name for n in nets))
     notes = {"absent_models": absent}
@@ -93,7 +101,7 @@ def make_report(size: str = "full", scale: int = 0, fixtures_dir: str | None = N
         t0 = time.perf_counter()
         try:
             rows.update(arithmetic.measure(net, log=log))
-        except Exception as e:   # a fixture loader's failure is recorded in the report, not fatal
+        except Exception as e:  # a fixture loader's failure is recorded in the report, not fatal
             if net.name == "owt_mdm_small":
                 raise
             rows[f"model/{net.name}/error"] = R.exact(f"{type(e).__name__}: {e}")
@@ -102,9 +110,15 @@ def make_report(size: str = "full", scale: int = 0, fixtures_dir: str | None = N
     for name, why in absent.items():
         log(f"model  {name}: absent ({why})")
     seconds["total"] = time.perf_counter() - start
-    return {"format": R.FORMAT, "version": R.VERSION, "size": size,
-            "title": f"{env['backend']} ({env['device_kind']})", "rows": rows, "notes": notes,
-            "seconds": seconds}
+    return {
+        "format": R.FORMAT,
+        "version": R.VERSION,
+        "size": size,
+        "title": f"{env['backend']} ({env['device_kind']})",
+        "rows": rows,
+        "notes": notes,
+        "seconds": seconds,
+    }
 
 
 def save(report: dict, path: str) -> None:

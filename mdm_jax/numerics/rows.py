@@ -19,8 +19,20 @@ from __future__ import annotations
 import json
 import math
 
-__all__ = ["FORMAT", "VERSION", "exact", "number", "ids", "ReportError", "load", "validate",
-           "identical_fraction", "differs", "merged", "tolerance_text"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "exact",
+    "number",
+    "ids",
+    "ReportError",
+    "load",
+    "validate",
+    "identical_fraction",
+    "differs",
+    "merged",
+    "tolerance_text",
+]
 
 FORMAT = "mdm-jax numerics report"
 VERSION = 1
@@ -40,8 +52,11 @@ def number(value, **tolerance) -> dict:
     unknown = set(tolerance) - {"abs", "rel", "se"}
     if unknown:
         raise TypeError(f"rows.number: unknown tolerance {sorted(unknown)}; use abs, rel or se")
-    return {"kind": "float", "value": float(value),
-            **{k: float(tolerance.get(k, 0.0)) for k in ("abs", "rel", "se")}}
+    return {
+        "kind": "float",
+        "value": float(value),
+        **{k: float(tolerance.get(k, 0.0)) for k in ("abs", "rel", "se")},
+    }
 
 
 def ids(values) -> dict:
@@ -63,11 +78,14 @@ def load(path: str) -> dict:
 
 def validate(report, where: str = "report") -> None:
     if not isinstance(report, dict) or report.get("format") != FORMAT:
-        raise ReportError(f"{where}: not a numerics report (its 'format' must be {FORMAT!r}); make one "
-                          "with `python -m mdm_jax.numerics report --out FILE`")
+        raise ReportError(
+            f"{where}: not a numerics report (its 'format' must be {FORMAT!r}); make one "
+            "with `python -m mdm_jax.numerics report --out FILE`"
+        )
     if report.get("version") != VERSION:
-        raise ReportError(f"{where}: report version {report.get('version')!r}, this mdm_jax reads "
-                          f"version {VERSION}")
+        raise ReportError(
+            f"{where}: report version {report.get('version')!r}, this mdm_jax reads version {VERSION}"
+        )
     rows = report.get("rows")
     if not isinstance(rows, dict) or not rows:
         raise ReportError(f"{where}: 'rows' must be a non-empty object of named rows")
@@ -85,10 +103,12 @@ def _validate_row(row, where):
         for key in ("value", "abs", "rel", "se"):
             x = row.get(key)
             if isinstance(x, bool) or not isinstance(x, (int, float)) or (key != "value" and not x >= 0):
-                raise ReportError(f"{where}: {key!r} must be a number{'' if key == 'value' else ' >= 0'}, "
-                                  f"got {x!r}")
-    if row["kind"] == "ids" and not (isinstance(value, list)
-                                     and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                raise ReportError(
+                    f"{where}: {key!r} must be a number{'' if key == 'value' else ' >= 0'}, got {x!r}"
+                )
+    if row["kind"] == "ids" and not (
+        isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise ReportError(f"{where}: an ids row holds a list of integers")
 
 
@@ -111,8 +131,9 @@ def differs(a: dict, b: dict) -> bool:
         return not (math.isnan(x) and math.isnan(y))
     if math.isinf(x) or math.isinf(y):
         return x != y
-    allowed = max(a["abs"], b["abs"], max(a["rel"], b["rel"]) * max(abs(x), abs(y)),
-                  4.0 * math.hypot(a["se"], b["se"]))
+    allowed = max(
+        a["abs"], b["abs"], max(a["rel"], b["rel"]) * max(abs(x), abs(y)), 4.0 * math.hypot(a["se"], b["se"])
+    )
     return abs(x - y) > allowed
 
 
@@ -129,6 +150,9 @@ def tolerance_text(row: dict) -> str:
         return "equal"
     if row["kind"] == "ids":
         return "ids equal"
-    parts = [f"abs {row['abs']:.2g}" if row["abs"] else "", f"rel {row['rel']:.2g}" if row["rel"] else "",
-             "4 se" if row["se"] else ""]
+    parts = [
+        f"abs {row['abs']:.2g}" if row["abs"] else "",
+        f"rel {row['rel']:.2g}" if row["rel"] else "",
+        "4 se" if row["se"] else "",
+    ]
     return ", ".join(p for p in parts if p) or "equal"

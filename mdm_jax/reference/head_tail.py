@@ -26,8 +26,14 @@ import numpy as np
 
 from mdm_jax import precision as precision_lib
 
-__all__ = ["HeadTailReference", "ancestral_token_law", "fast_grid_law", "one_step_stats",
-           "expected_sequence_entropy", "generative_perplexity_of_law"]
+__all__ = [
+    "HeadTailReference",
+    "ancestral_token_law",
+    "fast_grid_law",
+    "one_step_stats",
+    "expected_sequence_entropy",
+    "generative_perplexity_of_law",
+]
 
 
 class HeadTailReference:
@@ -73,9 +79,13 @@ class HeadTailReference:
         return g.choice(self.V, size=(num, length), p=self.probs).astype(np.int32)
 
     def describe(self) -> dict:
-        return {"vocab": self.V, "head": self.head, "tail_mass": self.tail_mass,
-                "tail_token_prob": float(self.tail_mass / (self.V - self.head)),
-                "entropy": precision_lib.entropy(self.probs)}
+        return {
+            "vocab": self.V,
+            "head": self.head,
+            "tail_mass": self.tail_mass,
+            "tail_token_prob": float(self.tail_mass / (self.V - self.head)),
+            "entropy": precision_lib.entropy(self.probs),
+        }
 
 
 FAST_GRID = ("float64", "float32", "float32-high", "float32-pytorch")
@@ -97,7 +107,7 @@ def fast_grid_law(probs, prec: str) -> np.ndarray:
     # The exact grid_law series is too slow per step of a sweep: use its vectorised mean-field law.
     w = precision_lib.mean_field_weights(p, prec)
     top = int(np.argmax(p))
-    w[top] = max(0.0, 1.0 - (w.sum() - w[top]))   # the largest category takes the rest, as grid_law
+    w[top] = max(0.0, 1.0 - (w.sum() - w[top]))  # the largest category takes the rest, as grid_law
     return w
 
 
@@ -135,7 +145,7 @@ def ancestral_token_law(mu, p_unmask, law: str, prec: str, num_points: int = 24)
         w = _law(np.concatenate([q * mu, [1.0 - q]]), law, prec)[:-1]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(np.where(mu > 0, w / (q * mu), 0.0))
-    ratios = np.asarray(ratios)                                   # [points, V]
+    ratios = np.asarray(ratios)  # [points, V]
     if body.size:
         # Tokens with the same probability and the same distortion ratios behave identically:
         # work on those groups (a head + tail law has a handful), not on [N, V] arrays.
@@ -148,9 +158,9 @@ def ancestral_token_law(mu, p_unmask, law: str, prec: str, num_points: int = 24)
         else:
             x = np.log(grid_p)
             r = np.stack([np.interp(np.log(body), x, ratios_g[:, g]) for g in range(len(mu_g))], axis=1)
-        step = body[:, None] * mu_g[None, :] * r                  # [N-1, groups] win prob per token
+        step = body[:, None] * mu_g[None, :] * r  # [N-1, groups] win prob per token
         stay = np.clip(1.0 - step @ size_g, 0.0, 1.0)
-        alive = np.concatenate([[1.0], np.cumprod(stay)[:-1]])   # P(masked when step i starts)
+        alive = np.concatenate([[1.0], np.cumprod(stay)[:-1]])  # P(masked when step i starts)
         q = (alive[:, None] * step).sum(axis=0)[inverse]
         left = float(np.prod(stay))
     else:

@@ -29,7 +29,7 @@ class ReferenceJoint:
     def __init__(self, vocab: int = 3, length: int = 3, seed: int = 0, concentration: float = 0.7):
         self.V, self.L = vocab, length
         rng = np.random.default_rng(seed)
-        self.probs = rng.dirichlet(np.full(vocab**length, concentration))   # float64 [S]
+        self.probs = rng.dirichlet(np.full(vocab**length, concentration))  # float64 [S]
         self.probs = np.maximum(self.probs, 1e-4)
         self.probs /= self.probs.sum()
         # seqs[s] = base-V digits of s, most significant first.
@@ -87,8 +87,11 @@ class ReferenceJoint:
         outs = []
         for p in range(self.L):
             # p = 0 conditions on nothing (kept out of XLA's constant folder).
-            w = (jnp.broadcast_to(self._probs_j, (inputs.shape[0], len(self.probs))) if p == 0
-                 else self._prefix_weights(prefix, p))
+            w = (
+                jnp.broadcast_to(self._probs_j, (inputs.shape[0], len(self.probs)))
+                if p == 0
+                else self._prefix_weights(prefix, p)
+            )
             outs.append(self._cond_logits(w)[:, p])
         return jnp.stack(outs, axis=1)
 
@@ -97,7 +100,7 @@ class ReferenceJoint:
 
     def _arm_step(self, state, tok, pos):
         # state: the prefix seen so far (the "KV cache"); input at pos p is x_{p-1} (BOS at 0).
-        write = (jnp.arange(self.L) == pos - 1)[None, :]          # nothing written at pos 0
+        write = (jnp.arange(self.L) == pos - 1)[None, :]  # nothing written at pos 0
         state = jnp.where(write, tok[:, None], state)
         w = self._prefix_weights(state, pos)
         logits = jax.lax.dynamic_index_in_dim(self._cond_logits(w), pos, axis=1, keepdims=False)
@@ -120,6 +123,7 @@ def chisquare_pvalue(observed_ids, expected_probs, min_expected: float = 5.0) ->
 
 
 # --- exact laws of the approximate samplers (enumerated over partially masked states) --------
+
 
 def _conditionals(ref: ReferenceJoint, x) -> np.ndarray:
     """[L, V] law of each position given the unmasked positions of state x (numpy, float64)."""
@@ -150,8 +154,7 @@ def ancestral_law(ref: ReferenceJoint, p_unmask, init=None) -> np.ndarray:
         for x, px in dist.items():
             masked = [l for l in range(ref.L) if x[l] == ref.V]
             mu = _conditionals(ref, x)
-            options = [[(ref.V, 1.0 - p)] + [(v, p * mu[l, v]) for v in range(ref.V)]
-                       for l in masked]
+            options = [[(ref.V, 1.0 - p)] + [(v, p * mu[l, v]) for v in range(ref.V)] for l in masked]
             for combo in itertools.product(*options):
                 y, q = list(x), px
                 for l, (v, pv) in zip(masked, combo):

@@ -20,5 +20,15 @@ from mdm_jax.sampling.categorical import PRECISIONS, categorical, policy_dtype, 
 from mdm_jax.sampling.first_hitting import first_hitting
 from mdm_jax.sampling.mdlm import mdlm_ancestral
 
-__all__ = ["first_hitting", "ancestral", "mdlm_ancestral", "autoregressive", "autoregressive_uncached",
-           "shift_right", "categorical", "categorical_scope", "policy_dtype", "PRECISIONS"]
+__all__ = [
+    "first_hitting",
+    "ancestral",
+    "mdlm_ancestral",
+    "autoregressive",
+    "autoregressive_uncached",
+    "shift_right",
+    "categorical",
+    "categorical_scope",
+    "policy_dtype",
+    "PRECISIONS",
+]

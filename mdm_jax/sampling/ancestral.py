@@ -67,10 +67,22 @@ def step_coefficients(schedule, num_steps: int):
     return t, log_mask, log_tok, p_unmask
 
 
-def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, schedule,
-              num_steps: int, precision: str = "float32", cache: bool = True,
-              factorized: bool = False, init=None, temperature: float = 1.0,
-              batch_sharding=None):
+def ancestral(
+    denoise_fn,
+    key,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mask_id: int,
+    schedule,
+    num_steps: int,
+    precision: str = "float32",
+    cache: bool = True,
+    factorized: bool = False,
+    init=None,
+    temperature: float = 1.0,
+    batch_sharding=None,
+):
     """Samples int32[batch_size, seq_len] with N = num_steps ancestral steps; returns (tokens, stats).
 
     Same denoise_fn contract as `first_hitting`. The N steps are one compiled loop
@@ -89,26 +101,77 @@ def ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, s
     cdtype = np.float64 if precision == "float64" else np.float32
     with sampler_call(denoise_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
-        coefs = (jnp.asarray(t.astype(np.float32)), jnp.asarray(log_mask.astype(cdtype)),
-                 jnp.asarray(log_tok.astype(cdtype)), jnp.asarray(thr), jnp.asarray(always))
+        coefs = (
+            jnp.asarray(t.astype(np.float32)),
+            jnp.asarray(log_mask.astype(cdtype)),
+            jnp.asarray(log_tok.astype(cdtype)),
+            jnp.asarray(thr),
+            jnp.asarray(always),
+        )
         tokens, nfe, changes = _ancestral(
-            key, init_arr, temp, coefs, fn_leaves, denoise_fn=fn_static,
-            batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, num_steps=n,
-            precision=precision, cache=bool(cache), factorized=bool(factorized),
-            batch_sharding=batch_sharding)
+            key,
+            init_arr,
+            temp,
+            coefs,
+            fn_leaves,
+            denoise_fn=fn_static,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mask_id=mask_id,
+            num_steps=n,
+            precision=precision,
+            cache=bool(cache),
+            factorized=bool(factorized),
+            batch_sharding=batch_sharding,
+        )
         nfe, changes = int(nfe), int(changes)
-    stats = dict(method="ancestral", precision=precision, nfe=nfe, num_steps=n,
-                 steps_with_change=changes, cache=bool(cache), factorized=bool(factorized),
-                 schedule=str(sched.schedule), temperature=float(temperature),
-                 batch_size=batch_size, seq_len=seq_len)
+    stats = dict(
+        method="ancestral",
+        precision=precision,
+        nfe=nfe,
+        num_steps=n,
+        steps_with_change=changes,
+        cache=bool(cache),
+        factorized=bool(factorized),
+        schedule=str(sched.schedule),
+        temperature=float(temperature),
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
     return tokens, stats
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
-                                             "num_steps", "precision", "cache", "factorized",
-                                             "batch_sharding"))
-def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_size, seq_len,
-               mask_id, num_steps, precision, cache, factorized, batch_sharding):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "denoise_fn",
+        "batch_size",
+        "seq_len",
+        "mask_id",
+        "num_steps",
+        "precision",
+        "cache",
+        "factorized",
+        "batch_sharding",
+    ),
+)
+def _ancestral(
+    key,
+    init,
+    temperature,
+    coefs,
+    fn_leaves,
+    *,
+    denoise_fn,
+    batch_size,
+    seq_len,
+    mask_id,
+    num_steps,
+    precision,
+    cache,
+    factorized,
+    batch_sharding,
+):
     denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     ts, log_mask, log_tok, thr, always = coefs
     dtype = policy_dtype(precision)
@@ -135,15 +198,16 @@ def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_si
             new = jnp.where(unmask, tok, mask_id)
         else:
             logp_tok = prepared + log_tok[i].astype(dtype)
-            logp_mask = constrain(jnp.broadcast_to(log_mask[i].astype(dtype), prepared.shape[:-1] + (1,)),
-                                  batch_sharding)
-            draw = rowwise_categorical(keys_i, jnp.concatenate([logp_tok, logp_mask], -1),
-                                       precision)
+            logp_mask = constrain(
+                jnp.broadcast_to(log_mask[i].astype(dtype), prepared.shape[:-1] + (1,)), batch_sharding
+            )
+            draw = rowwise_categorical(keys_i, jnp.concatenate([logp_tok, logp_mask], -1), precision)
             new = jnp.where(draw == prepared.shape[-1], mask_id, draw)
         x_new = constrain(jnp.where(x == mask_id, new, x), batch_sharding)
         return x_new, jnp.any(x_new != x)
 
     if not cache:
+
         def body(i, carry):
             x, changes = carry
             x, changed = step(x, prepare(net(x, i)), i)
@@ -179,5 +243,6 @@ def _ancestral(key, init, temperature, coefs, fn_leaves, *, denoise_fn, batch_si
         return x, i, nfe + 1, changes + changed.astype(jnp.int32)
 
     x, _, nfe, changes = jax.lax.while_loop(
-        calls_left, one_call, (x0, jnp.int32(0), jnp.int32(0), jnp.int32(0)))
+        calls_left, one_call, (x0, jnp.int32(0), jnp.int32(0), jnp.int32(0))
+    )
     return x, nfe, changes

@@ -48,9 +48,17 @@ def _prompt_array(prompt, batch_size, seq_len):
 
 
 def _stats(method, precision, batch_size, seq_len, prompt_len, temperature):
-    return dict(method=method, precision=precision, nfe=seq_len, num_steps=seq_len,
-                prompt_len=prompt_len, temperature=float(temperature), batch_size=batch_size,
-                seq_len=seq_len, tokens_per_step=1)
+    return dict(
+        method=method,
+        precision=precision,
+        nfe=seq_len,
+        num_steps=seq_len,
+        prompt_len=prompt_len,
+        temperature=float(temperature),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        tokens_per_step=1,
+    )
 
 
 def _pick(row_keys_, logits, p, forced, prompt_len, temperature, precision):
@@ -58,9 +66,19 @@ def _pick(row_keys_, logits, p, forced, prompt_len, temperature, precision):
     return jnp.where(p < prompt_len, forced[:, p], draw)
 
 
-def autoregressive(step_fn, init_state, key, *, batch_size: int, seq_len: int,
-                   precision: str = "float64", temperature: float = 1.0, prompt=None,
-                   bos_id: int = 0, batch_sharding=None):
+def autoregressive(
+    step_fn,
+    init_state,
+    key,
+    *,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "float64",
+    temperature: float = 1.0,
+    prompt=None,
+    bos_id: int = 0,
+    batch_sharding=None,
+):
     """KV-cached decoding of int32[batch_size, seq_len]; returns (tokens, stats) with nfe = L.
 
     See the module docstring for the step_fn / BOS convention. One compiled `lax.fori_loop` of L
@@ -70,32 +88,73 @@ def autoregressive(step_fn, init_state, key, *, batch_size: int, seq_len: int,
     """
     with sampler_call(step_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        tokens = _ar_cached(key, init_state, forced, temp, fn_leaves,
-                            step_fn=fn_static, batch_size=batch_size, seq_len=seq_len,
-                            precision=precision, prompt_len=plen, bos_id=int(bos_id),
-                            batch_sharding=batch_sharding)
+        tokens = _ar_cached(
+            key,
+            init_state,
+            forced,
+            temp,
+            fn_leaves,
+            step_fn=fn_static,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            precision=precision,
+            prompt_len=plen,
+            bos_id=int(bos_id),
+            batch_sharding=batch_sharding,
+        )
     return tokens, _stats("autoregressive", precision, batch_size, seq_len, plen, temperature)
 
 
-def autoregressive_uncached(logits_fn, key, *, batch_size: int, seq_len: int,
-                            precision: str = "float64", temperature: float = 1.0, prompt=None,
-                            bos_id: int = 0, batch_sharding=None):
+def autoregressive_uncached(
+    logits_fn,
+    key,
+    *,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "float64",
+    temperature: float = 1.0,
+    prompt=None,
+    bos_id: int = 0,
+    batch_sharding=None,
+):
     """Decoding with a full causal forward per token (no cache); same tokens as `autoregressive`."""
     with sampler_call(logits_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         forced, plen = _prompt_array(prompt, batch_size, seq_len)
-        tokens = _ar_uncached(key, forced, temp, fn_leaves, logits_fn=fn_static,
-                              batch_size=batch_size, seq_len=seq_len, precision=precision,
-                              prompt_len=plen, bos_id=int(bos_id), batch_sharding=batch_sharding)
-    return tokens, _stats("autoregressive_uncached", precision, batch_size, seq_len, plen,
-                          temperature)
+        tokens = _ar_uncached(
+            key,
+            forced,
+            temp,
+            fn_leaves,
+            logits_fn=fn_static,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            precision=precision,
+            prompt_len=plen,
+            bos_id=int(bos_id),
+            batch_sharding=batch_sharding,
+        )
+    return tokens, _stats("autoregressive_uncached", precision, batch_size, seq_len, plen, temperature)
 
 
 _STATIC = ("batch_size", "seq_len", "precision", "prompt_len", "bos_id", "batch_sharding")
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn",) + _STATIC)
-def _ar_cached(key, state, forced, temperature, fn_leaves, *, step_fn, batch_size, seq_len,
-               precision, prompt_len, bos_id, batch_sharding):
+def _ar_cached(
+    key,
+    state,
+    forced,
+    temperature,
+    fn_leaves,
+    *,
+    step_fn,
+    batch_size,
+    seq_len,
+    precision,
+    prompt_len,
+    bos_id,
+    batch_sharding,
+):
     step_fn = fn_args.join(step_fn, fn_leaves)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
     forced = constrain(forced, batch_sharding)
@@ -103,7 +162,7 @@ def _ar_cached(key, state, forced, temperature, fn_leaves, *, step_fn, batch_siz
     def body(p, carry):
         tokens, state = carry
         prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(p - 1, 0), axis=1, keepdims=False)
-        inp = jnp.where(p == 0, jnp.int32(bos_id), prev)   # BOS at position 0
+        inp = jnp.where(p == 0, jnp.int32(bos_id), prev)  # BOS at position 0
         logits, state = step_fn(state, constrain(inp, batch_sharding), p)
         tok = _pick(keys, logits, p, forced, prompt_len, temperature, precision)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, p, axis=1)
@@ -115,8 +174,20 @@ def _ar_cached(key, state, forced, temperature, fn_leaves, *, step_fn, batch_siz
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn",) + _STATIC)
-def _ar_uncached(key, forced, temperature, fn_leaves, *, logits_fn, batch_size, seq_len,
-                 precision, prompt_len, bos_id, batch_sharding):
+def _ar_uncached(
+    key,
+    forced,
+    temperature,
+    fn_leaves,
+    *,
+    logits_fn,
+    batch_size,
+    seq_len,
+    precision,
+    prompt_len,
+    bos_id,
+    batch_sharding,
+):
     logits_fn = fn_args.join(logits_fn, fn_leaves)
     keys = constrain(row_keys(key, batch_size), batch_sharding)
     forced = constrain(forced, batch_sharding)
@@ -125,8 +196,7 @@ def _ar_uncached(key, forced, temperature, fn_leaves, *, logits_fn, batch_size, 
         logits = logits_fn(constrain(shift_right(tokens, bos_id), batch_sharding))
         logits_p = jax.lax.dynamic_index_in_dim(logits, p, axis=1, keepdims=False)
         tok = _pick(keys, logits_p, p, forced, prompt_len, temperature, precision)
-        return constrain(jax.lax.dynamic_update_index_in_dim(tokens, tok, p, axis=1),
-                         batch_sharding)
+        return constrain(jax.lax.dynamic_update_index_in_dim(tokens, tok, p, axis=1), batch_sharding)
 
     tokens0 = constrain(jnp.zeros((batch_size, seq_len), jnp.int32), batch_sharding)
     return jax.lax.fori_loop(0, seq_len, body, tokens0)

@@ -24,8 +24,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["PRECISIONS", "categorical", "policy_dtype", "check_precision", "x64_scope",
-           "exponential_race", "grid_uniform", "rowwise_categorical"]
+__all__ = [
+    "PRECISIONS",
+    "categorical",
+    "policy_dtype",
+    "check_precision",
+    "x64_scope",
+    "exponential_race",
+    "grid_uniform",
+    "rowwise_categorical",
+]
 
 PRECISIONS = ("float64", "float32", "float32-high", "bfloat16", "float16", "float32-pytorch")
 
@@ -41,8 +49,10 @@ _DTYPES = {
 
 def check_precision(precision: str) -> str:
     if precision not in _DTYPES:
-        raise ValueError(f"unknown sampling precision {precision!r}: choose one of "
-                         f"{', '.join(PRECISIONS)} (config field sampling.precision)")
+        raise ValueError(
+            f"unknown sampling precision {precision!r}: choose one of "
+            f"{', '.join(PRECISIONS)} (config field sampling.precision)"
+        )
     return precision
 
 
@@ -73,7 +83,8 @@ def _cast_logits(logits, precision):
         # Without x64 JAX truncates float64 to float32 with only a warning: refuse instead.
         raise RuntimeError(
             f"precision={precision!r} needs float64 but got {out_dtype}: x64 is disabled. Call "
-            "inside `with jax.enable_x64(True):` (the samplers do this themselves).")
+            "inside `with jax.enable_x64(True):` (the samplers do this themselves)."
+        )
     return out
 
 
@@ -91,7 +102,7 @@ def _draw(key, logits, precision):
 def grid_uniform(key, shape, uniform_bits: int = 24):
     """float32 uniforms k 2^-uniform_bits in [0, 1): torch.rand's float32 for uniform_bits=24."""
     bits = jax.random.bits(key, shape, jnp.uint32)
-    return (bits >> (32 - uniform_bits)).astype(jnp.float32) * jnp.float32(2.0 ** -uniform_bits)
+    return (bits >> (32 - uniform_bits)).astype(jnp.float32) * jnp.float32(2.0**-uniform_bits)
 
 
 def exponential_race(key, logits, uniform_bits: int = 24):

@@ -48,9 +48,20 @@ def _max_masks(init, mask_id, seq_len):
     return int(counts.max()) if counts.size else 0
 
 
-def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, schedule,
-                  precision: str = "float64", tokens_per_step: int = 1, init=None,
-                  temperature: float = 1.0, batch_sharding=None):
+def first_hitting(
+    denoise_fn,
+    key,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mask_id: int,
+    schedule,
+    precision: str = "float64",
+    tokens_per_step: int = 1,
+    init=None,
+    temperature: float = 1.0,
+    batch_sharding=None,
+):
     """Samples int32[batch_size, seq_len] with the first-hitting sampler; returns (tokens, stats).
 
     denoise_fn(tokens int32[B, L], t float32[B]) -> logits [B, L, V], mask id = V (a time-free
@@ -71,20 +82,65 @@ def first_hitting(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: in
     num_iters = math.ceil(max_masks / k)
     with sampler_call(denoise_fn, precision, temperature, batch_sharding) as (fn_static, fn_leaves, temp):
         init_arr = initial_tokens(init, batch_size, seq_len, mask_id)
-        tokens = _fhs(key, init_arr, temp, fn_leaves, denoise_fn=fn_static,
-                      batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, sched=sched,
-                      precision=precision, k=k, num_iters=num_iters, batch_sharding=batch_sharding)
-    stats = dict(method="first_hitting", precision=precision, nfe=num_iters, num_steps=num_iters,
-                 tokens_per_step=k, schedule=str(sched.schedule), temperature=float(temperature),
-                 batch_size=batch_size, seq_len=seq_len)
+        tokens = _fhs(
+            key,
+            init_arr,
+            temp,
+            fn_leaves,
+            denoise_fn=fn_static,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mask_id=mask_id,
+            sched=sched,
+            precision=precision,
+            k=k,
+            num_iters=num_iters,
+            batch_sharding=batch_sharding,
+        )
+    stats = dict(
+        method="first_hitting",
+        precision=precision,
+        nfe=num_iters,
+        num_steps=num_iters,
+        tokens_per_step=k,
+        schedule=str(sched.schedule),
+        temperature=float(temperature),
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
     return tokens, stats
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
-                                             "sched", "precision", "k", "num_iters",
-                                             "batch_sharding"))
-def _fhs(key, init, temperature, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_id, sched,
-         precision, k, num_iters, batch_sharding):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "denoise_fn",
+        "batch_size",
+        "seq_len",
+        "mask_id",
+        "sched",
+        "precision",
+        "k",
+        "num_iters",
+        "batch_sharding",
+    ),
+)
+def _fhs(
+    key,
+    init,
+    temperature,
+    fn_leaves,
+    *,
+    denoise_fn,
+    batch_size,
+    seq_len,
+    mask_id,
+    sched,
+    precision,
+    k,
+    num_iters,
+    batch_sharding,
+):
     denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     schedule = sched.schedule
     # Times in float64 under the float64 policy (x64 is on), float32 otherwise.
@@ -102,22 +158,23 @@ def _fhs(key, init, temperature, fn_leaves, *, denoise_fn, batch_size, seq_len, 
     def body(i, carry):
         x, logm = carry
         masked = x == mask_id
-        n = jnp.sum(masked, axis=1, dtype=jnp.int32)                        # [B]
+        n = jnp.sum(masked, axis=1, dtype=jnp.int32)  # [B]
         # First-hitting levels n, n-1, ..., n-k+1 (levels below 1 belong to finished rows).
         u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,), tdtype, minval=tiny))(
-            step_keys(k_time, i))                                           # [B, k]
+            step_keys(k_time, i)
+        )  # [B, k]
         n_r = n[:, None] - ranks[None, :]
         dlog = jnp.where(n_r >= 1, jnp.log(u) / jnp.maximum(n_r, 1).astype(tdtype), 0.0)
         logm_hit = logm + dlog[:, 0]
         tau = schedule.time_of_mask_level(jnp.exp(logm_hit)).astype(jnp.float32)
-        logits = denoise_fn(x, tau)                                         # [B, L, V]
+        logits = denoise_fn(x, tau)  # [B, L, V]
         # k distinct positions uniformly among the masked ones (random 31-bit scores, top-k).
         bits = row_bits(step_keys(k_pos, i), seq_len)
         score = jnp.where(masked, (bits >> 1).astype(jnp.int32), -1)
-        top, pos = jax.lax.top_k(score, k)                                  # [B, k]
-        sel = jnp.take_along_axis(logits, pos[:, :, None], axis=1)          # [B, k, V]
+        top, pos = jax.lax.top_k(score, k)  # [B, k]
+        sel = jnp.take_along_axis(logits, pos[:, :, None], axis=1)  # [B, k, V]
         sel = tempered(sel, temperature, precision)
-        tok = rowwise_categorical(step_keys(k_tok, i), sel, precision)       # [B, k]
+        tok = rowwise_categorical(step_keys(k_tok, i), sel, precision)  # [B, k]
         # Write back as a one-hot select rather than a scatter (partitions cleanly over rows).
         hit = (pos[:, :, None] == jnp.arange(seq_len, dtype=jnp.int32)) & (top >= 0)[:, :, None]
         new = jnp.sum(jnp.where(hit, tok[:, :, None], 0), axis=1, dtype=jnp.int32)

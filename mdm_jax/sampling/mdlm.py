@@ -49,12 +49,21 @@ import numpy as np
 from mdm_jax.sampling import fn_args
 from mdm_jax.sampling.plumbing import constrain, initial_tokens, row_keys, sampler_scope, step_keys
 
-__all__ = ["mdlm_ancestral", "time_grid", "race", "uniforms", "subs_log_probs", "subs_probs", "check",
-           "PRECISIONS", "EPS"]
+__all__ = [
+    "mdlm_ancestral",
+    "time_grid",
+    "race",
+    "uniforms",
+    "subs_log_probs",
+    "subs_probs",
+    "check",
+    "PRECISIONS",
+    "EPS",
+]
 
 PRECISIONS = ("float32-pytorch", "float64")
-EPS = 1e-5                      # `Diffusion._sample(eps=1e-5)`
-_SHIFT = 1e-10                  # `_sample_categorical`'s 1e-10 guards
+EPS = 1e-5  # `Diffusion._sample(eps=1e-5)`
+_SHIFT = 1e-10  # `_sample_categorical`'s 1e-10 guards
 _MAX_BITS = {"float32-pytorch": 24, "float64": 53}
 
 
@@ -64,12 +73,15 @@ def check(precision: str, uniform_bits=None) -> int:
         raise ValueError(
             f"sampling.precision={precision!r} is not available with MDLM's sampler "
             f"(sampling.method=mdlm_ancestral): it has MDLM's exponential race in "
-            f"{' or '.join(PRECISIONS)}; use another sampling.method for the other policies")
+            f"{' or '.join(PRECISIONS)}; use another sampling.method for the other policies"
+        )
     top = _MAX_BITS[precision]
     bits = top if uniform_bits in (None, 0) else int(uniform_bits)
     if not 1 <= bits <= top:
-        raise ValueError(f"sampling.uniform_bits={uniform_bits} must be in [1, {top}] under "
-                         f"precision={precision!r} (0 = the policy's own {top} bits)")
+        raise ValueError(
+            f"sampling.uniform_bits={uniform_bits} must be in [1, {top}] under "
+            f"precision={precision!r} (0 = the policy's own {top} bits)"
+        )
     return bits
 
 
@@ -97,9 +109,9 @@ def uniforms(key, shape, dtype, bits: int):
     """u = k 2^-bits, k uniform on [0, 2^bits): torch.rand's grid for bits = 24 / 53."""
     if jnp.dtype(dtype) == jnp.float64:
         raw = jax.random.bits(key, shape, jnp.uint64)
-        return (raw >> (64 - bits)).astype(jnp.float64) * (2.0 ** -bits)
+        return (raw >> (64 - bits)).astype(jnp.float64) * (2.0**-bits)
     raw = jax.random.bits(key, shape, jnp.uint32)
-    return (raw >> (32 - bits)).astype(jnp.float32) * jnp.float32(2.0 ** -bits)
+    return (raw >> (32 - bits)).astype(jnp.float32) * jnp.float32(2.0**-bits)
 
 
 def race(key, q, bits: int):
@@ -143,16 +155,28 @@ def subs_log_probs(logits, precision: str, normalized: bool = False):
 
 def subs_probs(logits, precision: str, normalized: bool = False):
     """p_x0 = exp(log p_x0) (`forward(x, sigma).exp()`), rounded like `subs_log_probs`."""
-    dtype = (logits.dtype if precision != "float64" and logits.dtype in (jnp.bfloat16, jnp.float16)
-             else None)
+    dtype = logits.dtype if precision != "float64" and logits.dtype in (jnp.bfloat16, jnp.float16) else None
     p = jnp.exp(subs_log_probs(logits, precision, normalized))
     return p if dtype is None else _rounded(p, dtype)
 
 
-def mdlm_ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: int, num_steps: int,
-                   precision: str = "float32-pytorch", uniform_bits: int | None = None,
-                   cache: bool = True, noise_removal: bool = True, eps: float = EPS,
-                   normalized: bool = False, init=None, batch_sharding=None):
+def mdlm_ancestral(
+    denoise_fn,
+    key,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mask_id: int,
+    num_steps: int,
+    precision: str = "float32-pytorch",
+    uniform_bits: int | None = None,
+    cache: bool = True,
+    noise_removal: bool = True,
+    eps: float = EPS,
+    normalized: bool = False,
+    init=None,
+    batch_sharding=None,
+):
     """MDLM's sampler (module docstring) for N = num_steps; returns (tokens int32[B, L], stats).
 
     Same denoise_fn contract as the other samplers (mask id = V = number of logit columns; it
@@ -172,24 +196,76 @@ def mdlm_ancestral(denoise_fn, key, *, batch_size: int, seq_len: int, mask_id: i
         grid = (jnp.asarray(t.astype(np.float32)), jnp.asarray(s), jnp.asarray(d))
         fn_static, fn_leaves = fn_args.split(denoise_fn)
         tokens, nfe, changes = _mdlm(
-            key, init_arr, grid, fn_leaves, denoise_fn=fn_static, batch_size=batch_size,
-            seq_len=seq_len, mask_id=mask_id, num_steps=n, precision=precision, bits=bits,
-            cache=bool(cache), noise_removal=bool(noise_removal), normalized=bool(normalized),
-            batch_sharding=batch_sharding)
+            key,
+            init_arr,
+            grid,
+            fn_leaves,
+            denoise_fn=fn_static,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mask_id=mask_id,
+            num_steps=n,
+            precision=precision,
+            bits=bits,
+            cache=bool(cache),
+            noise_removal=bool(noise_removal),
+            normalized=bool(normalized),
+            batch_sharding=batch_sharding,
+        )
         nfe, changes = int(nfe), int(changes)
-    stats = dict(method="mdlm_ancestral", precision=precision, uniform_bits=bits, nfe=nfe,
-                 normalized=bool(normalized),
-                 num_steps=n, steps_with_change=changes, cache=bool(cache),
-                 noise_removal=bool(noise_removal), eps=float(eps), schedule="mdlm (move chance t)",
-                 temperature=1.0, batch_size=batch_size, seq_len=seq_len)
+    stats = dict(
+        method="mdlm_ancestral",
+        precision=precision,
+        uniform_bits=bits,
+        nfe=nfe,
+        normalized=bool(normalized),
+        num_steps=n,
+        steps_with_change=changes,
+        cache=bool(cache),
+        noise_removal=bool(noise_removal),
+        eps=float(eps),
+        schedule="mdlm (move chance t)",
+        temperature=1.0,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
     return tokens, stats
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "batch_size", "seq_len", "mask_id",
-                                             "num_steps", "precision", "bits", "cache",
-                                             "noise_removal", "normalized", "batch_sharding"))
-def _mdlm(key, init, grid, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_id, num_steps,
-          precision, bits, cache, noise_removal, normalized, batch_sharding):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "denoise_fn",
+        "batch_size",
+        "seq_len",
+        "mask_id",
+        "num_steps",
+        "precision",
+        "bits",
+        "cache",
+        "noise_removal",
+        "normalized",
+        "batch_sharding",
+    ),
+)
+def _mdlm(
+    key,
+    init,
+    grid,
+    fn_leaves,
+    *,
+    denoise_fn,
+    batch_size,
+    seq_len,
+    mask_id,
+    num_steps,
+    precision,
+    bits,
+    cache,
+    noise_removal,
+    normalized,
+    batch_sharding,
+):
     denoise_fn = fn_args.join(denoise_fn, fn_leaves)
     ts, ss, ds = grid
     keys = constrain(row_keys(key, batch_size), batch_sharding)
@@ -210,7 +286,7 @@ def _mdlm(key, init, grid, fn_leaves, *, denoise_fn, batch_size, seq_len, mask_i
         nfe = nfe + jnp.logical_not(fresh).astype(jnp.int32)
         q = jnp.concatenate([p * ds[i], jnp.broadcast_to(ss[i], p.shape[:-1] + (1,))], axis=-1)
         draw = jax.vmap(lambda k, qq: race(k, qq, bits))(step_keys(keys, i), q)
-        x_new = constrain(jnp.where(x == mask_id, draw, x), batch_sharding)   # draw V = the mask id
+        x_new = constrain(jnp.where(x == mask_id, draw, x), batch_sharding)  # draw V = the mask id
         changed = jnp.any(x_new != x)
         fresh = jnp.logical_and(jnp.bool_(cache), jnp.logical_not(changed))
         return x_new, p, fresh, nfe, changes + changed.astype(jnp.int32)

@@ -24,8 +24,17 @@ from mdm_jax import schedules
 from mdm_jax.sampling import fn_args
 from mdm_jax.sampling.categorical import check_precision, policy_dtype, x64_scope
 
-__all__ = ["sampler_call", "sampler_scope", "row_keys", "step_keys", "row_bits", "constrain",
-           "tempered", "StaticSchedule", "initial_tokens"]
+__all__ = [
+    "sampler_call",
+    "sampler_scope",
+    "row_keys",
+    "step_keys",
+    "row_bits",
+    "constrain",
+    "tempered",
+    "StaticSchedule",
+    "initial_tokens",
+]
 
 
 def row_keys(key, batch_size: int):
