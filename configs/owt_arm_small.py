@@ -4,7 +4,8 @@ Same width/depth/heads/MLP, data, batch, optimizer, dropout and budget as
 configs/owt_mdm_small.py, so the two differ only in the objective (tests/test_configs.py checks
 it). Command:
   python -m mdm_jax.main --config=configs/owt_arm_small.py --workdir=gs://BUCKET/owt_arm_small \\
-      --config.data.gpt2_vocab_dir=/path/to/gpt2 --config.data.data_dir=gs://BUCKET/tfds --config.data.packed_dir=/tmp/owt_packed
+      --config.data.gpt2_vocab_dir=/path/to/gpt2 --config.data.data_dir=gs://BUCKET/tfds \\
+      --config.data.packed_dir=/tmp/owt_packed
 (A gs:// data_dir needs `pip install -e '.[gcs]'`; packed_dir must be local disk: the packed
 token file is memory-mapped.)
 

@@ -8,7 +8,8 @@ parameters, log-linear schedule (eps 1e-3), continuous-time NELBO, 1M steps (~26
 Needs the GPT-2 vocabulary files locally (vocab.json, merges.txt; see mdm_jax/data/tokenizers.py)
 and network access once to build OpenWebText with TFDS. Command (every host of a pod runs it):
   python -m mdm_jax.main --config=configs/owt_mdm_small.py --workdir=gs://BUCKET/owt_mdm_small \\
-      --config.data.gpt2_vocab_dir=/path/to/gpt2 --config.data.data_dir=gs://BUCKET/tfds --config.data.packed_dir=/tmp/owt_packed
+      --config.data.gpt2_vocab_dir=/path/to/gpt2 --config.data.data_dir=gs://BUCKET/tfds \\
+      --config.data.packed_dir=/tmp/owt_packed
 (A gs:// data_dir needs `pip install -e '.[gcs]'`; packed_dir must be local disk: the packed
 token file is memory-mapped.)
 

@@ -218,7 +218,7 @@ def test_sampler_speed_tiny(tmp_path):
         else:
             assert 1 <= r["nfe"] <= min(r["num_steps"], b * seq_len + 1)
             assert r["draws"] == r["num_steps"] * b * seq_len * (r["vocab"] + 1)
-    for v, fit in out["fits"].items():
+    for fit in out["fits"].values():
         assert (
             fit["t_net_s"] >= 0
             and fit["t_cat_s_per_draw"] >= 0

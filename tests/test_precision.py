@@ -43,7 +43,7 @@ def _truncated_gumbel_law(probs, cap):
     out = []
     for i in range(len(probs)):
 
-        def f(g):
+        def f(g, i=i):
             dens = math.exp(-g - math.exp(-g)) / z
             others = np.prod([cdf(g + logits[i] - logits[k]) for k in range(len(probs)) if k != i])
             return dens * others

@@ -72,7 +72,10 @@ def test_low_precision_truncation_and_factorized_immunity():
     plain, _ = _anc(4, n, precision="bfloat16", b=b)
     assert chisquare_pvalue(REF.index(np.asarray(plain)), _law(n)) < REJECT
     fact, _ = _anc(4, n, precision="bfloat16", factorized=True, b=b)
-    tv = lambda ids: 0.5 * np.abs(np.bincount(ids, minlength=V**L) / b - _law(n)).sum()
+
+    def tv(ids):
+        return 0.5 * np.abs(np.bincount(ids, minlength=V**L) / b - _law(n)).sum()
+
     assert tv(REF.index(np.asarray(fact))) < 0.5 * tv(REF.index(np.asarray(plain)))
 
 

@@ -6,7 +6,8 @@ development CPU at load 1.7-2.4):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/mdm_vs_arm.py \
       --workdir=workdirs/mdm_vs_arm
 To use already trained runs instead (e.g. the quickstart pair):
-  ... --config.experiment.mdm_workdir=workdirs/quickstart --config.experiment.arm_workdir=workdirs/quickstart_arm
+  ... --config.experiment.mdm_workdir=workdirs/quickstart \
+      --config.experiment.arm_workdir=workdirs/quickstart_arm
 
 What you should see (summary.md = the page, perplexity.png, genppl_vs_entropy.png, sampling_time.png,
 throughput.png, mdm_vs_arm.json and CSVs): the ARM ahead on validation perplexity (the MDM number

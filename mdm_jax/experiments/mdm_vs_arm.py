@@ -485,14 +485,15 @@ def run(config, workdir: str) -> dict:
     }
     notes = [
         f"Evaluator of gen PPL: {einfo['evaluator_workdir']} ({einfo['evaluator_why']}).",
-        "Gen PPL = exp(total NLL / total tokens) over all samples; each sample scored as generated after the "
-        "evaluator's BOS, document separators scored like any token (mdm_jax/sample_metrics.py).",
+        "Gen PPL = exp(total NLL / total tokens) over all samples; each sample scored as generated after "
+        "the evaluator's BOS, document separators scored like any token (mdm_jax/sample_metrics.py).",
         f"Sampling: FHS with tokens_per_step=1 (L={L} network calls), ARM with KV cache; precision {prec}; "
-        f"{n} samples per temperature, sampler batch {batch}; speed: batch {sb}, best of {reps}, compile excluded.",
-        f"Validation: {s['val_tokens']} tokens; MDM bound with {s['mdm_mc_draws']} low-discrepancy draw(s) per "
-        "sequence; EMA parameters for everything.",
-        "Training throughput comes from each run's metrics.jsonl: it compares like with like only when both runs "
-        "trained on the same machine (true for pairs this experiment trains).",
+        f"{n} samples per temperature, sampler batch {batch}; speed: batch {sb}, best of {reps}, "
+        "compile excluded.",
+        f"Validation: {s['val_tokens']} tokens; MDM bound with {s['mdm_mc_draws']} low-discrepancy draw(s) "
+        "per sequence; EMA parameters for everything.",
+        "Training throughput comes from each run's metrics.jsonl: it compares like with like only when both "
+        "runs trained on the same machine (true for pairs this experiment trains).",
     ]
     results = {"summary": s, "seconds": time.perf_counter() - t_start}
     tables = {

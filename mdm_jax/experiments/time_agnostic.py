@@ -251,11 +251,12 @@ def findings(nelbo_rows, kl_summary, curves, files) -> list[tuple[str | None, st
             (
                 files.get("kl"),
                 (
-                    f"{srow['variant']} at n/L={srow['ratio']:.2g}: within the central 95% of the Beta posterior "
-                    f"of t ({srow['band_lo']:.3f}-{srow['band_hi']:.3f}) the output moves by at most "
-                    f"{srow['kl_band_max']:.2g} nats mean KL ({100 * frac:.2g}% of its {srow['ce_at_t_star']:.3g}-nat "
-                    f"loss per masked token; posterior-expected KL {srow['kl_posterior_mean']:.2g}), and by at most "
-                    f"{srow['kl_max']:.2g} nats over all {srow['num_times']} times evaluated in (0, 1): {verdict}."
+                    f"{srow['variant']} at n/L={srow['ratio']:.2g}: within the central 95% of the Beta "
+                    f"posterior of t ({srow['band_lo']:.3f}-{srow['band_hi']:.3f}) the output moves by at "
+                    f"most {srow['kl_band_max']:.2g} nats mean KL ({100 * frac:.2g}% of its "
+                    f"{srow['ce_at_t_star']:.3g}-nat loss per masked token; posterior-expected KL "
+                    f"{srow['kl_posterior_mean']:.2g}), and by at most {srow['kl_max']:.2g} nats over all "
+                    f"{srow['num_times']} times evaluated in (0, 1): {verdict}."
                 ),
             )
         )
@@ -267,8 +268,9 @@ def findings(nelbo_rows, kl_summary, curves, files) -> list[tuple[str | None, st
             (
                 files["curves"],
                 (
-                    f"Validation bits/token go from {min(firsts.values()):.3f}-{max(firsts.values()):.3f} at the "
-                    f"first eval to the final order {order} (each run's own estimator, train.eval_batches batches)."
+                    f"Validation bits/token go from {min(firsts.values()):.3f}-{max(firsts.values()):.3f} at "
+                    f"the first eval to the final order {order} (each run's own estimator, "
+                    "train.eval_batches batches)."
                 ),
             )
         )
@@ -369,12 +371,13 @@ def run(config, workdir: str) -> dict:
         tables["kl_summary"] = kl_summary
         tables["kl"] = kl_rows
     notes = [
-        f"Budget per variant: {budget['num_steps']} steps x batch {budget['batch_size']} x L={budget['seq_len']}, "
-        "same data order and seed; time-conditioned variants have the adaLN parameters on top (see num_params).",
-        f"Validation: {nelbo_rows[0]['num_tokens']} tokens, {config.eval.mc_draws} low-discrepancy draw(s) per "
-        "sequence, EMA parameters; stderr over (batch, draw) means.",
-        "Discrete variants are scored with the continuous NELBO for comparability (the same expectation for a "
-        "time-free network, Prop. 3.1); their own estimator is in own_estimator_bits_per_token.",
+        f"Budget per variant: {budget['num_steps']} steps x batch {budget['batch_size']} x "
+        f"L={budget['seq_len']}, same data order and seed; time-conditioned variants have the adaLN "
+        "parameters on top (see num_params).",
+        f"Validation: {nelbo_rows[0]['num_tokens']} tokens, {config.eval.mc_draws} low-discrepancy draw(s) "
+        "per sequence, EMA parameters; stderr over (batch, draw) means.",
+        "Discrete variants are scored with the continuous NELBO for comparability (the same expectation for "
+        "a time-free network, Prop. 3.1); their own estimator is in own_estimator_bits_per_token.",
         "KL reference band: mask level 1 - alpha ~ Beta(n, L - n + 1) given n masks (the paper's "
         "alpha ~ Beta(L-n+1, n)), mapped to t through the schedule's inverse. KL is evaluated on the t grid, "
         f"at t* and at the {POSTERIOR_QUANTILES} posterior quantiles (posterior_quantile in the kl table); "

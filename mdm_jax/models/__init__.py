@@ -131,7 +131,8 @@ FAMILIES = {
             causal=(False, True),
             time_conditioned=objectives.uses_time,
         ),
-        # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its cond_dim.
+        # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its
+        # cond_dim.
         Family(name="mdlm", build=_build_dit, causal=(False,), time_conditioned=objectives.uses_time),
         # GPT-2 (mdm_jax.models.gpt2), an ARM: loads GPT-2 checkpoints (init_from); no time input.
         Family(name="gpt2", build=_build_gpt2, causal=(True,), time_conditioned=lambda config: False),
