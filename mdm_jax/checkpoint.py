@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging as py_logging
 import os
-import re
 import shutil
 import uuid
 from typing import Any
@@ -37,7 +36,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from mdm_jax import errors, guards
+from mdm_jax import checkpoint_diagnosis, errors, guards
 from mdm_jax.models import scan_layout
 
 __all__ = [
@@ -131,66 +130,6 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
         elif stored[name] != wanted[name]:
             out.append(f"{name}: checkpoint shape {stored[name]} != config shape {wanted[name]}")
     return out
-
-
-# ----------------------------------------------------------------------------- failure messages
-
-_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-# The JSON files of a step (Orbax metadata and our data-iterator state): a truncated one fails to parse.
-_JSON_NAMES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out = []
-    while exc is not None and exc not in out:
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def _save_failure(step: int, exc: BaseException) -> SaveFailed:
-    """'checkpoint save at step N failed: <strerror>: <path>' from an OSError or a TensorStore error."""
-    cause, path = None, None
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.strerror:
-            cause, path = e.strerror, e.filename
-            break
-        text = str(e)
-        code = _OS_ERROR_CODE.search(text)
-        if code:
-            cause = os.strerror(int(code.group(1)))
-            paths = _QUOTED_PATH.findall(text)
-            path = paths[-1] if paths else None
-            break
-    if cause is None:
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    where = f": {path}" if path else ""
-    return SaveFailed(
-        f"checkpoint save at step {step} failed: {cause}{where}\nThe previous checkpoint is "
-        "intact; free space (or fix the cause) and rerun the same command to resume from it."
-    )
-
-
-def _corrupt_file(step_dir: str, exc: BaseException) -> tuple[str, str]:
-    """(the file of a step that could not be read, a one-line reason)."""
-    for e in _chain(exc):
-        if isinstance(e, json.JSONDecodeError):
-            break
-        files = [p for p in _QUOTED_PATH.findall(str(e)) if os.path.isfile(p)]
-        if files:
-            reason = str(e).split(" [tensorstore_spec")[0].split('": ')[-1]
-            return files[-1], reason
-    for root, _, names in os.walk(step_dir):
-        for name in sorted(names):
-            if name in _JSON_NAMES or os.path.basename(root) == "array_metadatas":
-                path = os.path.join(root, name)
-                try:
-                    with open(path) as f:
-                        json.load(f)
-                except ValueError as e:
-                    return path, f"not valid JSON ({e})"
-    return step_dir, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 @contextlib.contextmanager
@@ -298,7 +237,7 @@ class Checkpointer:
                 force=force,
             )
         except Exception as e:  # noqa: BLE001 - any failure of the write is reported the same way
-            raise _save_failure(step, e) from e
+            raise SaveFailed(checkpoint_diagnosis.save_failure_message(step, e)) from e
         self._in_flight = step if saved else None
         return saved
 
@@ -360,7 +299,7 @@ class Checkpointer:
             abstract_state, to_wanted_layout = scan_layout.restore_plan(stored, abstract_state)
             problems = shape_mismatches(stored, abstract_state)
         except (ValueError, OSError, KeyError, TypeError) as e:
-            path, reason = _corrupt_file(step_dir, e)
+            path, reason = checkpoint_diagnosis.corrupt_file(step_dir, e)
             raise CorruptCheckpoint(
                 f"checkpoint step {step} is unreadable: {path}: {reason}", step, path
             ) from e
@@ -379,7 +318,7 @@ class Checkpointer:
                 ),
             )
         except (ValueError, OSError, KeyError, TypeError) as e:
-            path, reason = _corrupt_file(step_dir, e)
+            path, reason = checkpoint_diagnosis.corrupt_file(step_dir, e)
             raise CorruptCheckpoint(
                 f"checkpoint step {step} is unreadable: {path}: {reason}", step, path
             ) from e
@@ -412,7 +351,9 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - any failure of the write is reported the same way
             step, self._in_flight = self._in_flight, None
-            raise _save_failure(step if step is not None else -1, e) from e
+            raise SaveFailed(
+                checkpoint_diagnosis.save_failure_message(step if step is not None else -1, e)
+            ) from e
         self._in_flight = None
 
     def close(self) -> None:

@@ -21,9 +21,9 @@ cache) vs 282 ms (FHS), the ratio growing from 2.2x at L=16; training 2,818 vs 2
 verdict: the ARM wins all three criteria.
 
 Fields: experiment.* (mdm_workdir, arm_workdir, num_steps, evaluator, temperatures, speed_lengths,
-speed_batch, speed_repeats), described with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS);
-sampling.num_samples (per temperature and model), sampling.batch_size and sampling.precision
-drive the samplers.
+speed_batch, speed_repeats), described with their defaults in mdm_jax/config_experiments.py
+(EXPERIMENT_FIELDS); sampling.num_samples (per temperature and model), sampling.batch_size and
+sampling.precision drive the samplers.
 
 Accelerators: `--config=configs/experiments/mdm_vs_arm.py:owt` starts from configs/owt_mdm_small.py
 (its ARM twin equals configs/owt_arm_small.py's backbone); point mdm_workdir / arm_workdir at the

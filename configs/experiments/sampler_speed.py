@@ -19,7 +19,7 @@ extrapolates to 10^4 (experiment.predict_steps). `:tiny` is the CI size.
 The model: owt_mdm_small's architecture (GELU MLP 4x, adaLN time conditioning, RoPE) scaled down
 to 2 layers x width 256 (4 heads), float32 compute (bf16 matmuls are slow on CPUs), untrained.
 Fields: experiment.* (vocab_sizes, steps, predict_steps, repeats, arm_vocab, arm_lengths), described
-with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS); the MDM's L is data.seq_len (or
+with their defaults in mdm_jax/config_experiments.py (EXPERIMENT_FIELDS); the MDM's L is data.seq_len (or
 sampling.seq_len), the batch sampling.batch_size and the draws' precision sampling.precision.
 """
 

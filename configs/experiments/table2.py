@@ -17,7 +17,7 @@ per token and stays at the 64-bit values. With 8 samples the entropy's standard 
 
 `:tiny` is the CI size, on the random-weight MDLM fixture (tests/test_experiments_table2.py).
 Fields: experiment.* (mdlm_dir, evaluator_dir, rows, mdlm_dtype, evaluator_dtype), described with
-their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS); the samplers' settings are sampling.*
+their defaults in mdm_jax/config_experiments.py (EXPERIMENT_FIELDS); the samplers' settings are sampling.*
 (num_steps of MDLM's sampler, tokens_per_step of parallel first-hitting, num_samples, batch_size,
 seq_len: 0 = the MDLM model's length).
 """

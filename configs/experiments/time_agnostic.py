@@ -15,7 +15,7 @@ of its ~3.1-nat loss per masked token) and by <= 0.006 nats over all of t in (0,
 to all but ignore t (its adaLN-Zero gates start at zero; Prop. 3.2 says it loses nothing by doing so).
 
 Fields: experiment.* (variants, num_steps, kl_ratios, kl_num_times, kl_num_sequences), described
-with their defaults in mdm_jax/config.py (EXPERIMENT_FIELDS). Validation uses eval.num_batches x
+with their defaults in mdm_jax/config_experiments.py (EXPERIMENT_FIELDS). Validation uses eval.num_batches x
 eval.mc_draws.
 
 Accelerators: `--config=configs/experiments/time_agnostic.py:owt` starts from

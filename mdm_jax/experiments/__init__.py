@@ -8,7 +8,7 @@ first and draws second:
   function per experiment derives them from the numbers) and summary.md.
 `report(workdir)` (`--mode=report`) calls `draw` alone: plots and summary are redrawn from the
 saved results, without recomputing. The experiments' fields are declared in
-`mdm_jax.config.EXPERIMENT_FIELDS`.
+`mdm_jax.config_experiments.EXPERIMENT_FIELDS`.
 
 Shared helpers for experiments that train their own models: `train_run` (train a derived
 config into a sub-workdir, or reuse it when already trained), `train_throughput`, `derive` and

@@ -25,6 +25,8 @@ value is an ARM workdir (e.g. a bigger model). The page states which one was use
 Outputs: mdm_vs_arm.json and mdm_vs_arm_{summary,quality,speed}.csv (written first), then, drawn
 from the JSON by `draw` (also `--mode=report`): perplexity.png, genppl_vs_entropy.png,
 sampling_time.png, throughput.png and summary.md (the page).
+This module measures and writes the page; the pair, its evaluator and samplers are built in
+mdm_vs_arm_pair.py, the figures drawn in mdm_vs_arm_plots.py.
 """
 
 from __future__ import annotations
@@ -33,126 +35,20 @@ import math
 import os
 import time
 
-import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from mdm_jax import evaluators, likelihood, models, objectives, report, rng, runs, sample_metrics, sampling
-from mdm_jax.experiments import derive, parse_list, train_run, train_throughput
-from mdm_jax.models import adapters
+from mdm_jax import likelihood, report, rng, runs, sample_metrics
+from mdm_jax.experiments import (
+    derive,
+    mdm_vs_arm_pair,
+    mdm_vs_arm_plots,
+    parse_list,
+    train_run,
+    train_throughput,
+)
 
 NAME = "mdm_vs_arm"
 TITLE = "MDM vs ARM at the same budget: the decision page"
-
-
-def _pair_configs(config):
-    steps = int(config.experiment.num_steps) or int(config.train.num_steps)
-    mdm = derive(config, **{"train.num_steps": steps})
-    if objectives.of(mdm).causal:
-        raise ValueError(
-            "mdm_vs_arm: the experiment config must describe the MDM (objective.kind "
-            "continuous or discrete); its ARM twin is derived from it"
-        )
-    arm = derive(mdm, **{"objective.kind": "arm", "sampling.method": "autoregressive"})
-    return mdm, arm
-
-
-def _model(cfg, workdir):
-    params, step, mesh, pshard = runs.restore_params(cfg, workdir, use_ema=bool(cfg.eval.use_ema))
-    return {
-        "cfg": cfg,
-        "workdir": workdir,
-        "params": params,
-        "step": step,
-        "mesh": mesh,
-        "pshard": pshard,
-        "model": models.build(cfg),
-    }
-
-
-def _evaluator(kind: str, arm, config, workdir):
-    """(logits_fn, bos_id, info) following experiment.evaluator (see module docstring)."""
-    if kind == "self":
-        m = arm
-        why = "the ARM under test itself (biased towards the ARM: it scores its own samples)"
-    elif kind == "train":
-        cfg = derive(arm["cfg"], seed=int(arm["cfg"].seed) + 1)
-        wd = os.path.join(workdir, "runs", "evaluator")
-        train_run(cfg, wd)
-        m = _model(cfg, wd)
-        why = (
-            "a second ARM, same size and budget, another seed (init and data order): neither "
-            "model under test scores itself"
-        )
-    else:
-        fn, bos, info = evaluators.load_evaluator(config, kind)
-        return (
-            fn,
-            bos,
-            {**info, "evaluator": kind, "evaluator_why": "a separate ARM workdir given in the config"},
-        )
-    jitted = jax.jit(lambda p, x: adapters.ar_logits_fn(m["model"], p)(x))
-    fn = lambda x: jitted(m["params"], x)  # noqa: E731
-    info = {
-        "evaluator": kind,
-        "evaluator_workdir": os.path.abspath(m["workdir"]),
-        "evaluator_step": m["step"],
-        "evaluator_why": why,
-    }
-    return fn, m["cfg"].model.vocab_size, info
-
-
-class _Samplers:
-    """Compiled FHS / cached-ARM samplers of the pair; one function object per model and batch
-    size so that the samplers' compile caches hit across temperatures and repeats."""
-
-    def __init__(self, mdm, arm):
-        self.mdm, self.arm = mdm, arm
-        self.denoise = adapters.denoise_fn(mdm["model"], mdm["params"])
-        self.sched = objectives.schedule_of(mdm["cfg"].objective)
-        self._ar = {}
-
-    def mdm_sample(self, key, batch, seq_len, temperature, precision):
-        toks, stats = sampling.first_hitting(
-            self.denoise,
-            key,
-            batch_size=batch,
-            seq_len=seq_len,
-            mask_id=self.mdm["cfg"].model.vocab_size,
-            schedule=self.sched,
-            precision=precision,
-            tokens_per_step=1,
-            temperature=temperature,
-        )
-        return jax.block_until_ready(toks), stats
-
-    def arm_sample(self, key, batch, seq_len, temperature, precision):
-        if batch not in self._ar:
-            self._ar[batch] = adapters.ar_step_fn(self.arm["model"], self.arm["params"], batch)
-        step_fn, state = self._ar[batch]
-        toks, stats = sampling.autoregressive(
-            step_fn,
-            state,
-            key,
-            batch_size=batch,
-            seq_len=seq_len,
-            precision=precision,
-            temperature=temperature,
-            bos_id=self.arm["cfg"].model.vocab_size,
-        )
-        return jax.block_until_ready(toks), stats
-
-
-def _generate(samplers, which, root, ti, n, batch, seq_len, temperature, precision):
-    fn = samplers.mdm_sample if which == "mdm" else samplers.arm_sample
-    out, nfe, wall = [], 0, 0.0
-    for b in range(math.ceil(n / batch)):
-        t0 = time.perf_counter()
-        toks, stats = fn(rng.fold(root, f"mdm_vs_arm_{which}", ti, b), batch, seq_len, temperature, precision)
-        wall += time.perf_counter() - t0
-        nfe += int(stats["nfe"])
-        out.append(np.asarray(toks))
-    return np.concatenate(out)[:n], nfe, wall
 
 
 def matched(points_a, points_b, target):
@@ -247,70 +143,6 @@ def verdict(s: dict) -> dict[str, str]:
     return out
 
 
-def _plots(workdir, s, quality, speed):
-    files = {}
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(
-        ["MDM (NELBO bound)", "ARM (exact)"],
-        [s["mdm_val_ppl_bound"], s["arm_val_ppl"]],
-        color=["tab:blue", "tab:gray"],
-    )
-    ax.set_ylabel("validation perplexity")
-    files["ppl"] = report.save_figure(fig, workdir, "perplexity.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for which, c in (("mdm", "tab:blue"), ("arm", "tab:gray")):
-        rows = sorted((r for r in quality if r["model"] == which), key=lambda r: r["entropy"])
-        ax.plot(
-            [r["entropy"] for r in rows],
-            [r["gen_ppl"] for r in rows],
-            "o-",
-            color=c,
-            label="MDM (FHS)" if which == "mdm" else "ARM (cached)",
-        )
-        for r in rows:
-            ax.annotate(f"T={r['temperature']:g}", (r["entropy"], r["gen_ppl"]), fontsize=7)
-    ax.axvline(s["reference_entropy"], color="k", ls=":", lw=1, label="real text entropy")
-    if s.get("matched_entropy") is not None:
-        ax.plot(
-            [s["matched_entropy"]] * 2,
-            [s["mdm_gen_ppl_matched"], s["arm_gen_ppl_matched"]],
-            "r*",
-            ms=10,
-            label="matched entropy",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("sample entropy (nats, mean unigram entropy per sequence)")
-    ax.set_ylabel("gen PPL under the evaluator ARM")
-    ax.legend(fontsize=8)
-    files["quality"] = report.save_figure(fig, workdir, "genppl_vs_entropy.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for which, c, lab in (
-        ("fhs", "tab:blue", "MDM, first-hitting (L calls)"),
-        ("arm", "tab:gray", "ARM, KV cache"),
-    ):
-        rows = [r for r in speed if r["sampler"] == which]
-        ax.plot([r["seq_len"] for r in rows], [r["s_per_seq"] * 1e3 for r in rows], "o-", color=c, label=lab)
-    report.log_x(ax, base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length L")
-    ax.set_ylabel("ms per sequence")
-    ax.legend(fontsize=8)
-    files["speed"] = report.save_figure(fig, workdir, "sampling_time.png")
-
-    if s.get("mdm_train_tokens_per_s") and s.get("arm_train_tokens_per_s"):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar(
-            ["MDM", "ARM"],
-            [s["mdm_train_tokens_per_s"], s["arm_train_tokens_per_s"]],
-            color=["tab:blue", "tab:gray"],
-        )
-        ax.set_ylabel("training tokens/s")
-        files["throughput"] = report.save_figure(fig, workdir, "throughput.png")
-    return files
-
-
 def findings(s: dict, quality, files) -> tuple[list[tuple[str | None, str]], dict[str, str]]:
     """The page's sentences (the verdict's, and the entropy span of the temperature sweep)."""
     sentences = verdict(s)
@@ -336,7 +168,7 @@ def draw(workdir: str) -> dict:
     """Plots, findings and summary.md (the page) from mdm_vs_arm.json in workdir (nothing is recomputed)."""
     data = report.read_results(workdir, NAME)
     s, quality, speed = data["results"]["summary"], data["tables"]["quality"], data["tables"]["speed"]
-    files = _plots(workdir, s, quality, speed)
+    files = mdm_vs_arm_plots.plots(workdir, s, quality, speed)
     found, sentences = findings(s, quality, files)
     summary = report.write_summary(workdir, data, findings=found, title=TITLE)
     return {"summary": summary, "plots": files, "findings": found, "verdict": sentences}
@@ -359,7 +191,7 @@ def run(config, workdir: str) -> dict:
     exp = config.experiment
     temps = parse_list(exp.temperatures, float, "experiment.temperatures")
     t_start = time.perf_counter()
-    mdm_cfg, arm_cfg = _pair_configs(config)
+    mdm_cfg, arm_cfg = mdm_vs_arm_pair.pair_configs(config)
     pair = {}
     for which, cfg, given in (("mdm", mdm_cfg, exp.mdm_workdir), ("arm", arm_cfg, exp.arm_workdir)):
         if given:
@@ -372,7 +204,7 @@ def run(config, workdir: str) -> dict:
         else:
             wd = os.path.join(workdir, "runs", which)
             train_run(cfg, wd)
-        pair[which] = _model(cfg, wd)
+        pair[which] = mdm_vs_arm_pair.restore_model(cfg, wd)
     mdm, arm = pair["mdm"], pair["arm"]
     max_len = min(mdm["cfg"].model.max_len, arm["cfg"].model.max_len)
     lengths = _speed_lengths(exp, max_len, mdm["cfg"].model.max_len)
@@ -390,8 +222,8 @@ def run(config, workdir: str) -> dict:
         )
 
     # 2. sample quality vs temperature.
-    eval_fn, bos, einfo = _evaluator(str(exp.evaluator), arm, config, workdir)
-    samplers = _Samplers(mdm, arm)
+    eval_fn, bos, einfo = mdm_vs_arm_pair.evaluator(str(exp.evaluator), arm, config, workdir)
+    samplers = mdm_vs_arm_pair.Samplers(mdm, arm)
     root = rng.root_key(config.seed)
     # Samples as long as the pair's training sequences (the length their validation numbers refer to).
     L = min(int(mdm["cfg"].data.seq_len), int(arm["cfg"].data.seq_len), max_len)
@@ -401,7 +233,7 @@ def run(config, workdir: str) -> dict:
     quality = []
     for ti, temp in enumerate(temps):
         for which in ("mdm", "arm"):
-            toks, nfe, wall = _generate(samplers, which, root, ti, n, batch, L, temp, prec)
+            toks, nfe, wall = mdm_vs_arm_pair.generate(samplers, which, root, ti, n, batch, L, temp, prec)
             ent = sample_metrics.sequence_entropy(toks)
             gppl = sample_metrics.generative_perplexity(
                 eval_fn, toks, bos, vocab_size=config.model.vocab_size, batch_size=batch

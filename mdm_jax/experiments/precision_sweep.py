@@ -24,190 +24,32 @@ only categories of probability near its grid spacing 2^-24, so each affected eve
 2^24 category draws; a few dozen events (a 3-5 sigma entropy difference) need ~10^9-10^10 draws,
 minutes to hours at the ~2e7 draws/s of this 2-core CPU and seconds on a GPU.
 
-Fields: experiment.* in mdm_jax/config.py (EXPERIMENT_FIELDS); each cell draws sampling.num_samples
-sequences of sampling.seq_len (0 = data.seq_len) in calls of sampling.batch_size; the parallel
-first-hitting sampler unmasks sampling.tokens_per_step tokens per call.
+Fields: experiment.* in mdm_jax/config_experiments.py (EXPERIMENT_FIELDS); each cell draws
+sampling.num_samples sequences of sampling.seq_len (0 = data.seq_len) in calls of
+sampling.batch_size; the parallel first-hitting sampler unmasks sampling.tokens_per_step tokens
+per call.
 
 Outputs: precision_sweep.json and precision_sweep_{sweep,one_step}.csv (written first), then, drawn
 from the JSON by `draw` (also `--mode=report`): entropy_vs_steps.png, genppl_vs_steps.png,
-genppl_vs_entropy.png, one_step_prediction.png and summary.md.
+genppl_vs_entropy.png, one_step_prediction.png and summary.md. One cell (the model source, its
+samples, their metrics and predictions) is computed by precision_sweep_cells.py.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mdm_jax import evaluators, models, objectives, report, rng, runs, sample_metrics, sampling
-from mdm_jax.experiments import parse_list
-from mdm_jax.models import adapters
+from mdm_jax import report, rng, sampling
+from mdm_jax.experiments import parse_list, precision_sweep_cells
+from mdm_jax.experiments.precision_sweep_cells import LABEL, SAMPLERS
 from mdm_jax.reference import head_tail as refm
-from mdm_jax.sampling.ancestral import step_coefficients
 
 NAME = "precision_sweep"
 TITLE = "Sampling precision sweep (Table 2 / Figure 7)"
-SAMPLERS = ("ancestral", "factorized", "first_hitting", "parallel")
-_LABEL = {
-    "ancestral": "ancestral (V+1)-way",
-    "factorized": "ancestral factorized",
-    "first_hitting": "first-hitting",
-    "parallel": "parallel first-hitting",
-}
-
-
-# ----------------------------------------------------------------------------- model sources
-
-
-def _source(config) -> dict:
-    """denoise_fn, V, L, schedule, evaluator and the mu used for predictions, for either source."""
-    exp = config.experiment
-    if exp.model == "reference":
-        ref = refm.HeadTailReference(
-            int(exp.reference_vocab),
-            int(exp.reference_head),
-            float(exp.reference_tail_mass),
-            int(exp.reference_seed),
-        )
-        seq_len = int(config.sampling.seq_len) or int(config.data.seq_len)
-        return dict(
-            kind="reference",
-            denoise_fn=ref.denoise_fn,
-            vocab=ref.V,
-            seq_len=seq_len,
-            schedule=objectives.schedule_of(config.objective),
-            evaluator=ref.arm_logits_fn,
-            bos_id=ref.bos_id,
-            mu=ref.probs,
-            reference=ref,
-            info={"reference": ref.describe()},
-        )
-    if exp.model != "checkpoint":
-        raise ValueError(
-            f"experiment.model={exp.model!r}: use 'checkpoint' (a trained MDM workdir "
-            "in experiment.checkpoint_workdir) or 'reference' (exact reference model)"
-        )
-    wd = exp.checkpoint_workdir
-    if not wd or not os.path.isdir(wd):
-        raise FileNotFoundError(
-            f"experiment.checkpoint_workdir={wd!r} is not a directory: train the MDM first "
-            "(python -m mdm_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart) "
-            "or use --config=configs/experiments/precision_sweep.py:reference"
-        )
-    cfg = runs.workdir_config(wd, config)
-    if objectives.of(cfg).causal:
-        raise ValueError(f"experiment.checkpoint_workdir={wd} holds an ARM; the sweep needs an MDM")
-    params, step, _, _ = runs.restore_params(cfg, wd, use_ema=bool(config.sampling.use_ema))
-    model = models.build(cfg)
-    denoise = adapters.denoise_fn(model, params)
-    if not exp.evaluator_workdir:
-        raise ValueError(
-            "generative perplexity needs an evaluator ARM: set "
-            "--config.experiment.evaluator_workdir (e.g. workdirs/quickstart_arm)"
-        )
-    ev_fn, bos_id, ev_info = evaluators.load_evaluator(cfg, exp.evaluator_workdir)
-    seq_len = int(config.sampling.seq_len) or int(cfg.data.seq_len)
-    sched = objectives.schedule_of(cfg.objective)
-    v = int(cfg.model.vocab_size)
-    # mu for the one-step prediction: the network's own prediction for a fully masked sequence at
-    # t = predict_t, averaged over positions (what the first ancestral steps race against).
-    x = jnp.full((1, seq_len), v, jnp.int32)
-    probs = jax.nn.softmax(denoise(x, jnp.full((1,), float(exp.predict_t), jnp.float32)), axis=-1)
-    mu = np.asarray(probs, np.float64).mean(axis=(0, 1))
-    info = {"checkpoint_workdir": os.path.abspath(wd), "checkpoint_step": step, **ev_info}
-    return dict(
-        kind="checkpoint",
-        denoise_fn=denoise,
-        vocab=v,
-        seq_len=seq_len,
-        schedule=sched,
-        evaluator=ev_fn,
-        bos_id=bos_id,
-        mu=mu,
-        reference=None,
-        info=info,
-    )
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def _tokens_per_step(sampler: str, config) -> int:
-    return int(config.sampling.tokens_per_step) if sampler == "parallel" else 1
-
-
-def _run_sampler(src, sampler, prec, num_steps, config, key):
-    """All samples of one (sampler, precision, N) cell: tokens [num_samples, L], nfe, wall seconds."""
-    b, n = int(config.sampling.batch_size), int(config.sampling.num_samples)
-    common = dict(
-        batch_size=b, seq_len=src["seq_len"], mask_id=src["vocab"], schedule=src["schedule"], precision=prec
-    )
-    out, nfe, t0 = [], 0, time.perf_counter()
-    for i in range(n // b):
-        k = rng.fold(key, "batch", i)
-        if sampler in ("ancestral", "factorized"):
-            tok, st = sampling.ancestral(
-                src["denoise_fn"],
-                k,
-                num_steps=int(num_steps),
-                cache=True,
-                factorized=sampler == "factorized",
-                **common,
-            )
-        else:
-            tok, st = sampling.first_hitting(
-                src["denoise_fn"], k, **common, tokens_per_step=_tokens_per_step(sampler, config)
-            )
-        out.append(np.asarray(tok))
-        nfe += int(st["nfe"])
-    return np.concatenate(out), nfe / (n // b), time.perf_counter() - t0
-
-
-def _metrics(src, tokens) -> dict:
-    ent = sample_metrics.sequence_entropies(tokens)
-    nll = sample_metrics.sequence_nlls(src["evaluator"], tokens, src["bos_id"], vocab_size=src["vocab"])
-    per_tok = nll / tokens.shape[1]
-    mean_nll = float(nll.sum() / tokens.size)
-    # Delta-method standard error of gen PPL from the spread of per-sequence mean NLLs.
-    nll_se = float(per_tok.std(ddof=1) / math.sqrt(len(per_tok))) if len(per_tok) > 1 else float("nan")
-    return {
-        "entropy": float(ent.mean()),
-        "entropy_se": float(ent.std(ddof=1) / math.sqrt(len(ent))) if len(ent) > 1 else float("nan"),
-        "gen_ppl": math.exp(mean_nll),
-        "gen_ppl_se": math.exp(mean_nll) * nll_se,
-        "mean_nll": mean_nll,
-    }
-
-
-# ----------------------------------------------------------------------------- predictions
-
-
-def _predict_run(src, sampler, prec, num_steps, exp) -> dict:
-    """Reference model only: expected entropy / gen PPL of a whole run under the true, grid and
-    Prop. 5.2 laws (positions are independent, so the per-position token law says it all)."""
-    ref = src["reference"]
-    low = prec in ("bfloat16", "float16")
-    out = {}
-    for law in ("grid", "prop52"):
-        if law == "grid" and low and not exp.predict_low_precision:
-            continue
-        points = int(exp.predict_points)
-        if sampler == "ancestral":
-            _, _, _, p_unmask = step_coefficients(src["schedule"], int(num_steps))
-            q = refm.ancestral_token_law(ref.probs, p_unmask, law, prec, num_points=points)
-        else:
-            # Factorized and FHS draw one V-way categorical of mu per token: its law, any N.
-            q = refm._law(ref.probs, law, prec)
-        h, _ = refm.expected_sequence_entropy(q, src["seq_len"], seed=int(exp.reference_seed))
-        out[f"pred_entropy_{law}"] = h
-        out[f"pred_gen_ppl_{law}"] = refm.generative_perplexity_of_law(q, ref.probs)
-        out[f"pred_tail_{law}"] = float(1.0 - q[ref.head_ids].sum())
-    return out
 
 
 # ----------------------------------------------------------------------------- plots and findings
@@ -243,7 +85,7 @@ def _plots(rows, one_step, workdir, samplers, precisions, steps, truth):
             if truth is not None:
                 ax.axhline(truth[metric], color="k", lw=0.8, ls=":", label="exact")
             report.log_x(ax)
-            ax.set_title(_LABEL[s])
+            ax.set_title(LABEL[s])
             ax.set_xlabel("steps N (FHS: flat, NFE = L/k)")
         axes[0][0].set_ylabel(ylabel)
         if metric == "gen_ppl":
@@ -266,7 +108,7 @@ def _plots(rows, one_step, workdir, samplers, precisions, steps, truth):
     for p in precisions:
         ax.scatter([], [], color=colors[p], label=p)
     for s in samplers:
-        ax.scatter([], [], color="gray", marker=markers[s], label=_LABEL[s])
+        ax.scatter([], [], color="gray", marker=markers[s], label=LABEL[s])
     if truth is not None:
         ax.scatter([truth["entropy"]], [truth["gen_ppl"]], color="k", marker="*", s=120, label="exact")
     ax.set_xlabel("sequence entropy (nats)")
@@ -348,7 +190,7 @@ def findings(rows, one_step, files, precisions, steps, truth) -> list[tuple[str 
             z, s, p = max(wide)
             sent += (
                 f"; first-hitting in every 32-bit precision is within {f(z, 2)} standard errors "
-                f"of float64 (largest: {_LABEL[s]}, {p})"
+                f"of float64 (largest: {LABEL[s]}, {p})"
             )
         out.append((files["entropy"], sent + "."))
         g = [
@@ -380,7 +222,7 @@ def findings(rows, one_step, files, precisions, steps, truth) -> list[tuple[str 
             (
                 files["scatter"],
                 f"Across all {len(rows)} runs log gen PPL and entropy correlate with "
-                f"r = {f(r, 3)}; the lowest-entropy run ({_LABEL[lo['sampler']]}, {lo['precision']}, "
+                f"r = {f(r, 3)}; the lowest-entropy run ({LABEL[lo['sampler']]}, {lo['precision']}, "
                 f"N={lo['num_steps']}: {f(lo['entropy'], 4)} nats) has gen PPL {f(lo['gen_ppl'], 4)}: "
                 f"{tail}.",
             )
@@ -434,7 +276,7 @@ def run(config, workdir: str) -> dict:
     if num % batch:
         raise ValueError(f"sampling.num_samples={num} must be a multiple of sampling.batch_size={batch}")
     os.makedirs(workdir, exist_ok=True)
-    src = _source(config)
+    src = precision_sweep_cells.source(config)
     truth = None
     if src["reference"] is not None:
         ref = src["reference"]
@@ -451,22 +293,22 @@ def run(config, workdir: str) -> dict:
         for pi, p in enumerate(precisions):
             for n in cell_steps:
                 key = rng.fold(root, "precision_sweep", si, pi, n or 0)
-                tokens, nfe, wall = _run_sampler(src, s, p, n, config, key)
-                k = _tokens_per_step(s, config)
+                tokens, nfe, wall = precision_sweep_cells.run_cell(src, s, p, n, config, key)
+                k = precision_sweep_cells.tokens_per_step(s, config)
                 row = {
                     "sampler": s,
                     "precision": p,
                     "num_steps": int(n) if n else math.ceil(src["seq_len"] / k),
                     "tokens_per_step": k,
                     "nfe": nfe,
-                    **_metrics(src, tokens),
+                    **precision_sweep_cells.cell_metrics(src, tokens),
                     "num_samples": int(tokens.shape[0]),
                     "seq_len": src["seq_len"],
                     "wall_s_incl_compile": wall,
                 }
                 if src["reference"] is not None:
                     row["tail_fraction"] = float(1.0 - np.isin(tokens, src["reference"].head_ids).mean())
-                    row.update(_predict_run(src, s, p, n, exp))
+                    row.update(precision_sweep_cells.predict_run(src, s, p, n, exp))
                 rows.append(row)
                 print(
                     f"precision_sweep: {s:13s} {p:15s} N={row['num_steps']:6d} "

@@ -13,6 +13,7 @@
 Timing: every cell is run once to compile (and warm up), then timed `experiment.repeats` times
 with fresh keys (results block on the host), and the best time is kept. The MDM samples
 `sampling.batch_size` sequences of L = sampling.seq_len (0: data.seq_len) with `sampling.precision`.
+The timed cells are in sampler_speed_timings.py; this module fits the cost model and reports.
 
 Command (from the repository root, ~5 minutes on 2 CPU cores):
   python -m mdm_jax.main --mode=experiment --config=configs/experiments/sampler_speed.py \\
@@ -33,41 +34,17 @@ uncached ARM's time grows ~quadratically in L while the cached one grows ~linear
 
 from __future__ import annotations
 
-import copy
 import os
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import scipy.optimize
 
-from mdm_jax import models, objectives, report, rng, sampling, timing
-from mdm_jax.experiments import parse_list
-from mdm_jax.models import adapters
+from mdm_jax import report, rng
+from mdm_jax.experiments import parse_list, sampler_speed_timings
 
 NAME = "sampler_speed"
 TITLE = "Sampler speed: first-hitting vs ancestral, ARM cache"
-
-
-def _model_config(config, vocab: int, max_len: int, arm: bool):
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.model.vocab_size = int(vocab)
-        c.model.max_len = int(max_len)
-        c.model.dropout = 0.0
-        if arm:
-            c.objective.kind = "arm"
-    return c
-
-
-def _init(config, seq_len: int, key):
-    """Untrained parameters (timing does not depend on their values)."""
-    model = models.build(config)
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    t = jnp.zeros((1,), jnp.float32) if model.time_conditioning else None
-    params = jax.jit(lambda k: model.init(k, tokens, t, deterministic=True))(key)["params"]
-    return model, params
 
 
 def _expected_nfe(num_steps: int, positions: int) -> float:
@@ -82,110 +59,6 @@ def _fit(rows):
     w = 1.0 / y  # minimise relative error: small (FHS) and large (ancestral) times count alike
     (t_net, t_cat), _ = scipy.optimize.nnls(a * w[:, None], y * w)
     return float(t_net), float(t_cat)
-
-
-def _seq_len(config) -> int:
-    return int(config.sampling.seq_len) or int(config.data.seq_len)
-
-
-def _mdm_timings(config, root, vocab: int, steps, log):
-    b, L = int(config.sampling.batch_size), _seq_len(config)
-    cfg = _model_config(config, vocab, L, arm=False)
-    model, params = _init(cfg, L, rng.fold(root, "params_mdm", vocab))
-    denoise = adapters.denoise_fn(model, params)
-    sched = objectives.schedule_of(cfg.objective)
-    prec = str(config.sampling.precision)
-    repeats = int(config.experiment.repeats)
-    rows = []
-
-    def keys(tag, n):
-        return [rng.fold(root, "sampler_speed", vocab, tag, n, r) for r in range(repeats + 1)]
-
-    sec, (_, st) = timing.best_time(
-        lambda k: sampling.first_hitting(
-            denoise, k, batch_size=b, seq_len=L, mask_id=vocab, schedule=sched, precision=prec
-        ),
-        keys(0, 0),
-    )
-    rows.append(
-        {
-            "vocab": vocab,
-            "sampler": "first_hitting",
-            "num_steps": L,
-            "nfe": st["nfe"],
-            "draws": b * L * vocab,
-            "seconds_per_batch": sec,
-            "seconds_per_sequence": sec / b,
-        }
-    )
-    log(f"sampler_speed: V={vocab} first_hitting NFE={st['nfe']}: {sec / b:.4f} s/sequence")
-    for n in steps:
-        sec, (_, st) = timing.best_time(
-            lambda k: sampling.ancestral(
-                denoise,
-                k,
-                batch_size=b,
-                seq_len=L,
-                mask_id=vocab,
-                schedule=sched,
-                num_steps=int(n),
-                precision=prec,
-                cache=True,
-            ),
-            keys(1, n),
-        )
-        rows.append(
-            {
-                "vocab": vocab,
-                "sampler": "ancestral",
-                "num_steps": int(n),
-                "nfe": st["nfe"],
-                "draws": int(n) * b * L * (vocab + 1),
-                "seconds_per_batch": sec,
-                "seconds_per_sequence": sec / b,
-            }
-        )
-        log(f"sampler_speed: V={vocab} ancestral N={n} NFE={st['nfe']}: {sec / b:.4f} s/sequence")
-    return rows
-
-
-def _arm_timings(config, lengths, root, log):
-    exp = config.experiment
-    b, vocab = int(config.sampling.batch_size), int(exp.arm_vocab)
-    prec = str(config.sampling.precision)
-    cfg = _model_config(config, vocab, max(lengths), arm=True)
-    _, params = _init(cfg, max(lengths), rng.fold(root, "params_arm"))
-    rows = []
-    for L in lengths:
-        # The cache holds max_len positions: size it to L so each length pays only for itself.
-        model = models.build(_model_config(config, vocab, L, arm=True))
-        step_fn, state = adapters.ar_step_fn(model, params, b)
-        logits_fn = adapters.ar_logits_fn(model, params)
-        keys = [rng.fold(root, "sampler_speed_arm", L, r) for r in range(int(exp.repeats) + 1)]
-        cached, _ = timing.best_time(
-            lambda k: sampling.autoregressive(
-                step_fn, state, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab
-            ),
-            keys,
-        )
-        uncached, _ = timing.best_time(
-            lambda k: sampling.autoregressive_uncached(
-                logits_fn, k, batch_size=b, seq_len=L, precision=prec, bos_id=vocab
-            ),
-            keys,
-        )
-        rows.append(
-            {
-                "seq_len": L,
-                "cached_s_per_sequence": cached / b,
-                "uncached_s_per_sequence": uncached / b,
-                "uncached_over_cached": uncached / cached,
-            }
-        )
-        log(
-            f"sampler_speed: ARM L={L}: cached {cached / b:.4f} s, uncached {uncached / b:.4f} s per sequence"
-        )
-    return rows
 
 
 def _plots(rows, preds, arm_rows, vocabs, workdir) -> dict:
@@ -357,10 +230,10 @@ def run(config, workdir: str) -> dict:
     steps_by_vocab = _steps_by_vocab(exp, vocabs)
     extra = parse_list(exp.predict_steps, int, "experiment.predict_steps", allow_empty=True)
     arm_lengths = sorted(set(parse_list(exp.arm_lengths, int, "experiment.arm_lengths", allow_empty=True)))
-    b, L = int(config.sampling.batch_size), _seq_len(config)
+    b, L = int(config.sampling.batch_size), sampler_speed_timings.mdm_seq_len(config)
     rows, fits, preds = [], {}, []
     for v, steps in zip(vocabs, steps_by_vocab):
-        vr = _mdm_timings(config, root, v, steps, print)
+        vr = sampler_speed_timings.mdm_timings(config, root, v, steps, print)
         t_net, t_cat = _fit(vr)
         fits[str(v)] = {"t_net_s": t_net, "t_cat_s_per_draw": t_cat}
         fhs = _first_hitting(vr, v)
@@ -384,7 +257,7 @@ def run(config, workdir: str) -> dict:
                 }
             )
         rows += vr
-    arm_rows = _arm_timings(config, arm_lengths, root, print) if arm_lengths else []
+    arm_rows = sampler_speed_timings.arm_timings(config, arm_lengths, root, print) if arm_lengths else []
 
     m = config.model
     notes = [

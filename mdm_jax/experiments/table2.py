@@ -15,7 +15,7 @@ delta-method standard error (mdm_jax/gen_ppl.py, docs/evaluation.md); NFE and wa
 
 `compute(config, workdir)` samples and scores and writes table2.json (plus table2_samples.jsonl);
 `draw(workdir)` (also `--mode=report`) turns that JSON alone into table2_rows.csv, table2.png and
-summary.md. Command: configs/experiments/table2.py; fields: mdm_jax/config.py (EXPERIMENT_FIELDS).
+summary.md. Command: configs/experiments/table2.py; fields: mdm_jax/config_experiments.py (EXPERIMENT_FIELDS).
 """
 
 from __future__ import annotations

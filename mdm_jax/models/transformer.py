@@ -9,7 +9,9 @@ head has V logits, so the network never predicts the mask: the "SUBS" parameteri
 tables are stored padded to a multiple of 128 rows/columns (`padded_vocab`); the padding is unused.
 
 Every parameter and activation carries *logical* axis names; `mdm_jax.sharding` maps them to
-mesh axes (data / fsdp / tensor), so the same module runs on 1 CPU or a pod.
+mesh axes (data / fsdp / tensor), so the same module runs on 1 CPU or a pod. The primitives that
+name no axes themselves (token, rotary and time embeddings, the `Einsum` projection) are in
+`mdm_jax.models.primitives`; this module assembles attention, MLP, blocks and the network.
 
 Options for large runs (see README "Scaling up"):
 - `scan_layers`: the blocks run under `nn.scan`, their parameters stacked on a leading axis of
@@ -26,7 +28,6 @@ The module is x64-safe: all constants have explicit dtypes, so tracing it under
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.models import attention as attention_lib
+from mdm_jax.models.primitives import Einsum, GatheredEmbed, rope, rope_tables, timestep_embedding
 
 Dtype = Any
 
@@ -72,68 +74,6 @@ def _init(init_fn, *axes):
 
 def _constrain(x, *axes):
     return nn.with_logical_constraint(x, axes)
-
-
-class _GatheredEmbed(nn.Embed):
-    """nn.Embed (same parameter) whose table is gathered in full before the lookup, as FSDP
-    gathers every weight before use. A row gather from a table stored (vocab over "tensor", embed
-    over "fsdp") into batch-sharded activations is a resharding XLA's SPMD partitioner cannot do
-    efficiently: it falls back to an involuntary full rematerialisation."""
-
-    def __call__(self, inputs):
-        if not jnp.issubdtype(inputs.dtype, jnp.integer):
-            raise ValueError("input token ids must be integers")
-        table = nn.with_logical_constraint(jnp.asarray(self.embedding, self.dtype), (None, None))
-        return jnp.take(table, inputs, axis=0)
-
-
-def rope_tables(positions: jax.Array, head_dim: int, base: float):
-    """(sin, cos) float32[..., T, head_dim // 2] for integer positions: computed once per forward
-    and shared by every layer."""
-    half = head_dim // 2
-    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * freqs
-    return jnp.sin(angles), jnp.cos(angles)
-
-
-def rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
-    """Rotary embedding (rotate-half form) of x[B, T, N, H] with tables [T, H/2] or [B, T, H/2]."""
-    half = x.shape[-1] // 2
-    sin = sin[..., None, :].astype(x.dtype)  # broadcast over heads
-    cos = cos[..., None, :].astype(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as in DiT/MDLM)."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
-class Einsum(nn.Module):
-    """A bias-free projection y = einsum(eqn, x, kernel) with a multi-axis kernel of logical axes.
-
-    Used instead of `nn.DenseGeneral`, which initialises a flattened 2-D kernel and, under a mesh
-    context, applies the kernel's N-D logical constraint to it (a rank error in the sharded
-    forward). lecun_normal over the given fan-in axes matches DenseGeneral's initialisation.
-    """
-
-    eqn: str
-    shape: tuple
-    axes: tuple
-    in_axis: Any
-    out_axis: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, x):
-        init = nn.initializers.lecun_normal(in_axis=self.in_axis, out_axis=self.out_axis)
-        kernel = self.param("kernel", _init(init, *self.axes), self.shape, self.param_dtype)
-        return jnp.einsum(self.eqn, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 # Rematerialisation policies (`model.remat`): the jax.checkpoint policy of each block, i.e. what it
@@ -352,7 +292,7 @@ class Transformer(nn.Module):
     def __call__(self, tokens, t=None, *, deterministic: bool = True, decode: bool = False):
         b, length = tokens.shape
         tokens = _constrain(tokens, A_BATCH, A_LEN)
-        x = _GatheredEmbed(
+        x = GatheredEmbed(
             padded_vocab(self.vocab_size + 1),
             self.emb_dim,
             dtype=self.dtype,
