@@ -57,6 +57,19 @@ def test_emulated_matmul_is_the_arithmetic_it_names(fmt):
     assert environment._probe(emulate.emulate(nested, fmt)) == fmt
 
 
+def test_emulate_passes_bodies_without_a_matmul_through():
+    # A scatter-add carries an open jaxpr (its combiner) with no matmul in it: MDLM's SUBS
+    # parameterisation has one. The emulated function runs it unchanged and still rounds the matmul.
+    def f(a, b):
+        return (a @ b).at[:, 0].add(1.0)
+
+    a = jax.random.normal(jax.random.key(3), (8, 64))
+    b = jax.random.normal(jax.random.key(4), (64, 4))
+    ours = emulate.emulate(f, "bfloat16")(a, b)
+    want = jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(want.at[:, 0].add(1.0)), atol=2e-5)
+
+
 def test_emulated_bfloat16_matmul_equals_a_bfloat16_operand_matmul():
     a = jax.random.normal(jax.random.key(1), (32, 256))
     b = jax.random.normal(jax.random.key(2), (256, 16))

@@ -106,10 +106,25 @@ def _eval(jaxpr, consts, args, fmt):
     return [read(v) for v in jaxpr.outvars]
 
 
+def _has_dot(jaxpr) -> bool:
+    """Whether a jaxpr (or any body nested in it) holds a matrix product."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            return True
+        for v in eqn.params.values():
+            for sub in v if type(v) is tuple else (v,):
+                inner = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+                if isinstance(inner, jcore.Jaxpr) and _has_dot(inner):
+                    return True
+    return False
+
+
 def _rewrite_param(value, fmt, primitive):
     """Bodies of loops and branches (scan, while, cond) rewritten in place; other params as given."""
     if type(value) is tuple:  # cond's branches; not NamedTuples such as gather's dimension numbers
         return tuple(_rewrite_param(v, fmt, primitive) for v in value)
+    if isinstance(value, jcore.Jaxpr) and not _has_dot(value):
+        return value  # e.g. a scatter-add's combiner: nothing to emulate in it
     if isinstance(value, jcore.Jaxpr):
         raise NotImplementedError(
             f"numerics.emulate: cannot rewrite the body of {primitive!r} "
