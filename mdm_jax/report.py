@@ -90,7 +90,7 @@ def metadata(config=None, **extra) -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
-    if config is not None and "model" in config and models.family_of(config).name == "transformer":
+    if config is not None and "model" in config and models.family_of(config).selects_attention:
         # The attention kernel actually used (e.g. an "auto" that fell back to XLA on a GPU).
         meta["attention"] = models.attention_choice(config).as_dict()
     meta.update(extra)

@@ -37,6 +37,7 @@ class Family:
     build: Callable  # (config, objective: objectives.Objective) -> flax module
     causal: tuple  # attention modes it supports: (False,), (True,) or (False, True)
     time_conditioned: Callable  # config -> whether the built network takes t
+    selects_attention: bool = False  # honours model.attention (recorded in every run's metadata)
 
 
 def _build_transformer(config, objective) -> Transformer:
@@ -130,6 +131,7 @@ FAMILIES = {
             build=_build_transformer,
             causal=(False, True),
             time_conditioned=objectives.uses_time,
+            selects_attention=True,
         ),
         # MDLM's DiT (mdm_jax.models.dit): loads MDLM checkpoints (init_from); model.time_emb_dim is its
         # cond_dim.
