@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import evaluate, rng, sampling, schedules
+from mdm_jax import rng, sample_metrics, sampling, schedules
 from mdm_jax.numerics import emulate as emulate_lib, environment, rows as R
 
 __all__ = ["VARIANTS", "SAMPLING_PRECISION", "measure"]
@@ -137,7 +137,7 @@ def measure(net, log=print) -> dict:
         for k, v in net.describe.items()
         if k != "fixture" and isinstance(v, (str, bool, int))
     }
-    ent, ent_se = _mean_se(evaluate.sequence_entropies(ref_tokens))
+    ent, ent_se = _mean_se(sample_metrics.sequence_entropies(ref_tokens))
     out.update(
         {
             f"{p}/reference/logits_dtype": R.exact(ref_dtype),
@@ -152,7 +152,7 @@ def measure(net, log=print) -> dict:
         err = np.max(np.abs(logits[scored] - ref))
         top1 = float(np.mean(np.argmax(logits[scored], 1) == np.argmax(ref, 1)))
         same, same_se = _mean_se(np.mean(tokens == ref_tokens, axis=1))
-        ent, ent_se = _mean_se(evaluate.sequence_entropies(tokens))
+        ent, ent_se = _mean_se(sample_metrics.sequence_entropies(tokens))
         q = f"{p}/{name}"
         out.update(
             {
