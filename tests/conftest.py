@@ -1,8 +1,9 @@
 """What the test files share: the repository root, config loading, the tiny model, the CLI.
 
 Test modules import these names (`from conftest import ROOT, load_config, tiny`); pytest puts
-tests/ on sys.path. Tiers: `pytest -m "not slow"` is the fast tier a developer runs (end-to-end
-runs, notebooks and multi-process launches are marked `slow`); CI runs everything.
+tests/ on sys.path. Tiers: `pytest -m "not slow" -n 2` is the fast tier a developer runs (under 3
+minutes on 2 cores). End-to-end runs, notebooks, multi-process launches and any test that compiles
+enough programs to take over ~5 s on 2 cores are marked `slow`; CI runs everything.
 """
 
 from __future__ import annotations

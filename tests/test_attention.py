@@ -77,6 +77,7 @@ def test_choice_is_built_into_the_model_and_recorded_in_metadata():
             models.build(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_splash_kernel_in_interpret_mode_matches_xla(causal):
     b, length, heads, head_dim = 2, 128, 2, 32

@@ -232,6 +232,12 @@ def test_time_agnostic_end_to_end(time_agnostic_run):
     assert experiments.train_run(arm_cfg, os.path.join(wd, "runs", "arm"))["trained"] is False
     with pytest.raises(ValueError, match="was trained with another config.objective"):
         experiments.train_run(arm_cfg, os.path.join(wd, "runs", "tf_discrete"))
+    # Execution-only model fields (layout, remat, kernel) do not make it another model; a width does.
+    run_as = experiments.derive(arm_cfg, **{"model.scan_layers": True, "model.remat": "full"})
+    assert experiments.train_run(run_as, os.path.join(wd, "runs", "arm"))["trained"] is False
+    wider = experiments.derive(arm_cfg, **{"model.emb_dim": 2 * arm_cfg.model.emb_dim})
+    with pytest.raises(ValueError, match=r"model\.emb_dim: \d+ vs \d+"):
+        experiments.train_run(wider, os.path.join(wd, "runs", "arm"))
 
 
 @pytest.mark.slow

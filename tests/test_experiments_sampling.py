@@ -66,6 +66,7 @@ def test_precision_sweep_writes_its_report(sweep):
     assert all(sentence in summary for _, sentence in out["findings"])
 
 
+@pytest.mark.slow
 def test_precision_sweep_report_mode_redraws_from_the_json(sweep, tmp_path):
     """`--mode=report` in a fresh process, on a copy of the results alone: same summary.md, all plots."""
     import shutil

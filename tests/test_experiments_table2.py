@@ -99,6 +99,7 @@ def highest_precision():
         yield
 
 
+@pytest.mark.slow
 def test_mdlm_scoring_reproduces_transformers_nll():
     # gpt2-tiny's reference NLL is transformers' mean over positions 1..63 of each row, what MDLM's
     # definition computes for a chunk without end-of-text ids (end-of-text is 511 here; none occur).

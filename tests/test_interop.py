@@ -179,6 +179,7 @@ def test_mdlm_denoise_fn_follows_the_sampler_contract(name):
         np.testing.assert_array_equal(other, out)
 
 
+@pytest.mark.slow
 def test_float64_reference_agrees_with_float32_reference_to_its_rounding():
     """dtype="float64" (under x64) recomputes both fixtures in float64: the stored float32 outputs
     differ from it by their own rounding, which the fixture README measured in float64 torch

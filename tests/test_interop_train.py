@@ -227,6 +227,7 @@ def gpt2_config(vocab_dir):
     return c
 
 
+@pytest.mark.slow
 def test_gpt2_family_kv_cached_decoding_reproduces_transformers():
     """The "gpt2" family's decode path (the autoregressive sampler's) and its full causal forward both
     give the reference logits; the ARM's BOS (id V) is read as <|endoftext|>."""

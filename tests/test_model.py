@@ -271,6 +271,7 @@ def test_sharded_forward_matches_single_device():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_samplers_take_adapter_params_as_traced_arguments():
     # Adapters return Partials: new params of the same model reuse the compiled sampler (sampling
     # during training must not recompile, and params must not be baked in as constants), yet the

@@ -141,6 +141,7 @@ def _cli(*args, timeout=120):
     )
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_the_exit_status(tmp_path):
     r = _cli("--config=configs/no_such_config.py", f"--workdir={tmp_path}/w")
     assert r.returncode == errors.EXIT_CONFIG and "Traceback" not in r.stderr

@@ -135,6 +135,7 @@ def _benchmark_module():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,factorized", [("float32", False), ("float64", False), ("float32", True)])
 def test_restructured_cache_draws_the_tokens_of_the_cond_loop(precision, factorized):
     # A time-conditioned network (the cache then reuses an output computed at an earlier time, so
@@ -150,7 +151,10 @@ def test_restructured_cache_draws_the_tokens_of_the_cond_loop(precision, factori
         mlp_dim=24,
         time_conditioning=True,
     )
-    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32), jnp.zeros((1,)))["params"]
+    # Jitted: an eager init compiles each of its ~100 ops on its own (seconds on this CPU).
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, length), jnp.int32), jnp.zeros((1,)))[
+        "params"
+    ]
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape), params)
     fn = adapters.denoise_fn(model, params)
     tokens, st = sampling.ancestral(

@@ -241,7 +241,8 @@ def test_sample_mode_runs_mdlms_sampler_on_a_project_model():
     c.data.seq_len = 8
     c.sampling.update(method="mdlm_ancestral", precision="float32-pytorch", num_steps=16, cache=False)
     model = models.build(c)
-    params = model.init(
+    init = jax.jit(model.init, static_argnames="deterministic")  # eager init compiles op by op
+    params = init(
         jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,), jnp.float32), deterministic=True
     )["params"]
     run, seq_len, _ = generate.make_sampler(c, params, sharding.make_mesh(c.mesh))

@@ -107,6 +107,7 @@ def test_scanned_and_unscanned_give_the_same_loss_and_gradients():
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["block_1"])) > 1e-3
 
 
+@pytest.mark.slow
 def test_remat_policies_give_the_same_gradients():
     params = random_params(tiny(mlp_type="gelu", num_layers=2), seed=3)
     x, y, t = batch(5)
@@ -213,6 +214,7 @@ def tiny_config(scan: bool, layers: int = 2):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved_scan", [False, True])
 def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scan):
     c_saved, c_other = tiny_config(saved_scan), tiny_config(not saved_scan)

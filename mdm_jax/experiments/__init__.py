@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from mdm_jax import checkpoint, config as config_lib, loop, metrics, runs
+from mdm_jax import checkpoint, config as config_lib, loop, metrics, models, runs
 
 # Each module is imported when its experiment runs: the others' imports are not paid for.
 EXPERIMENTS = tuple(config_lib.EXPERIMENT_FIELDS)
@@ -148,12 +148,18 @@ def train_throughput(workdir: str) -> float | None:
 
 
 def _check_same_model(old, new, workdir: str) -> None:
-    """A reused sub-workdir must hold the same model, objective, data and batch."""
+    """A reused sub-workdir must hold the same model, objective, data and batch (the model's
+    execution-only fields, models.EXECUTION_FIELDS, may differ: they do not change the function)."""
     for section in ("model", "objective", "data"):
-        if old[section].to_dict() != new[section].to_dict():
+        skip = models.EXECUTION_FIELDS if section == "model" else ()
+        was = {k: v for k, v in old[section].to_dict().items() if k not in skip}
+        now = {k: v for k, v in new[section].to_dict().items() if k not in skip}
+        if was != now:
+            diff = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
             raise ValueError(
-                f"{workdir} was trained with another config.{section} ({old[section].to_dict()} vs "
-                f"{new[section].to_dict()}): use a new --workdir for the experiment"
+                f"{workdir} was trained with another config.{section} (differs in "
+                + ", ".join(f"{section}.{k}: {was.get(k)!r} vs {now.get(k)!r}" for k in diff)
+                + "): use a new --workdir for the experiment"
             )
     if old.train.batch_size != new.train.batch_size:
         raise ValueError(

@@ -20,6 +20,11 @@ from mdm_jax.models.dit import DiT
 from mdm_jax.models.gpt2 import GPT2
 from mdm_jax.models.transformer import Transformer, check_remat
 
+# Model fields that change how the network is executed or laid out, not the function it computes:
+# a checkpoint restores under any of their values (checkpoint.py converts the scan layout), so a
+# trained run may be reused or resumed with them changed.
+EXECUTION_FIELDS = ("scan_layers", "remat", "attention")
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
