@@ -132,19 +132,11 @@ def samplers(config, batch: int, steps: int):
     init = jnp.full((batch, length), vocab, jnp.int32)
     coefs = jax.tree.map(jnp.asarray, cond_coefficients(sched, steps, "float32"))
     closure = lambda x, t: denoise(x, t)  # noqa: E731 - cond_loop takes the function as a static argument
+    cond_static = dict(denoise_fn=closure, mask_id=vocab, n=steps, precision="float32", factorized=False)
 
     def cond_run(key):
         with sampler_scope("float32"):
-            x, nfe, _ = cond_loop(
-                key,
-                init,
-                coefs,
-                denoise_fn=closure,
-                mask_id=vocab,
-                n=steps,
-                precision="float32",
-                factorized=False,
-            )
+            x, nfe, _ = cond_loop(key, init, coefs, **cond_static)
         return x, nfe
 
     def plain(fn):
@@ -192,16 +184,7 @@ def samplers(config, batch: int, steps: int):
         ),
         "ancestral_cond": (
             cond_run,
-            lambda: cond_loop.lower(
-                jax.random.key(0),
-                init,
-                coefs,
-                denoise_fn=closure,
-                mask_id=vocab,
-                n=steps,
-                precision="float32",
-                factorized=False,
-            ),
+            lambda: cond_loop.lower(jax.random.key(0), init, coefs, **cond_static),
         ),
         "ancestral_uncached": (
             plain(lambda k: sampling.ancestral(denoise, k, num_steps=steps, cache=False, **common)),

@@ -38,19 +38,10 @@ SETTINGS = (
     "device_kind",
     "jax_version",
 )
-# The settings generate.sample writes into each record that must agree across a report's records.
 _TABLE = (*SETTINGS, "entropy", "reference_entropy", "gen_ppl")  # the report's settings table
-_RECORD_SETTINGS = (
-    "checkpoint_step",
-    "sampler",
-    "steps",
-    "tokens_per_step",
-    "precision",
-    "temperature",
-    "seed",
-    "device_kind",
-    "jax_version",
-)
+# The settings generate.sample writes into each record that must agree across a report's records
+# (the sample count, NFE and wall time are per sampler batch: combined below, not compared).
+_RECORD_SETTINGS = tuple(k for k in SETTINGS if k not in ("num_samples", "nfe", "wall_time_s"))
 
 
 def _settings_from_records(records: Sequence[Mapping]) -> dict:

@@ -12,6 +12,11 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from mdm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +59,21 @@ def run_main(*args, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def random_params(model, seed: int = 0):
+    """Random params of a Transformer's shapes (numpy draws: nothing to compile): kernels N(0, 0.2^2),
+    norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2). Unlike the real init, whose zero adaLN gates
+    and zero head give all-zero logits, every part of the network is live."""
+    tokens = jnp.zeros((1, model.max_len), jnp.int32)  # parameter shapes do not depend on the length
+    t = jnp.zeros((1,), jnp.float32) if model.time_conditioning else None
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens, t))["params"]
+    gen = np.random.default_rng(seed)
+
+    def draw(path, s):
+        noise = gen.standard_normal(s.shape).astype(np.float32)
+        if len(s.shape) >= 2:
+            return jnp.asarray(0.2 * noise)
+        return jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -19,11 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from mdm_jax import config as config_lib, models, report
 from mdm_jax.models import attention
 from mdm_jax.models.transformer import Transformer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def choose(requested, backend, dtype=jnp.bfloat16, seq_len=1024, causal=False):

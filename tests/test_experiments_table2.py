@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import ROOT
 from mdm_jax import (
     config as config_lib,
     evaluators,
@@ -38,7 +39,6 @@ from mdm_jax import (
 from mdm_jax.data import tokenizers
 from mdm_jax.experiments import table2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 V, EOT = 50257, 50256
 

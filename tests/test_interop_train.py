@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from conftest import ROOT
 from mdm_jax import cli, config as config_lib, generate, interop, models, modes, sharding, train
 from mdm_jax.data import tokenizers
 from mdm_jax.interop import init_from
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "mdlm-tiny")
 FIELDS = dict(
     family="mdlm",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_flags
 
 PY = sys.executable
 MAIN_ARGS = ["--config=configs/quickstart.py", "--workdir=/tmp/run dir", "--config.train.lr=1e-3"]
@@ -120,13 +120,7 @@ def test_slurm_dry_run():
 
 TINY = [
     "--config=configs/quickstart.py",
-    "--config.model.num_layers=1",
-    "--config.model.emb_dim=32",
-    "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64",
-    "--config.model.max_len=32",
-    "--config.data.seq_len=32",
-    "--config.train.batch_size=8",
+    *tiny_flags(),
     "--config.train.num_steps=2",
     "--config.train.log_every=1",
     "--config.train.eval_every=1000",

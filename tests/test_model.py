@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, random_params
 from mdm_jax import config as config_lib, models
 from mdm_jax.models import adapters
 from mdm_jax.models.transformer import Transformer, padded_vocab
@@ -30,24 +30,6 @@ def tiny(**kw) -> Transformer:
     args = dict(vocab_size=V, max_len=16, num_layers=2, num_heads=2, emb_dim=32, mlp_dim=48)
     args.update(kw)
     return Transformer(**args)
-
-
-def random_params(model: Transformer, seed: int = 0):
-    """Random params of the model's shapes (numpy draws: nothing to compile): kernels N(0, 0.2^2),
-    norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2). Unlike the real init, whose zero adaLN gates
-    and zero head give all-zero logits, every part of the network is live."""
-    tokens = jnp.zeros((1, L), jnp.int32)
-    t = jnp.zeros((1,), jnp.float32) if model.time_conditioning else None
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens, t))["params"]
-    gen = np.random.default_rng(seed)
-
-    def draw(path, s):
-        noise = gen.standard_normal(s.shape).astype(np.float32)
-        if len(s.shape) >= 2:
-            return jnp.asarray(0.2 * noise)
-        return jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def tokens_of(seed: int, shape=(B, L), high=V + 1):

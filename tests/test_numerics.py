@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from mdm_jax import config as config_lib, precision as precision_lib, rng
 from mdm_jax.numerics import (
     __main__ as cli,
@@ -25,7 +26,6 @@ from mdm_jax.numerics import (
     rows as R,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "numerics")
 H200 = os.path.join(ROOT, "docs", "results", "nvidia-h200", "numerics.json")
 

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from mdm_jax import rng
 from mdm_jax.numerics import arithmetic, compare, draws, environment, rows as R
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = ("max_abs_err", "rel_err", "top1", "sample_identical", "sample_entropy")
 

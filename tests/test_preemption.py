@@ -21,20 +21,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT, tiny_flags
 from mdm_jax import checkpoint, errors, preemption, runs, sharding, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
 ARGS = [
     "--config=configs/quickstart.py",
     "--mode=train",
-    "--config.model.num_layers=1",
-    "--config.model.emb_dim=32",
-    "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64",
-    "--config.model.max_len=32",
-    "--config.data.seq_len=32",
-    "--config.train.batch_size=8",
+    *tiny_flags(),
     f"--config.train.num_steps={STEPS}",
     "--config.train.warmup_steps=2",
     "--config.train.log_every=1",

@@ -6,15 +6,10 @@ per case); a few CLI cases check that the user sees one line and the documented 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from conftest import run_main
 from mdm_jax import config as config_lib, errors, preflight
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny():
@@ -131,37 +126,27 @@ def test_path_checks(tmp_path):
         preflight.check(c, "train", str(a_file / "run"))
 
 
-def _cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "mdm_jax.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.slow
 def test_cli_errors_are_one_line_with_the_exit_status(tmp_path):
-    r = _cli("--config=configs/no_such_config.py", f"--workdir={tmp_path}/w")
+    r = run_main("--config=configs/no_such_config.py", f"--workdir={tmp_path}/w")
     assert r.returncode == errors.EXIT_CONFIG and "Traceback" not in r.stderr
     assert "no such config file 'configs/no_such_config.py'" in r.stderr
     assert "e.g. --config=configs/quickstart.py" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
 
-    r = _cli("--config=configs/quickstart.py", f"--workdir={tmp_path}/w", "--config.train.log_every=0")
+    r = run_main("--config=configs/quickstart.py", f"--workdir={tmp_path}/w", "--config.train.log_every=0")
     assert r.returncode == errors.EXIT_CONFIG, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "error: train.log_every=0 must be >= 1" in r.stderr
     assert not (tmp_path / "w").exists()  # nothing was written
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    r = _cli("--config=configs/quickstart.py", f"--workdir={a_file}", "--mode=sample")
+    r = run_main("--config=configs/quickstart.py", f"--workdir={a_file}", "--mode=sample")
     assert r.returncode == errors.EXIT_CONFIG and "is a file, not a run directory" in r.stderr, r.stderr
 
 
 def test_help_lists_the_modes_and_where_fields_are_documented():
-    r = _cli("--help", timeout=60)  # absl's --help exits with status 1 after printing
+    r = run_main("--help", timeout=60)  # absl's --help exits with status 1 after printing
     for text in (
         "train ",
         "eval ",

@@ -20,18 +20,12 @@ import pytest
 from absl import flags
 from ml_collections import config_dict
 
-from conftest import ROOT
+from conftest import ROOT, tiny_flags
 from mdm_jax import cli
 
 MAIN = ".venv/bin/python -m mdm_jax.main"
 SHRINK = [
-    "--config.model.num_layers=1",
-    "--config.model.emb_dim=32",
-    "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64",
-    "--config.model.max_len=32",
-    "--config.data.seq_len=32",
-    "--config.train.batch_size=8",
+    *tiny_flags(),
     "--config.train.num_steps=6",
     "--config.train.warmup_steps=2",
     "--config.train.log_every=3",

@@ -8,14 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from mdm_jax import sampling, schedules
 from mdm_jax.models import adapters
 from mdm_jax.models.transformer import Transformer
 from mdm_jax.reference.joint import ReferenceJoint, ancestral_law, chisquare_pvalue
 from mdm_jax.sampling.ancestral import step_coefficients
 from mdm_jax.sampling.plumbing import sampler_scope
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ALPHA, REJECT = 1e-3, 1e-8
 V, L, B = 3, 3, 20000

@@ -19,12 +19,12 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import ROOT, random_params
 from mdm_jax import checkpoint, config as config_lib, runs, sharding, train
 from mdm_jax.models import adapters, scan_layout
 from mdm_jax.models.transformer import REMAT_POLICIES, Transformer
 
 V, L, B = 13, 12, 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(**kw) -> Transformer:
@@ -33,24 +33,6 @@ def tiny(**kw) -> Transformer:
     )
     args.update(kw)
     return Transformer(**args)
-
-
-def random_params(model: Transformer, seed: int = 0):
-    """Unscanned random params with every part live (the real init zeroes adaLN gates and the head)."""
-    shapes = nn.unbox(
-        jax.eval_shape(
-            model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32), jnp.zeros((1,), jnp.float32)
-        )
-    )["params"]
-    gen = np.random.default_rng(seed)
-
-    def draw(path, s):
-        noise = gen.standard_normal(s.shape).astype(np.float32)
-        if len(s.shape) >= 2:
-            return jnp.asarray(0.2 * noise)
-        return jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def batch(seed=1):

@@ -12,9 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from mdm_jax import timing
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FakeClock:

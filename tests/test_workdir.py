@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from mdm_jax import checkpoint, config as config_lib, errors, loop, runs, workdir
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _HOLD = """
 import sys, time

@@ -45,24 +45,41 @@ class Family:
     selects_attention: bool = False  # honours model.attention (recorded in every run's metadata)
 
 
-def _build_transformer(config, objective) -> Transformer:
+def _network_fields(config) -> dict:
+    """The constructor arguments every family takes from config.model and config.dtype."""
     m = config.model
-    check_remat(m.remat)
-    return Transformer(
+    return dict(
         vocab_size=m.vocab_size,
         max_len=m.max_len,
         num_layers=m.num_layers,
         num_heads=m.num_heads,
         emb_dim=m.emb_dim,
         mlp_dim=m.mlp_dim,
-        mlp_type=m.mlp_type,
         dropout=m.dropout,
+        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
+        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
+    )
+
+
+def _require_gelu(config, family: str) -> None:
+    """MDLM's DiT and GPT-2 have a fixed GELU MLP: a config asking for another is refused."""
+    if config.model.mlp_type != "gelu":
+        raise errors.ConfigError(
+            f"model.family={config.model.family!r} has {family}'s GELU MLP, not model.mlp_type="
+            f"{config.model.mlp_type!r}: set --config.model.mlp_type=gelu"
+        )
+
+
+def _build_transformer(config, objective) -> Transformer:
+    m = config.model
+    check_remat(m.remat)
+    return Transformer(
+        **_network_fields(config),
+        mlp_type=m.mlp_type,
         causal=objective.causal,
         time_conditioning=objectives.uses_time(config),
         time_emb_dim=m.time_emb_dim,
         rope_base=m.rope_base,
-        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
         scan_layers=bool(m.scan_layers),
         remat=m.remat,
         attention=attention_choice(config).implementation,
@@ -85,47 +102,19 @@ def attention_choice(config) -> attention.Choice:
 
 
 def _build_dit(config, objective) -> DiT:
-    m = config.model
-    if m.mlp_type != "gelu":
-        raise errors.ConfigError(
-            f"model.family='mdlm' has MDLM's GELU MLP, not model.mlp_type="
-            f"{m.mlp_type!r}: set --config.model.mlp_type=gelu"
-        )
+    _require_gelu(config, "MDLM")
     return DiT(
-        vocab_size=m.vocab_size,
-        max_len=m.max_len,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        emb_dim=m.emb_dim,
-        cond_dim=m.time_emb_dim,
-        mlp_dim=m.mlp_dim,
-        dropout=m.dropout,
+        **_network_fields(config),
+        cond_dim=config.model.time_emb_dim,
         time_conditioning=objectives.uses_time(config),
-        rope_base=m.rope_base,
-        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
+        rope_base=config.model.rope_base,
     )
 
 
 def _build_gpt2(config, objective) -> GPT2:
     del objective  # causal only: family_of has checked the objective
-    m = config.model
-    if m.mlp_type != "gelu":
-        raise errors.ConfigError(
-            f"model.family='gpt2' has GPT-2's GELU MLP, not model.mlp_type="
-            f"{m.mlp_type!r}: set --config.model.mlp_type=gelu"
-        )
-    return GPT2(
-        vocab_size=m.vocab_size,
-        max_len=m.max_len,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        emb_dim=m.emb_dim,
-        mlp_dim=m.mlp_dim,
-        dropout=m.dropout,
-        dtype=dtype_of(config.dtype.compute, "dtype.compute"),
-        param_dtype=dtype_of(config.dtype.param, "dtype.param"),
-    )
+    _require_gelu(config, "GPT-2")
+    return GPT2(**_network_fields(config))
 
 
 FAMILIES = {
